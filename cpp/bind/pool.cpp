@@ -1,0 +1,86 @@
+// pool.cpp (binding) — shoal._core.Pool: the driver's process pool.
+#include "shoal/pool.hpp"
+
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+namespace nb = nanobind;
+using namespace shoal;
+
+namespace {
+std::span<std::byte const> view(nb::bytes const& b) {
+    return {reinterpret_cast<std::byte const*>(b.c_str()), b.size()};
+}
+}  // namespace
+
+void bind_pool(nb::module_& m) {
+    nb::class_<Pool>(m, "Pool")
+        .def("__init__",
+             [](Pool* self, ZygoteClient& zygote, std::size_t workers, unsigned retries,
+                std::uint64_t max_items_per_worker, std::vector<std::string> preload,
+                std::int64_t spin_ns, std::size_t task_ring_bytes, std::size_t result_ring_bytes,
+                nb::bytes init_payload) {
+                 PoolOptions o;
+                 o.workers = workers;
+                 o.scheduler.retries = retries;
+                 o.scheduler.max_items_per_worker = max_items_per_worker;
+                 o.preload = std::move(preload);
+                 o.spin_ns = spin_ns;
+                 o.task_ring_bytes = task_ring_bytes;
+                 o.result_ring_bytes = result_ring_bytes;
+                 auto iv = view(init_payload);
+                 o.init_payload.assign(iv.begin(), iv.end());
+                 nb::gil_scoped_release release;  // the zygote may take a while to import
+                 new (self) Pool(zygote, std::move(o));
+             },
+             nb::arg("zygote"), nb::arg("workers"), nb::arg("retries"), nb::arg("max_items_per_worker"),
+             nb::arg("preload"), nb::arg("spin_ns"), nb::arg("task_ring_bytes"), nb::arg("result_ring_bytes"),
+             nb::arg("init_payload"))
+        .def("define_function",
+             [](Pool& p, std::uint64_t fn_id, nb::bytes pickled) { p.define_function(fn_id, view(pickled)); })
+        .def("forget_function", &Pool::forget_function)
+        .def("submit",
+             [](Pool& p, std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count, nb::bytes payload) {
+                 p.submit(task_id, fn_id, count, view(payload));
+             })
+        .def("cancel", &Pool::cancel)
+        .def("cancel_all", &Pool::cancel_all)
+        .def("take",
+             [](Pool& p, double timeout, bool background, std::uint64_t epoch) -> nb::object {
+                 std::vector<Completion> out;
+                 bool open;
+                 {
+                     nb::gil_scoped_release release;
+                     open = p.take(out, timeout < 0 ? -1 : static_cast<std::int64_t>(timeout * 1e9), background, epoch);
+                 }
+                 if (!open) return nb::none();
+                 nb::list items;
+                 for (auto& c : out) {
+                     auto const* data = reinterpret_cast<char const*>(c.payload.data()) + c.payload_offset;
+                     std::size_t size = c.payload.size() - c.payload_offset;
+                     items.append(nb::make_tuple(static_cast<int>(c.kind), c.flags, c.task_id, c.aux,
+                                                 static_cast<int>(c.status.kind), c.status.value,
+                                                 c.status.describe(), c.worker, nb::bytes(data, size)));
+                 }
+                 return items;
+             },
+             nb::arg("timeout") = -1.0, nb::arg("background") = false, nb::arg("epoch") = 0)
+        .def_prop_ro("epoch", &Pool::epoch)
+        .def("interrupt", &Pool::interrupt, nb::call_guard<nb::gil_scoped_release>())
+        .def("close", &Pool::close, nb::arg("kill"), nb::call_guard<nb::gil_scoped_release>())
+        .def("join",
+             [](Pool& p, double timeout) { p.join(static_cast<std::int64_t>(timeout * 1e9)); },
+             nb::arg("timeout"), nb::call_guard<nb::gil_scoped_release>())
+        .def("worker_pids", &Pool::worker_pids)
+        .def_prop_ro("queued", &Pool::queued)
+        .def_prop_ro("inflight", &Pool::inflight);
+
+    m.attr("COMPLETION_RESULT") = static_cast<int>(Completion::result);
+    m.attr("COMPLETION_OUTPUT") = static_cast<int>(Completion::output);
+    m.attr("COMPLETION_CRASHED") = static_cast<int>(Completion::crashed);
+    m.attr("COMPLETION_INIT_FAILED") = static_cast<int>(Completion::init_failed);
+    m.attr("COMPLETION_BROKEN") = static_cast<int>(Completion::broken);
+    m.attr("STATUS_EXITED") = static_cast<int>(ExitStatus::exited);
+    m.attr("STATUS_SIGNALED") = static_cast<int>(ExitStatus::signaled);
+}

@@ -1,0 +1,49 @@
+// worker.cpp (binding) — shoal._core.WorkerChannel: the worker's rings, frames as tuples.
+#include "shoal/frame.hpp"
+#include "shoal/worker.hpp"
+
+#include <nanobind/nanobind.h>
+
+namespace nb = nanobind;
+using namespace shoal;
+
+void bind_worker(nb::module_& m) {
+    nb::class_<WorkerChannel>(m, "WorkerChannel")
+        .def("recv",
+             [](WorkerChannel& ch, double timeout) -> nb::object {
+                 Bytes msg;
+                 bool ok;
+                 {
+                     nb::gil_scoped_release release;
+                     ok = ch.recv(msg, timeout < 0 ? -1 : static_cast<std::int64_t>(timeout * 1e9));
+                 }
+                 if (!ok) return nb::none();
+                 FrameView f;
+                 std::string error;
+                 if (!decode_frame(msg, f, error) || !is_driver_frame(f.header.kind))
+                     throw std::runtime_error("shoal worker: malformed frame from the driver: " +
+                                              (error.empty() ? std::string("unexpected kind") : error));
+                 return nb::make_tuple(static_cast<int>(f.header.kind), f.header.flags, f.header.task_id,
+                                       f.header.aux, f.header.count,
+                                       nb::bytes(reinterpret_cast<char const*>(f.payload.data()), f.payload.size()));
+             },
+             nb::arg("timeout") = -1.0)
+        .def("send",
+             [](WorkerChannel& ch, int kind, std::uint32_t flags, std::uint64_t task_id, std::uint64_t aux,
+                std::uint32_t count, nb::bytes payload) {
+                 auto frame = encode_frame(static_cast<FrameKind>(kind), flags, task_id, aux, count,
+                                           {reinterpret_cast<std::byte const*>(payload.c_str()), payload.size()});
+                 nb::gil_scoped_release release;
+                 ch.send(frame);
+             });
+
+    m.attr("FRAME_TASK") = static_cast<int>(FrameKind::task);
+    m.attr("FRAME_FUNCTION") = static_cast<int>(FrameKind::function);
+    m.attr("FRAME_FORGET") = static_cast<int>(FrameKind::forget);
+    m.attr("FRAME_SHUTDOWN") = static_cast<int>(FrameKind::shutdown);
+    m.attr("FRAME_RESULT") = static_cast<int>(FrameKind::result);
+    m.attr("FRAME_OUTPUT") = static_cast<int>(FrameKind::output);
+    m.attr("FRAME_READY") = static_cast<int>(FrameKind::ready);
+    m.attr("FRAME_INIT_FAILED") = static_cast<int>(FrameKind::init_failed);
+    m.attr("FLAG_ERROR") = k_flag_error;
+}

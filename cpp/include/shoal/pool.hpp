@@ -1,0 +1,165 @@
+// pool.hpp — the driver's process pool: shared memory, workers, dispatcher thread.
+//
+// Data flow of one task:
+//
+//   submit() ──► Scheduler queue ──► task ring (shm) ──► worker: run under the GIL
+//   (caller's        (in flight ≤ limit                         │
+//    thread)          per worker)                               ▼
+//                                                    result ring (shm) + doorbell
+//                                                               │
+//   Future ◄── take(): the waiting thread itself (a caller in ◄─┘
+//              Future.result(), or the completion thread) drains the rings,
+//              hears the zygote (forks, deaths), refills workers — C++, GIL released
+//
+// There is no dispatcher thread of its own: every thread that waits does the dispatching
+// (spin briefly, then one of them sleeps on the doorbell). On a small machine each thread
+// hop costs ~20 µs, so a caller blocked in result() receiving its result directly is what
+// makes a round trip cheap. submit() also drains and refills, so workers stay fed while
+// the waiting threads are busy in Python.
+#pragma once
+
+#include "shoal/doorbell.hpp"
+#include "shoal/message.hpp"
+#include "shoal/scheduler.hpp"
+#include "shoal/shm.hpp"
+#include "shoal/zygote.hpp"
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <string>
+
+namespace shoal {
+
+struct PoolOptions {
+    std::size_t workers = 1;
+    std::size_t task_ring_bytes = std::size_t{1} << 20;
+    std::size_t result_ring_bytes = std::size_t{1} << 20;
+    std::int64_t spin_ns = 50'000;  // spin this long before sleeping, workers and dispatcher
+    std::vector<std::string> preload;
+    Bytes init_payload;  // sent to every new worker first (function frame, fn 0); it answers `ready`
+    SchedulerOptions scheduler;
+};
+
+/// What the dispatcher hands to the Python layer.
+struct Completion {
+    enum Kind : std::uint8_t {
+        result = 1,       // payload: the result frame's payload; flags: k_flag_error
+        output = 2,       // worker stdout/stderr text; flags: 1 stdout, 2 stderr
+        crashed = 3,      // the task's worker died and retries are used up; status says how
+        init_failed = 4,  // a worker's initializer failed; payload: the exception
+        broken = 5,       // the pool cannot run the task (initializer failed, zygote gone)
+    };
+    Kind kind = result;
+    std::uint32_t flags = 0;
+    std::uint64_t task_id = 0;
+    std::uint64_t aux = 0;
+    ExitStatus status{};
+    std::uint32_t worker = 0;
+    Bytes payload;                  // the payload starts at payload_offset
+    std::size_t payload_offset = 0;
+};
+
+class Pool {
+public:
+    /// Creates the shared memory, asks `zygote` to import the preload modules and fork the
+    /// workers, starts the dispatcher. Throws std::runtime_error if the zygote fails.
+    Pool(ZygoteClient& zygote, PoolOptions options);
+    ~Pool();  ///< Kills the workers if close() was not called; joins the dispatcher.
+    Pool(Pool const&) = delete;
+    Pool& operator=(Pool const&) = delete;
+
+    /// Registers function `fn_id`; it is sent once to each worker before its first task.
+    /// Thread-safe; never blocks on workers.
+    void define_function(std::uint64_t fn_id, std::span<std::byte const> pickled);
+    void forget_function(std::uint64_t fn_id);
+    /// Queues a task and hands it to a worker at once if one has room. Thread-safe; never
+    /// blocks on workers. After close() or when broken, completes the task as `broken`.
+    void submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
+                std::span<std::byte const> payload);
+    /// Drops a task not yet handed to a worker; true if it was dropped.
+    bool cancel(std::uint64_t task_id);
+    /// Drops every queued task; returns their ids.
+    std::vector<std::uint64_t> cancel_all();
+
+    /// Does the dispatcher's work until completions are ready (or timeout_ns passes; < 0
+    /// waits forever) and moves them into `out`: the caller must deliver them. Spins up to
+    /// spin_ns first; then one caller sleeps on the doorbell and the others on a condition
+    /// variable. Returns false once the pool is closed and fully drained. Any thread.
+    /// `background` marks the completion thread: it leaves the doorbell to foreground
+    /// takers (callers blocked on a result, who then receive it with no thread hop), and
+    /// a foreground take returns early when interrupt() is called.
+    /// A foreground take also returns as soon as epoch() differs from `epoch` (read it
+    /// before checking whether what you wait for is done: no wake-up is lost between).
+    bool take(std::vector<Completion>& out, std::int64_t timeout_ns, bool background = false,
+              std::uint64_t epoch = 0);
+    /// Bumps the epoch and wakes foreground takers (another thread has delivered
+    /// completions they may wait for). No system call when nobody waits. Any thread.
+    void interrupt();
+    std::uint64_t epoch() const noexcept { return m_epoch.load(std::memory_order_acquire); }
+
+    /// Starts closing: queued and running tasks finish, then workers exit. With `kill`,
+    /// workers are SIGKILLed now and unfinished tasks complete as `broken`. Never blocks.
+    void close(bool kill);
+    /// Waits until every worker has exited (after close()), serving the pool meanwhile;
+    /// kills what is left after timeout_ns. Completions found meanwhile stay for take().
+    void join(std::int64_t timeout_ns);
+
+    std::vector<std::int64_t> worker_pids() const;
+    std::size_t queued() const;
+    std::size_t inflight() const;
+
+private:
+    struct Slot {
+        Ring tasks;
+        Ring results;
+        MessageReader reader;
+        MessageWriter writer;                 // the message being written to `tasks`
+        std::deque<SharedBytes> outbox;       // messages waiting behind `writer`
+        std::int64_t pid = 0;                 // 0 until the zygote reports the fork
+        bool ready = false;                   // the worker ran its initializer
+        bool stopping = false;                // shutdown frame sent
+        bool exited = true;
+    };
+
+    void service_locked();                      // one round of the dispatcher's work
+    void pump_locked();                         // hand out work, continue writers
+    bool drain_locked();                        // read result rings; true if anything came
+    bool drain_slot_locked(std::size_t slot);
+    void handle_zygote_locked();                // forked/exited reports
+    void start_worker_locked(std::size_t slot);
+    void worker_exited_locked(std::size_t slot, ExitStatus status);
+    void fail_all_locked(Completion::Kind kind, Bytes const& payload, ExitStatus status);
+    void stop_idle_workers_locked();
+    bool results_waiting() const noexcept;
+    void publish_locked();
+    void wake_dispatcher() noexcept;
+
+    PoolOptions m_options;
+    SharedMemory m_memory;
+    SharedBytes m_init_frame;
+    std::vector<WorkerSpec> m_specs;
+    Doorbell m_doorbell;
+    EventFd m_wakeup;  // private: close(), forget, etc. wake the dispatcher through it
+    Fd m_executor;     // our socket to the zygote
+
+    mutable std::mutex m_mutex;
+    Scheduler m_scheduler;
+    std::vector<Slot> m_slots;
+    std::vector<Completion> m_ready;         // completions for the Python layer
+    std::condition_variable m_ready_cv;
+    bool m_closing = false;
+    bool m_killing = false;
+    bool m_finished = false;                  // closed and every worker has exited
+    bool m_poller = false;                    // a thread sleeps on the doorbell
+    bool m_poller_background = false;         // ... and it is the completion thread
+    std::atomic<int> m_foreground{0};         // callers blocked in take() for a result
+    std::atomic<std::uint64_t> m_epoch{0};    // bumped by interrupt()
+    bool m_broken = false;
+    Completion::Kind m_broken_kind = Completion::broken;
+    Bytes m_broken_payload;
+    ExitStatus m_broken_status{};
+    int m_early_deaths = 0;                   // workers that died before becoming ready, in a row
+};
+
+}  // namespace shoal

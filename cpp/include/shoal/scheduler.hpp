@@ -1,0 +1,89 @@
+// scheduler.hpp — which task goes to which worker: queue, in-flight limits, retries.
+//
+// Pure bookkeeping, no I/O and no threads: the Pool calls it under its mutex. Tasks are
+// opaque frames; functions are prerequisites sent once to each worker that needs them.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+namespace shoal {
+
+using Bytes = std::vector<std::byte>;
+using SharedBytes = std::shared_ptr<Bytes const>;
+
+struct Task {
+    std::uint64_t id = 0;
+    std::uint64_t fn_id = 0;   // function this task needs defined first; 0 for none
+    std::uint32_t count = 1;   // items in the chunk
+    std::uint32_t attempts = 0;
+    SharedBytes frame;
+};
+
+struct SchedulerOptions {
+    unsigned retries = 2;                    // re-runs after the worker died
+    std::uint64_t max_items_per_worker = 0;  // 0: no limit
+    std::int64_t target_inflight_ns = 2'000'000;  // keep about this much work queued per worker
+    std::uint32_t max_inflight = 64;         // tasks per worker at most
+};
+
+class Scheduler {
+public:
+    Scheduler(std::size_t workers, SchedulerOptions options);
+
+    /// Queues a task at the back. Never blocks.
+    void submit(Task task);
+    /// Removes a task that has not been handed to a worker. True if it was queued.
+    bool cancel(std::uint64_t task_id);
+    /// Removes every queued task and returns their ids.
+    std::vector<std::uint64_t> cancel_all();
+    /// Registers the frame that defines function `fn_id` in a worker.
+    void define_function(std::uint64_t fn_id, SharedBytes frame);
+    /// Drops function `fn_id`; workers that have it are sent `forget_frame` next.
+    void forget_function(std::uint64_t fn_id, SharedBytes const& forget_frame);
+
+    /// Hands queued work to workers with room. Appends (worker, frame) in send order.
+    void assign(std::vector<std::pair<std::size_t, SharedBytes>>& out);
+    /// A result for `task_id` came from `worker`. Returns the task if it was in flight there.
+    std::optional<Task> complete(std::size_t worker, std::uint64_t task_id, std::int64_t elapsed_ns);
+    /// `worker` died: its in-flight tasks go back to the front of the queue, except those
+    /// that used up their retries, which are returned. The slot forgets its functions.
+    std::vector<Task> worker_died(std::size_t worker);
+    /// A process now serves `worker` (fresh: knows no function, has run nothing).
+    void worker_started(std::size_t worker);
+    /// Stop handing work to `worker` (it is being retired or the pool is stopping).
+    void set_accepting(std::size_t worker, bool accepting);
+
+    bool alive(std::size_t worker) const { return m_workers.at(worker).alive; }
+    bool idle(std::size_t worker) const { return m_workers.at(worker).inflight.empty(); }
+    /// True when the worker reached max_items_per_worker.
+    bool exhausted(std::size_t worker) const;
+    std::size_t queued() const noexcept { return m_queue.size(); }
+    std::size_t inflight() const noexcept;
+    std::size_t workers() const noexcept { return m_workers.size(); }
+    /// Current per-worker in-flight limit (adapts to measured task time).
+    std::uint32_t inflight_limit() const noexcept;
+
+private:
+    struct WorkerState {
+        bool alive = false;
+        bool accepting = false;
+        std::deque<Task> inflight;
+        std::unordered_set<std::uint64_t> known_functions;
+        std::vector<SharedBytes> control;  // forget frames to send before any task
+        std::uint64_t items_started = 0;
+    };
+
+    SchedulerOptions m_options;
+    std::vector<WorkerState> m_workers;
+    std::deque<Task> m_queue;
+    std::unordered_map<std::uint64_t, SharedBytes> m_functions;
+    double m_task_ns = 0;  // moving average of one task's run time; 0: not measured yet
+};
+
+}  // namespace shoal

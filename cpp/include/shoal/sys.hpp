@@ -1,0 +1,86 @@
+// sys.hpp — thin RAII owners and helpers for the Linux primitives the core uses.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <system_error>
+#include <vector>
+
+namespace shoal {
+
+/// Throws std::system_error for errno with a message naming the failed call.
+[[noreturn]] void throw_errno(std::string const& what);
+
+/// A broken invariant: print the function and the rule, then abort.
+[[noreturn]] void die(char const* where, char const* rule) noexcept;
+
+#define SHOAL_ASSERT(cond, rule) \
+    do { if (!(cond)) ::shoal::die(__func__, rule); } while (0)
+
+/// Owns one file descriptor. Move-only; closes on destruction (safe at any time).
+class Fd {
+public:
+    Fd() noexcept = default;
+    explicit Fd(int fd) noexcept : m_fd(fd) {}
+    Fd(Fd&& o) noexcept : m_fd(o.release()) {}
+    Fd& operator=(Fd&& o) noexcept { reset(o.release()); return *this; }
+    Fd(Fd const&) = delete;
+    Fd& operator=(Fd const&) = delete;
+    ~Fd() { reset(); }
+
+    int get() const noexcept { return m_fd; }
+    explicit operator bool() const noexcept { return m_fd >= 0; }
+    int release() noexcept { int fd = m_fd; m_fd = -1; return fd; }
+    void reset(int fd = -1) noexcept;
+
+private:
+    int m_fd = -1;
+};
+
+/// Waits while *word == expected, up to timeout_ns (negative: forever). Works across
+/// processes on MAP_SHARED memory. Returns false on timeout. Any thread; blocks.
+bool futex_wait(std::uint32_t* word, std::uint32_t expected, std::int64_t timeout_ns) noexcept;
+/// Wakes up to n waiters on word. Any thread; never blocks.
+void futex_wake(std::uint32_t* word, int n) noexcept;
+
+/// A cheap pause for spin loops.
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+
+/// Monotonic clock in nanoseconds (vDSO, no syscall).
+std::int64_t now_ns() noexcept;
+
+/// An eventfd: a counter other processes can wake us through. Move-only.
+class EventFd {
+public:
+    EventFd();                       ///< Throws std::system_error.
+    explicit EventFd(Fd fd) noexcept : m_fd(std::move(fd)) {}
+    int fd() const noexcept { return m_fd.get(); }
+    /// Adds one. Any thread or process; never blocks.
+    void signal() const noexcept;
+    /// Clears the counter without blocking.
+    void drain() const noexcept;
+private:
+    Fd m_fd;
+};
+
+/// A Unix socket pair (SOCK_SEQPACKET, close-on-exec).
+std::pair<Fd, Fd> socket_pair();
+
+/// Sends one message with file descriptors attached (SCM_RIGHTS). Blocks. Throws on error.
+void send_message(int sock, std::span<std::byte const> data, std::span<int const> fds = {});
+enum class RecvStatus { message, eof, would_block };
+/// Receives one message (at most max_bytes) and up to max_fds descriptors. Blocks unless
+/// `nonblocking`. Throws on error or on a truncated message.
+RecvStatus recv_message(int sock, std::vector<std::byte>& data, std::vector<Fd>& fds,
+                        bool nonblocking = false, std::size_t max_bytes = 4096,
+                        std::size_t max_fds = 8);
+
+}  // namespace shoal

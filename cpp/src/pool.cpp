@@ -1,0 +1,518 @@
+// pool.cpp — the driver's pool: layout of shared memory, dispatcher loop, worker lives.
+// See pool.hpp for the data flow of a task.
+#include "shoal/pool.hpp"
+#include "shoal/frame.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <poll.h>
+#include <stdexcept>
+#include <sys/socket.h>
+
+namespace shoal {
+
+namespace {
+constexpr std::size_t k_page = 4096;
+std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+}  // namespace
+
+Pool::Pool(ZygoteClient& zygote, PoolOptions options)
+    : m_options(std::move(options)), m_scheduler(m_options.workers, m_options.scheduler) {
+    std::size_t const n = m_options.workers;
+    if (n == 0) throw std::invalid_argument("Pool: at least one worker");
+    std::size_t const tb = Ring::bytes_for(m_options.task_ring_bytes);
+    std::size_t const rb = Ring::bytes_for(m_options.result_ring_bytes);
+    std::size_t size = round_up(sizeof(DoorbellWord) + n * (tb + rb), k_page);
+    m_memory = SharedMemory::create(size, "shoal-pool");
+    m_init_frame = std::make_shared<Bytes const>(encode_frame(FrameKind::function, 0, 0, 0, 1, m_options.init_payload));
+    m_doorbell = Doorbell(new (m_memory.data()) DoorbellWord{}, EventFd());
+
+    std::size_t offset = sizeof(DoorbellWord);
+    m_slots.resize(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        WorkerSpec s;
+        s.slot = static_cast<std::uint32_t>(i);
+        s.task_ring_offset = offset;
+        s.task_ring_capacity = m_options.task_ring_bytes;
+        offset += tb;
+        s.result_ring_offset = offset;
+        s.result_ring_capacity = m_options.result_ring_bytes;
+        offset += rb;
+        s.doorbell_offset = 0;
+        s.spin_ns = m_options.spin_ns;
+        m_specs.push_back(s);
+    }
+
+    m_executor = zygote.open_executor();
+    if (!m_options.preload.empty()) {
+        ZygoteMessage m;
+        m.op = ZygoteOp::import_modules;
+        for (auto const& name : m_options.preload) m.body += name + "\n";
+        send_message(m_executor.get(), m.encode());
+        std::vector<std::byte> buf;
+        std::vector<Fd> fds;
+        ZygoteMessage reply;
+        if (recv_message(m_executor.get(), buf, fds) != RecvStatus::message ||
+            !ZygoteMessage::decode(buf, reply) || reply.op != ZygoteOp::imported)
+            throw std::runtime_error("shoal: the zygote did not answer the preload request");
+        if (reply.status.value != 0) throw std::runtime_error("shoal: preload failed in the zygote: " + reply.body);
+    }
+    std::lock_guard lock(m_mutex);
+    for (std::size_t i = 0; i < n; ++i) start_worker_locked(i);
+}
+
+Pool::~Pool() {
+    if (!m_finished) {
+        close(true);
+        join(2'000'000'000);
+    }
+}
+
+void Pool::start_worker_locked(std::size_t i) {
+    Slot& s = m_slots[i];
+    WorkerSpec const& spec = m_specs[i];
+    // The slot's previous worker (if any) has been reaped: nobody else touches these rings.
+    s.tasks = Ring::create(m_memory.data() + spec.task_ring_offset, spec.task_ring_capacity);
+    s.results = Ring::create(m_memory.data() + spec.result_ring_offset, spec.result_ring_capacity);
+    s.reader.reset();
+    s.writer = MessageWriter();
+    s.outbox.clear();
+    s.outbox.push_back(m_init_frame);
+    s.pid = 0;
+    s.ready = false;
+    s.stopping = false;
+    s.exited = false;
+    m_scheduler.worker_started(i);
+    ZygoteMessage m;
+    m.op = ZygoteOp::fork_worker;
+    m.slot = spec.slot;
+    m.spec = spec;
+    int fds[2] = {m_memory.fd(), m_doorbell.fd()};
+    try {
+        send_message(m_executor.get(), m.encode(), fds);
+    } catch (std::system_error const&) {
+        // The zygote is gone; its EOF is handled by the dispatcher.
+        s.exited = true;
+        m_scheduler.worker_died(i);
+    }
+}
+
+void Pool::define_function(std::uint64_t fn_id, std::span<std::byte const> pickled) {
+    auto frame = std::make_shared<Bytes const>(encode_frame(FrameKind::function, 0, 0, fn_id, 1, pickled));
+    std::lock_guard lock(m_mutex);
+    m_scheduler.define_function(fn_id, std::move(frame));
+}
+
+void Pool::forget_function(std::uint64_t fn_id) {
+    auto frame = std::make_shared<Bytes const>(encode_frame(FrameKind::forget, 0, 0, fn_id, 1, {}));
+    std::lock_guard lock(m_mutex);
+    m_scheduler.forget_function(fn_id, frame);
+    pump_locked();
+}
+
+void Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
+                  std::span<std::byte const> payload) {
+    auto frame = std::make_shared<Bytes const>(encode_frame(FrameKind::task, 0, task_id, fn_id, count, payload));
+    std::lock_guard lock(m_mutex);
+    if (m_broken || m_closing) {
+        Completion c;
+        c.kind = m_broken ? m_broken_kind : Completion::broken;
+        c.task_id = task_id;
+        c.status = m_broken_status;
+        c.payload = m_broken_payload;
+        m_ready.push_back(std::move(c));
+        m_ready_cv.notify_all();
+        return;
+    }
+    m_scheduler.submit(Task{task_id, fn_id, count, 0, std::move(frame)});
+    // Results drained here free in-flight room; the completions wait for a taker.
+    if (drain_locked()) wake_dispatcher();
+    pump_locked();
+}
+
+bool Pool::cancel(std::uint64_t task_id) {
+    std::lock_guard lock(m_mutex);
+    return m_scheduler.cancel(task_id);
+}
+
+std::vector<std::uint64_t> Pool::cancel_all() {
+    std::lock_guard lock(m_mutex);
+    return m_scheduler.cancel_all();
+}
+
+void Pool::pump_locked() {
+    std::vector<std::pair<std::size_t, SharedBytes>> out;
+    m_scheduler.assign(out);
+    for (auto& [slot, frame] : out) m_slots[slot].outbox.push_back(std::move(frame));
+    for (auto& s : m_slots) {
+        if (s.exited) continue;
+        bool pushed = false;
+        for (;;) {
+            if (!s.writer.active() || s.writer.done()) {
+                if (s.outbox.empty()) break;
+                s.writer = MessageWriter(std::move(s.outbox.front()));
+                s.outbox.pop_front();
+            }
+            if (s.writer.pump(s.tasks)) {
+                pushed = true;
+                continue;
+            }
+            pushed = true;  // a part may have gone in
+            // Full: the worker rings our doorbell when it frees room.
+            if (s.tasks.producer_sleep_begin(s.writer.next_fragment(s.tasks))) break;
+        }
+        if (pushed && s.tasks.consumer_needs_wake()) s.tasks.wake_consumer();
+    }
+}
+
+bool Pool::drain_locked() {
+    bool any = false;
+    for (std::size_t i = 0; i < m_slots.size(); ++i) any = drain_slot_locked(i) || any;
+    return any;
+}
+
+bool Pool::drain_slot_locked(std::size_t i) {
+    bool any = false;
+    std::string error;
+    {
+        Slot& s = m_slots[i];
+        if (s.exited) return false;
+        for (int budget = 0; budget < 4096; ++budget) {
+            bool producer_waiting = false;
+            auto st = s.reader.poll(s.results, producer_waiting);
+            if (st == MessageReader::Status::empty) break;
+            if (st != MessageReader::Status::message) {
+                // A worker that writes garbage is treated as crashed.
+                ZygoteMessage m;
+                m.op = ZygoteOp::kill_worker;
+                m.slot = static_cast<std::uint32_t>(i);
+                try { send_message(m_executor.get(), m.encode()); } catch (...) {}
+                s.exited = true;  // read nothing more from it; the exit report restarts it
+                break;
+            }
+            any = true;
+            Bytes& msg = s.reader.message();
+            FrameView f;
+            if (!decode_frame(msg, f, error) || !is_worker_frame(f.header.kind)) {
+                ZygoteMessage m;
+                m.op = ZygoteOp::kill_worker;
+                m.slot = static_cast<std::uint32_t>(i);
+                try { send_message(m_executor.get(), m.encode()); } catch (...) {}
+                s.exited = true;
+                break;
+            }
+            switch (f.header.kind) {
+                case FrameKind::result: {
+                    auto aux = static_cast<std::int64_t>(f.header.aux);
+                    if (!m_scheduler.complete(i, f.header.task_id, aux)) break;  // not ours: drop
+                    Completion c;
+                    c.kind = Completion::result;
+                    c.flags = f.header.flags;
+                    c.task_id = f.header.task_id;
+                    c.aux = f.header.aux;
+                    c.worker = static_cast<std::uint32_t>(i);
+                    c.payload = std::move(msg);
+                    c.payload_offset = sizeof(FrameHeader);
+                    m_ready.push_back(std::move(c));
+                    break;
+                }
+                case FrameKind::output: {
+                    Completion c;
+                    c.kind = Completion::output;
+                    c.flags = f.header.flags;
+                    c.worker = static_cast<std::uint32_t>(i);
+                    c.payload = std::move(msg);
+                    c.payload_offset = sizeof(FrameHeader);
+                    m_ready.push_back(std::move(c));
+                    break;
+                }
+                case FrameKind::ready:
+                    s.ready = true;
+                    m_early_deaths = 0;
+                    break;
+                case FrameKind::init_failed: {
+                    Bytes payload(f.payload.begin(), f.payload.end());
+                    if (!m_broken) fail_all_locked(Completion::init_failed, payload, ExitStatus{});
+                    break;
+                }
+                default: break;
+            }
+        }
+    }
+    return any;
+}
+
+void Pool::fail_all_locked(Completion::Kind kind, Bytes const& payload, ExitStatus status) {
+    m_broken = true;
+    m_broken_kind = kind;
+    m_broken_payload = payload;
+    m_broken_status = status;
+    for (auto id : m_scheduler.cancel_all()) {
+        Completion c;
+        c.kind = kind;
+        c.task_id = id;
+        c.status = status;
+        c.payload = payload;
+        m_ready.push_back(std::move(c));
+    }
+}
+
+void Pool::handle_zygote_locked() {
+    std::vector<std::byte> buf;
+    std::vector<Fd> fds;
+    for (;;) {
+        RecvStatus st;
+        try {
+            st = recv_message(m_executor.get(), buf, fds, /*nonblocking=*/true);
+        } catch (std::exception const&) {
+            st = RecvStatus::eof;
+        }
+        if (st == RecvStatus::would_block) return;
+        if (st == RecvStatus::eof) {
+            // The zygote is gone, and with it every worker (they die with their parent).
+            ExitStatus gone{ExitStatus::signaled, 9};
+            for (std::size_t i = 0; i < m_slots.size(); ++i) {
+                if (m_slots[i].exited) continue;
+                m_slots[i].exited = true;
+                for (auto& t : m_scheduler.worker_died(i)) {
+                    Completion c;
+                    c.kind = Completion::crashed;
+                    c.task_id = t.id;
+                    c.status = gone;
+                    m_ready.push_back(std::move(c));
+                }
+            }
+            if (!m_broken) {
+                std::string why = "the zygote process died";
+                fail_all_locked(Completion::broken, Bytes(reinterpret_cast<std::byte const*>(why.data()),
+                                                          reinterpret_cast<std::byte const*>(why.data()) + why.size()), gone);
+            }
+            m_executor.reset();
+            m_executor = Fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));  // inert: never readable
+            return;
+        }
+        ZygoteMessage m;
+        if (!ZygoteMessage::decode(buf, m) || m.slot >= m_slots.size()) continue;
+        Slot& s = m_slots[m.slot];
+        if (m.op == ZygoteOp::forked) {
+            s.pid = m.pid;
+        } else if (m.op == ZygoteOp::exited) {
+            worker_exited_locked(m.slot, m.status);
+        }
+    }
+}
+
+void Pool::worker_exited_locked(std::size_t i, ExitStatus status) {
+    drain_slot_locked(i);  // results it wrote before it died still count
+    Slot& s = m_slots[i];
+    bool was_ready = s.ready;
+    bool was_stopping = s.stopping;
+    s.exited = true;
+    s.pid = 0;
+    for (auto& t : m_scheduler.worker_died(i)) {
+        Completion c;
+        c.kind = Completion::crashed;
+        c.task_id = t.id;
+        c.status = status;
+        c.worker = static_cast<std::uint32_t>(i);
+        m_ready.push_back(std::move(c));
+    }
+    if (m_killing || m_broken) return;
+    if (m_closing && was_stopping && m_scheduler.queued() == 0) return;
+    if (!was_ready && !(was_stopping && status.kind == ExitStatus::exited && status.value == 0)) {
+        if (++m_early_deaths >= 3) {
+            std::string why = "workers die as they start (" + status.describe() + ")";
+            fail_all_locked(Completion::broken, Bytes(reinterpret_cast<std::byte const*>(why.data()),
+                                                      reinterpret_cast<std::byte const*>(why.data()) + why.size()), status);
+            return;
+        }
+    }
+    start_worker_locked(i);
+}
+
+void Pool::stop_idle_workers_locked() {
+    static auto const shutdown_frame =
+        std::make_shared<Bytes const>(encode_frame(FrameKind::shutdown, 0, 0, 0, 0, {}));
+    bool const closing = m_closing && !m_killing && (m_scheduler.queued() == 0 || m_broken);
+    for (std::size_t i = 0; i < m_slots.size(); ++i) {
+        Slot& s = m_slots[i];
+        if (s.exited || s.stopping || !m_scheduler.idle(i)) continue;
+        if (closing || m_scheduler.exhausted(i)) {
+            s.stopping = true;
+            m_scheduler.set_accepting(i, false);
+            s.outbox.push_back(shutdown_frame);
+        }
+    }
+}
+
+bool Pool::results_waiting() const noexcept {
+    for (auto const& s : m_slots)
+        if (!s.exited && !s.results.empty()) return true;
+    return false;
+}
+
+void Pool::wake_dispatcher() noexcept { m_wakeup.signal(); }
+
+void Pool::service_locked() {
+    while (drain_locked()) {}
+    handle_zygote_locked();
+    stop_idle_workers_locked();
+    pump_locked();
+    if (m_closing && !m_finished) {
+        bool all_exited = true;
+        for (auto const& s : m_slots) all_exited = all_exited && s.exited;
+        if (all_exited) {
+            ExitStatus killed{ExitStatus::signaled, 9};
+            for (auto id : m_scheduler.cancel_all()) {
+                Completion c;
+                c.kind = Completion::broken;
+                c.task_id = id;
+                c.status = killed;
+                m_ready.push_back(std::move(c));
+            }
+            m_finished = true;
+            m_executor.reset();  // the zygote forgets this executor
+            m_ready_cv.notify_all();
+        }
+    }
+}
+
+bool Pool::take(std::vector<Completion>& out, std::int64_t timeout_ns, bool background,
+                std::uint64_t epoch) {
+    std::int64_t const start = now_ns();
+    std::unique_lock lock(m_mutex);
+    if (!background) {
+        ++m_foreground;
+        if (m_poller && m_poller_background) m_wakeup.signal();  // hand us the doorbell
+    }
+    struct Leave {
+        Pool& p; bool bg;
+        ~Leave() { if (!bg && --p.m_foreground == 0) p.m_ready_cv.notify_all(); }
+    } leave{*this, background};
+    for (;;) {
+        if (background && m_foreground > 0 && !m_finished) {
+            // A caller is waiting for a result: let it take results itself, undisturbed.
+            m_ready_cv.wait_for(lock, std::chrono::milliseconds(200));
+            continue;
+        }
+        service_locked();
+        if (!m_ready.empty()) {
+            for (auto& c : m_ready) out.push_back(std::move(c));
+            m_ready.clear();
+            return true;
+        }
+        if (m_finished) return false;
+        if (!background && m_epoch.load(std::memory_order_acquire) != epoch) return true;
+        std::int64_t left = timeout_ns < 0 ? std::int64_t{200'000'000} : timeout_ns - (now_ns() - start);
+        if (left <= 0) return true;
+        bool const defer = background && m_foreground > 0;
+        if (!defer) {
+            // Spin without the lock: a result usually arrives within a few µs of work.
+            lock.unlock();
+            bool ready = false;
+            std::int64_t const spin_start = now_ns();
+            for (unsigned i = 0; !ready; ++i) {
+                ready = results_waiting();
+                if ((i & 63) == 0 && now_ns() - spin_start >= std::min(m_options.spin_ns, left)) break;
+                cpu_relax();
+            }
+            lock.lock();
+            if (ready || !m_ready.empty()) continue;
+        }
+        // Checked under the lock: interrupt() bumps the epoch, then locks to wake us.
+        if (!background && m_epoch.load(std::memory_order_acquire) != epoch) return true;
+        if (m_poller || defer) {
+            // Another thread sleeps on the doorbell and will hand out what arrives.
+            m_ready_cv.wait_for(lock, std::chrono::nanoseconds(std::min(left, std::int64_t{200'000'000})));
+            continue;
+        }
+        m_poller = true;
+        m_poller_background = background;
+        lock.unlock();
+        m_doorbell.sleep_begin();
+        if (!results_waiting()) {
+            pollfd p[3] = {{m_doorbell.fd(), POLLIN, 0}, {m_executor.get(), POLLIN, 0}, {m_wakeup.fd(), POLLIN, 0}};
+            ::poll(p, 3, static_cast<int>(std::min(left, std::int64_t{200'000'000}) / 1'000'000) + 1);
+        }
+        m_doorbell.sleep_end();
+        m_wakeup.drain();
+        lock.lock();
+        m_poller = false;
+        m_ready_cv.notify_all();  // the others may take the doorbell now
+    }
+}
+
+void Pool::interrupt() {
+    m_epoch.fetch_add(1, std::memory_order_seq_cst);
+    if (m_foreground.load(std::memory_order_seq_cst) == 0) return;
+    std::lock_guard lock(m_mutex);
+    m_ready_cv.notify_all();
+    if (m_poller) m_wakeup.signal();
+}
+
+void Pool::close(bool kill) {
+    {
+        std::lock_guard lock(m_mutex);
+        m_closing = true;
+        if (kill && !m_killing) {
+            m_killing = true;
+            for (std::size_t i = 0; i < m_slots.size(); ++i) {
+                if (m_slots[i].exited) continue;
+                ZygoteMessage m;
+                m.op = ZygoteOp::kill_worker;
+                m.slot = static_cast<std::uint32_t>(i);
+                try { send_message(m_executor.get(), m.encode()); } catch (...) {}
+            }
+        }
+    }
+    wake_dispatcher();
+}
+
+void Pool::join(std::int64_t timeout_ns) {
+    std::int64_t const start = now_ns();
+    bool killed = false;
+    std::unique_lock lock(m_mutex);
+    while (!m_finished) {
+        service_locked();
+        if (m_finished) break;
+        if (!killed && now_ns() - start > timeout_ns) {
+            lock.unlock();
+            close(true);
+            killed = true;
+            lock.lock();
+            continue;
+        }
+        if (now_ns() - start > timeout_ns + 5'000'000'000) {
+            // The zygote does not answer: give up on it rather than hang.
+            m_executor.reset();
+            m_executor = Fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+            for (auto& s : m_slots) s.exited = true;
+            continue;
+        }
+        lock.unlock();
+        pollfd p{m_executor.get(), POLLIN, 0};
+        ::poll(&p, 1, 10);  // exits come from the zygote; results are drained each round
+        lock.lock();
+    }
+    m_ready_cv.notify_all();
+}
+
+std::vector<std::int64_t> Pool::worker_pids() const {
+    std::lock_guard lock(m_mutex);
+    std::vector<std::int64_t> pids;
+    for (auto const& s : m_slots)
+        if (!s.exited && s.pid > 0) pids.push_back(s.pid);
+    return pids;
+}
+
+std::size_t Pool::queued() const {
+    std::lock_guard lock(m_mutex);
+    return m_scheduler.queued();
+}
+
+std::size_t Pool::inflight() const {
+    std::lock_guard lock(m_mutex);
+    return m_scheduler.inflight();
+}
+
+}  // namespace shoal

@@ -1,0 +1,129 @@
+// scheduler.cpp — queue, in-flight limits, function prerequisites and retries.
+#include "shoal/scheduler.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace shoal {
+
+Scheduler::Scheduler(std::size_t workers, SchedulerOptions options)
+    : m_options(options), m_workers(workers) {}
+
+void Scheduler::submit(Task task) { m_queue.push_back(std::move(task)); }
+
+bool Scheduler::cancel(std::uint64_t task_id) {
+    auto it = std::find_if(m_queue.begin(), m_queue.end(), [&](Task const& t) { return t.id == task_id; });
+    if (it == m_queue.end()) return false;
+    m_queue.erase(it);
+    return true;
+}
+
+std::vector<std::uint64_t> Scheduler::cancel_all() {
+    std::vector<std::uint64_t> ids;
+    for (auto const& t : m_queue) ids.push_back(t.id);
+    m_queue.clear();
+    return ids;
+}
+
+void Scheduler::define_function(std::uint64_t fn_id, SharedBytes frame) {
+    m_functions[fn_id] = std::move(frame);
+}
+
+void Scheduler::forget_function(std::uint64_t fn_id, SharedBytes const& forget_frame) {
+    m_functions.erase(fn_id);
+    for (auto& w : m_workers)
+        if (w.known_functions.erase(fn_id)) w.control.push_back(forget_frame);
+}
+
+std::uint32_t Scheduler::inflight_limit() const noexcept {
+    if (m_task_ns <= 0) return 2;
+    if (m_task_ns >= 20e6) return 1;  // long tasks: never park one behind another
+    double n = static_cast<double>(m_options.target_inflight_ns) / m_task_ns;
+    return static_cast<std::uint32_t>(std::clamp(n, 2.0, static_cast<double>(m_options.max_inflight)));
+}
+
+bool Scheduler::exhausted(std::size_t worker) const {
+    auto const& w = m_workers.at(worker);
+    return m_options.max_items_per_worker && w.items_started >= m_options.max_items_per_worker;
+}
+
+void Scheduler::assign(std::vector<std::pair<std::size_t, SharedBytes>>& out) {
+    for (std::size_t i = 0; i < m_workers.size(); ++i) {
+        auto& w = m_workers[i];
+        for (auto& c : w.control) out.emplace_back(i, std::move(c));
+        w.control.clear();
+    }
+    std::uint32_t limit = inflight_limit();
+    while (!m_queue.empty()) {
+        // The worker with the fewest tasks in flight, among those with room.
+        std::size_t best = m_workers.size();
+        for (std::size_t i = 0; i < m_workers.size(); ++i) {
+            auto const& w = m_workers[i];
+            if (!w.alive || !w.accepting || w.inflight.size() >= limit || exhausted(i)) continue;
+            if (best == m_workers.size() || w.inflight.size() < m_workers[best].inflight.size()) best = i;
+        }
+        if (best == m_workers.size()) return;
+        auto& w = m_workers[best];
+        Task t = std::move(m_queue.front());
+        m_queue.pop_front();
+        if (t.fn_id && !w.known_functions.count(t.fn_id)) {
+            auto f = m_functions.find(t.fn_id);
+            if (f != m_functions.end()) {
+                out.emplace_back(best, f->second);
+                w.known_functions.insert(t.fn_id);
+            }
+        }
+        ++t.attempts;
+        w.items_started += t.count;
+        out.emplace_back(best, t.frame);
+        w.inflight.push_back(std::move(t));
+    }
+}
+
+std::optional<Task> Scheduler::complete(std::size_t worker, std::uint64_t task_id, std::int64_t elapsed_ns) {
+    auto& q = m_workers.at(worker).inflight;
+    // Results come back in order, so this is almost always the front.
+    auto it = std::find_if(q.begin(), q.end(), [&](Task const& t) { return t.id == task_id; });
+    if (it == q.end()) return std::nullopt;
+    Task t = std::move(*it);
+    q.erase(it);
+    if (elapsed_ns > 0) {
+        double per_task = static_cast<double>(elapsed_ns);
+        m_task_ns = m_task_ns <= 0 ? per_task : 0.8 * m_task_ns + 0.2 * per_task;
+    }
+    return t;
+}
+
+std::vector<Task> Scheduler::worker_died(std::size_t worker) {
+    auto& w = m_workers.at(worker);
+    std::vector<Task> failed;
+    // Re-queue at the front in the original order.
+    for (auto it = w.inflight.rbegin(); it != w.inflight.rend(); ++it) {
+        if (it->attempts > m_options.retries) failed.push_back(std::move(*it));
+        else m_queue.push_front(std::move(*it));
+    }
+    std::reverse(failed.begin(), failed.end());
+    w.inflight.clear();
+    w.known_functions.clear();
+    w.control.clear();
+    w.alive = false;
+    w.accepting = false;
+    return failed;
+}
+
+void Scheduler::worker_started(std::size_t worker) {
+    auto& w = m_workers.at(worker);
+    w = WorkerState{};
+    w.alive = true;
+    w.accepting = true;
+}
+
+void Scheduler::set_accepting(std::size_t worker, bool accepting) { m_workers.at(worker).accepting = accepting; }
+
+std::size_t Scheduler::inflight() const noexcept {
+    std::size_t n = 0;
+    for (auto const& w : m_workers) n += w.inflight.size();
+    return n;
+}
+
+}  // namespace shoal

@@ -1,0 +1,262 @@
+"""shoal.Executor: one API over the serial, thread and process backends."""
+import collections
+import concurrent.futures
+import itertools
+import os
+import queue
+import threading
+import time
+import weakref
+
+from ._errors import RemoteTraceback
+from ._thread import SerialBackend, ThreadBackend
+
+__all__ = ["Executor"]
+
+_BACKENDS = ("process", "thread", "serial")
+_live = weakref.WeakSet()
+
+# Adaptive chunking: aim for about this much work per chunk, measured as it runs.
+_TARGET_CHUNK_S = 0.001
+_MAX_CHUNK = 1 << 16
+
+
+class Executor(concurrent.futures.Executor):
+    """Runs tasks serially, on threads, or on a pool of worker processes, behind one API.
+
+    ``backend="process"`` (default) forks workers from a zygote process started once per
+    driver process; ``"thread"`` uses threads; ``"serial"`` runs each task in the caller
+    at submit time, so ``pdb`` and tracebacks work as in a plain loop.
+    """
+
+    def __init__(self, max_workers=None, backend="process", *, initializer=None, initargs=(),
+                 retries=2, preload=(), max_tasks_per_worker=None):
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
+            raise ValueError(f"max_workers must be a positive int, not {max_workers!r}")
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, _BACKENDS))}, not {backend!r}")
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an int >= 0, not {retries!r}")
+        if max_tasks_per_worker is not None and (not isinstance(max_tasks_per_worker, int)
+                                                  or max_tasks_per_worker < 1):
+            raise ValueError(f"max_tasks_per_worker must be a positive int or None, not {max_tasks_per_worker!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be callable")
+        if isinstance(preload, str):
+            preload = (preload,)
+        self.max_workers = max_workers
+        self.backend = backend
+        self._shutdown = False
+        self._lock = threading.Lock()
+        if backend == "process":
+            from ._process import ProcessBackend
+            self._backend = ProcessBackend(max_workers, initializer, initargs, retries,
+                                           tuple(preload), max_tasks_per_worker)
+        elif backend == "thread":
+            self._backend = ThreadBackend(max_workers, initializer, initargs)
+        else:
+            self._backend = SerialBackend(max_workers, initializer, initargs)
+        _live.add(self)
+
+    def __repr__(self):
+        state = "shut down" if self._shutdown else "running"
+        return f"<shoal.Executor backend={self.backend!r} max_workers={self.max_workers} {state}>"
+
+    # ------------------------------------------------------------------ tasks
+
+    def _check_open(self):
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new tasks after shutdown")
+
+    def submit(self, fn, /, *args, **kwargs):
+        """Schedules ``fn(*args, **kwargs)``; returns a :class:`shoal.Future`. Arguments
+        that cannot be pickled raise here, in the caller."""
+        self._check_open()
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        return self._backend.submit(fn, args, kwargs)
+
+    def map(self, fn, *iterables, timeout=None, chunksize=None, ordered=True):
+        """Lazy ``map``: reads the inputs only as far as needed to keep the workers busy,
+        so it works on endless iterators with bounded memory. ``ordered=False`` yields
+        results as they complete. ``chunksize=None`` adapts chunks to ~1 ms of work."""
+        self._check_open()
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
+            raise ValueError(f"chunksize must be a positive int or None, not {chunksize!r}")
+        args = zip(*iterables)
+        if self.backend == "serial":
+            return _serial_map(fn, args)
+        return _MapIterator(self, fn, args, timeout, chunksize, ordered)
+
+    def starmap(self, fn, iterable, timeout=None, chunksize=None, ordered=True):
+        """Like :meth:`map`, with each item of ``iterable`` unpacked as the arguments."""
+        self._check_open()
+        if self.backend == "serial":
+            return _serial_map(fn, (tuple(a) for a in iterable))
+        return _MapIterator(self, fn, (tuple(a) for a in iterable), timeout, chunksize, ordered)
+
+    def worker_pids(self):
+        """Process ids of the live workers (process backend; empty otherwise)."""
+        return self._backend.worker_pids()
+
+    # -------------------------------------------------------------- lifetime
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        """Stops accepting tasks. Queued tasks still run unless ``cancel_futures``;
+        ``wait`` blocks until they are done and the workers have exited."""
+        with self._lock:
+            self._shutdown = True
+        if cancel_futures:
+            self._backend.cancel_all()
+        self._backend.shutdown(wait)
+
+    def _terminate(self):
+        """Cancels what is queued and stops the workers now (Ctrl-C, interpreter exit)."""
+        self._shutdown = True
+        self._backend.cancel_all()
+        self._backend.shutdown(True, kill=True)
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._terminate()
+        else:
+            self.shutdown(wait=True)
+        return False
+
+
+def _serial_map(fn, args):
+    for a in args:
+        yield fn(*a)
+
+
+def _raise_chunk_error(err):
+    exc, tb = err
+    if tb is not None:
+        exc.__cause__ = RemoteTraceback(tb)
+    raise exc
+
+
+class _MapIterator:
+    """Keeps a bounded window of chunks in flight and yields their items."""
+
+    def __init__(self, executor, fn, args, timeout, chunksize, ordered):
+        self._backend = executor._backend
+        self._fn = fn
+        self._args = iter(args)
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._fixed = chunksize
+        self._size = chunksize or 1
+        self._ordered = ordered
+        self._window = 4 * executor.max_workers
+        self._pending = collections.deque()   # ordered: futures in input order
+        self._done = queue.SimpleQueue()       # unordered: futures as they finish
+        self._outstanding = 0
+        self._exhausted = False
+        self._buffer = iter(())
+        self._items_sent = 0
+        self._fill()  # start now, so errors in pickling arguments show at the call
+
+    def __iter__(self):
+        return self
+
+    def _next_size(self):
+        if self._fixed:
+            return self._fixed
+        # Grow fast until chunks last ~1 ms; the estimate comes from finished chunks.
+        return self._size
+
+    def _learn(self, n_items, seconds):
+        if self._fixed or n_items == 0:
+            return
+        per_item = max(seconds / n_items, 1e-8)
+        target = int(_TARGET_CHUNK_S / per_item)
+        self._size = max(1, min(_MAX_CHUNK, target, self._size * 4))
+
+    def _fill(self):
+        while not self._exhausted and self._outstanding < self._window:
+            items = list(itertools.islice(self._args, self._next_size()))
+            if not items:
+                self._exhausted = True
+                break
+            fut = self._backend.submit_chunk(self._fn, items)
+            fut._shoal_n = len(items)
+            self._outstanding += 1
+            if self._ordered:
+                self._pending.append(fut)
+            else:
+                fut.add_done_callback(self._done.put)
+            if not self._fixed and self._size < _MAX_CHUNK and self._items_sent < 64:
+                self._size = min(self._size * 2, 64)  # ramp up until the first chunk comes back
+            self._items_sent += len(items)
+
+    def _remaining(self):
+        if self._deadline is None:
+            return None
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            self.close()
+            raise TimeoutError()
+        return left
+
+    def __next__(self):
+        for item in self._buffer:
+            return item
+        while True:
+            if self._outstanding == 0:
+                self._fill()
+                if self._outstanding == 0:
+                    raise StopIteration
+            try:
+                if self._ordered:
+                    fut = self._pending[0]
+                    results, err, elapsed = fut.result(self._remaining())
+                    self._pending.popleft()
+                else:
+                    fut = self._done.get(timeout=self._remaining())
+                    results, err, elapsed = fut.result()
+            except concurrent.futures.TimeoutError:
+                self.close()
+                raise TimeoutError() from None
+            except queue.Empty:
+                self.close()
+                raise TimeoutError() from None
+            except BaseException:
+                self.close()
+                raise
+            self._outstanding -= 1
+            self._learn(fut._shoal_n, elapsed)
+            self._fill()
+            if err is not None:
+                self._buffer = itertools.chain(results, _Raiser(self, err))
+            else:
+                self._buffer = iter(results)
+            for item in self._buffer:
+                return item
+
+    def close(self):
+        """Cancels chunks not yet handed to a worker."""
+        self._exhausted = True
+        for fut in self._pending:
+            fut.cancel()
+        self._pending.clear()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class _Raiser:
+    def __init__(self, it, err):
+        self._it = it
+        self._err = err
+
+    def __iter__(self):
+        self._it.close()
+        _raise_chunk_error(self._err)
+        yield  # pragma: no cover

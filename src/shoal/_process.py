@@ -1,0 +1,279 @@
+"""The process backend: tasks run in worker processes forked from the per-process zygote.
+
+    submit ─► pickle args ─► _core.Pool.submit ─► (C++: scheduler, rings, workers)
+                                                        │
+    Future ◄─ _Completions thread ◄─ Pool.wait_completions ◄┘
+
+Functions are pickled once per executor and cached in the workers by id.
+"""
+import itertools
+import json
+import os
+import sys
+import threading
+import time
+from collections import OrderedDict
+
+from . import _core
+from ._errors import InitializerError, RemoteTraceback, WorkerCrashedError
+from ._future import Future
+from ._pickle import dumps, dumps_function, loads
+from ._worker import CALL, CHUNK
+
+from concurrent.futures import BrokenExecutor
+
+_zygote = None
+_zygote_lock = threading.Lock()
+_zygote_pid = None  # the process that owns _zygote (a forked copy of the driver must not use it)
+
+
+def zygote():
+    """The zygote of this process, started on first use and kept for every later executor."""
+    global _zygote, _zygote_pid
+    with _zygote_lock:
+        if _zygote is None or _zygote_pid != os.getpid() or not _zygote.alive():
+            code = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
+                    "import shoal._zygote as z; z.main()")
+            _zygote = _core.ZygoteClient([sys.executable, "-c", code, json.dumps(sys.path)])
+            _zygote_pid = os.getpid()
+        return _zygote
+
+
+def _default_preload():
+    return [name for name in ("numpy",) if name in sys.modules]
+
+
+class _FunctionTable:
+    """Function ids for this executor: each function is pickled and registered once.
+    Functions with no task outstanding are forgotten past `capacity` (least recently used)."""
+
+    def __init__(self, pool, capacity=512):
+        self._pool = pool
+        self._capacity = capacity
+        self._by_obj = OrderedDict()  # id(fn) -> [fn, fn_id, outstanding]
+        self._by_fn_id = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def acquire(self, fn):
+        with self._lock:
+            entry = self._by_obj.get(id(fn))
+            if entry is not None and entry[0] is fn:
+                self._by_obj.move_to_end(id(fn))
+                entry[2] += 1
+                return entry[1]
+        blob = dumps_function(fn)  # raises in the caller when fn cannot be pickled
+        with self._lock:
+            fn_id = next(self._ids)
+            self._pool.define_function(fn_id, blob)
+            entry = [fn, fn_id, 1]
+            old = self._by_obj.pop(id(fn), None)
+            if old is not None:
+                self._by_fn_id.pop(old[1], None)
+                self._pool.forget_function(old[1]) if old[2] == 0 else None
+            self._by_obj[id(fn)] = entry
+            self._by_fn_id[fn_id] = entry
+            self._evict()
+            return fn_id
+
+    def release(self, fn_id):
+        with self._lock:
+            entry = self._by_fn_id.get(fn_id)
+            if entry is not None:
+                entry[2] -= 1
+
+    def _evict(self):
+        while len(self._by_obj) > self._capacity:
+            for key, entry in self._by_obj.items():
+                if entry[2] == 0:
+                    del self._by_obj[key]
+                    del self._by_fn_id[entry[1]]
+                    self._pool.forget_function(entry[1])
+                    break
+            else:
+                return
+
+
+class _State:
+    """What the completion thread needs; kept apart from the Executor so an executor that
+    is dropped without shutdown can still be collected (its __del__ closes the pool)."""
+
+    def __init__(self, pool, retries):
+        self.pool = pool
+        self.retries = retries
+        self.futures = {}  # task id -> (Future, fn_id)
+        self.lock = threading.Lock()
+        self.functions = None
+
+
+def _deliver(state, batch):
+    """Turns a batch of the pool's completions into finished futures (any thread)."""
+    futures = state.futures
+    for kind, flags, task_id, _aux, status_kind, status_value, status_text, _w, payload in batch:
+        if kind == _OUTPUT:
+            stream = sys.stdout if flags == 1 else sys.stderr
+            try:
+                stream.write(payload.decode("utf-8", "replace"))
+                stream.flush()
+            except Exception:
+                pass
+            continue
+        with state.lock:
+            entry = futures.pop(task_id, None)
+        if entry is None:
+            continue
+        fut, fn_id = entry
+        state.functions.release(fn_id)
+        if kind == _RESULT:
+            try:
+                value = loads(payload)
+            except BaseException as exc:  # noqa: BLE001 - fails this task only
+                fut._fail(exc)
+                continue
+            if flags & _ERROR:
+                exc, tb = value
+                exc.__cause__ = RemoteTraceback(tb)
+                fut._fail(exc)
+            else:
+                fut._resolve(value)
+        elif kind == _CRASHED:
+            signaled = status_kind == _core.STATUS_SIGNALED
+            fut._fail(WorkerCrashedError(
+                f"the worker running this task {status_text}; the task was tried "
+                f"{1 + state.retries} times",
+                signal=status_value if signaled else None,
+                exitcode=None if signaled else status_value))
+        elif kind == _INIT_FAILED:
+            err = InitializerError("the executor's initializer failed in a worker")
+            try:
+                cause, tb = loads(payload)
+                cause.__cause__ = RemoteTraceback(tb)
+                err.__cause__ = cause
+            except Exception:
+                pass
+            fut._fail(err)
+        else:
+            reason = payload.decode("utf-8", "replace") or "the executor was shut down"
+            fut._fail(BrokenExecutor(f"shoal: cannot run the task: {reason}"))
+
+
+_RESULT, _OUTPUT, _CRASHED, _INIT_FAILED = (_core.COMPLETION_RESULT, _core.COMPLETION_OUTPUT,
+                                            _core.COMPLETION_CRASHED, _core.COMPLETION_INIT_FAILED)
+_ERROR = _core.FLAG_ERROR
+
+
+def _complete(state):
+    """Completion thread: delivers what no waiting caller has taken (callbacks, as_completed)."""
+    take = state.pool.take
+    interrupt = state.pool.interrupt
+    while True:
+        batch = take(-1.0, True)
+        if batch is None:
+            break
+        if batch:
+            _deliver(state, batch)
+            interrupt()  # a caller blocked in take() may be waiting for one of these
+    # The pool is finished: nothing else will complete.
+    with state.lock:
+        rest = list(state.futures.values())
+        state.futures.clear()
+    for fut, _ in rest:
+        fut._fail(BrokenExecutor("shoal: the executor was shut down before the task ran"))
+
+
+class _ProcessFuture(Future):
+    """A future whose waiter, instead of sleeping until another thread delivers the result,
+    takes results from the pool itself: one thread hop less per task."""
+
+    def _help(self, timeout):
+        state = self._shoal_state
+        pool = state.pool
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            epoch = pool.epoch  # before the check: a delivery after it ends take() at once
+            if self._state not in ("PENDING", "RUNNING"):
+                return
+            left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+            if left <= 0:
+                return
+            batch = pool.take(left, False, epoch)  # short slices: Ctrl-C stays responsive
+            if batch is None:
+                return
+            if batch:
+                _deliver(state, batch)
+
+    def result(self, timeout=None):
+        self._help(timeout)
+        return super().result(timeout=0 if timeout is not None else None)
+
+    def exception(self, timeout=None):
+        self._help(timeout)
+        return super().exception(timeout=0 if timeout is not None else None)
+
+
+class ProcessBackend:
+    name = "process"
+
+    def __init__(self, max_workers, initializer, initargs, retries, preload, max_tasks_per_worker,
+                 spin_us=100, task_ring_bytes=1 << 20, result_ring_bytes=1 << 20):
+        preload = list(dict.fromkeys(list(preload) + _default_preload()))
+        init = dumps((os.getcwd(), list(sys.path), initializer, tuple(initargs)))
+        self._pool = _core.Pool(zygote(), max_workers, retries, max_tasks_per_worker or 0, preload,
+                                int(spin_us * 1000), task_ring_bytes, result_ring_bytes, init)
+        self._state = _State(self._pool, retries)
+        self._functions = self._state.functions = _FunctionTable(self._pool)
+        self._ids = itertools.count(1)
+        self._thread = threading.Thread(target=_complete, args=(self._state,),
+                                        name="shoal-completions", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    def _submit(self, fn, mode, data, count):
+        fn_id = self._functions.acquire(fn)
+        try:
+            payload = dumps((mode, data))
+        except BaseException:
+            self._functions.release(fn_id)
+            raise
+        task_id = next(self._ids)
+        pool = self._pool
+        fut = _ProcessFuture(lambda: pool.cancel(task_id))
+        fut._shoal_state = self._state
+        with self._state.lock:
+            self._state.futures[task_id] = (fut, fn_id)
+        pool.submit(task_id, fn_id, count, payload)
+        return fut
+
+    def submit(self, fn, args, kwargs):
+        return self._submit(fn, CALL, (args, kwargs), 1)
+
+    def submit_chunk(self, fn, items):
+        return self._submit(fn, CHUNK, items, len(items))
+
+    def worker_pids(self):
+        return [int(p) for p in self._pool.worker_pids()]
+
+    def cancel_all(self):
+        ids = self._pool.cancel_all()
+        with self._state.lock:
+            entries = [self._state.futures.pop(i, None) for i in ids]
+        for e in entries:
+            if e is not None:
+                e[0]._canceller = None  # already off the queue
+                e[0].cancel()
+
+    def shutdown(self, wait, kill=False):
+        if not self._closed or kill:
+            self._closed = True
+            self._pool.close(kill)
+        if wait:
+            while self._thread.is_alive():
+                self._thread.join(0.1)  # short joins: Ctrl-C stays responsive
+            self._pool.join(5.0)
+
+    def __del__(self):
+        try:
+            if not self._closed:
+                self._pool.close(False)
+        except Exception:
+            pass

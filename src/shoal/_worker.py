@@ -1,0 +1,142 @@
+"""The loop a worker process runs: take a task frame, run it, send the result frame.
+
+A worker is forked from the zygote. It waits on its task ring in C++ with the GIL
+released, runs each task under the GIL, and writes the result to its result ring.
+It leaves with os._exit so nothing inherited from the zygote runs at exit.
+"""
+import io
+import os
+import sys
+import time
+
+from . import _core
+from ._pickle import dumps, dumps_exception, loads
+
+CALL = 0   # payload: (args, kwargs) -> result
+CHUNK = 1  # payload: [args, ...] -> (results, None) or (results_so_far, (exc, tb))
+
+
+class _Forward(io.TextIOBase):
+    """sys.stdout / sys.stderr of a worker: text goes to the driver, line by line."""
+
+    def __init__(self, channel, stream):
+        self._channel = channel
+        self._stream = stream
+        self._parts = []
+        self._size = 0
+
+    def writable(self):
+        return True
+
+    def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        self._parts.append(s)
+        self._size += len(s)
+        if "\n" in s or self._size > 8192:
+            self.flush()
+        return len(s)
+
+    def flush(self):
+        if self._parts:
+            text = "".join(self._parts)
+            self._parts.clear()
+            self._size = 0
+            self._channel.send(_core.FRAME_OUTPUT, self._stream, 0, 0, 0, text.encode("utf-8", "replace"))
+
+
+class _Functions(dict):
+    """Function blobs by id, unpickled at first use (a bad pickle fails its tasks only)."""
+
+    def get_function(self, fn_id):
+        entry = self[fn_id]
+        if isinstance(entry, bytes):
+            entry = loads(entry)
+            self[fn_id] = entry
+        return entry
+
+
+def _initialize(channel, payload):
+    """Runs the executor's setup (cwd, sys.path, initializer); answers ready or init_failed."""
+    try:
+        cwd, path, initializer, initargs = loads(payload)
+        try:
+            os.chdir(cwd)
+        except OSError:
+            pass
+        sys.path[:] = path
+        if initializer is not None:
+            initializer(*initargs)
+    except BaseException as exc:  # noqa: BLE001 - every failure is reported
+        channel.send(_core.FRAME_INIT_FAILED, 0, 0, 0, 0, dumps_exception(exc))
+        _flush_streams()
+        os._exit(1)
+    channel.send(_core.FRAME_READY, 0, 0, 0, 0, b"")
+
+
+def _flush_streams():
+    for s in (sys.stdout, sys.stderr):
+        try:
+            s.flush()
+        except Exception:
+            pass
+
+
+def _run_chunk(fn, items):
+    results = []
+    for args in items:
+        try:
+            results.append(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: the worker stays alive
+            return results, exc
+    return results, None
+
+
+def run(channel):
+    """Serves tasks until a shutdown frame; never returns."""
+    sys.stdout = _Forward(channel, 1)
+    sys.stderr = _Forward(channel, 2)
+    functions = _Functions()
+    send = channel.send
+    recv = channel.recv
+    RESULT, TASK, FUNCTION, FORGET, SHUTDOWN = (_core.FRAME_RESULT, _core.FRAME_TASK,
+                                                _core.FRAME_FUNCTION, _core.FRAME_FORGET,
+                                                _core.FRAME_SHUTDOWN)
+    ERROR = _core.FLAG_ERROR
+    clock = time.perf_counter_ns
+    while True:
+        frame = recv(-1.0)
+        if frame is None:
+            os._exit(70)  # the task stream is corrupt: let the driver replace us
+        kind, _flags, task_id, aux, count, payload = frame
+        if kind == TASK:
+            start = clock()
+            flags = 0
+            try:
+                fn = functions.get_function(aux)
+                mode, data = loads(payload)
+                if mode == CALL:
+                    out = dumps(fn(*data[0], **data[1]))
+                else:
+                    results, exc = _run_chunk(fn, data)
+                    elapsed = (clock() - start) / 1e9
+                    if exc is None:
+                        out = dumps((results, None, elapsed))
+                    else:
+                        out = dumps((results, loads(dumps_exception(exc)), elapsed))
+            except BaseException as exc:  # noqa: BLE001 - the task's failure, not ours
+                flags = ERROR
+                out = dumps_exception(exc)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            send(RESULT, flags, task_id, clock() - start, count, out)
+        elif kind == FUNCTION:
+            if aux == 0:
+                _initialize(channel, payload)
+            else:
+                functions[aux] = payload
+        elif kind == FORGET:
+            functions.pop(aux, None)
+        elif kind == SHUTDOWN:
+            _flush_streams()
+            os._exit(0)

@@ -1,0 +1,49 @@
+"""The zygote: started once per driver process with posix_spawn; forks workers on request.
+
+It is single-threaded. It imports what workers share (shoal, cloudpickle, the preload
+modules), freezes the garbage collector so forked workers do not copy those pages, and
+then serves fork and import requests from the driver's executors until the driver is gone.
+"""
+import gc
+import importlib
+import json
+import os
+import signal
+import sys
+
+
+def main(control_fd=3):
+    # A terminal's Ctrl-C is the driver's to handle; workers inherit this.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from . import _core, _worker, _pickle  # noqa: F401 - imported here so workers share them
+    import cloudpickle  # noqa: F401
+
+    server = _core.ZygoteServer(control_fd)
+    gc.freeze()
+    while True:
+        action = server.next()
+        if action.kind == "fork":
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    channel = server.become_worker(action)
+                    _worker.run(channel)
+                finally:
+                    os._exit(1)
+            server.forked(action, pid)
+        elif action.kind == "import":
+            try:
+                for name in action.modules:
+                    importlib.import_module(name)
+            except BaseException as exc:  # noqa: BLE001 - reported to the driver
+                server.imported(action, False, f"{type(exc).__name__}: {exc}")
+            else:
+                server.imported(action, True, "")
+            gc.freeze()
+        else:
+            os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.path[:] = json.loads(sys.argv[1])
+    main()
