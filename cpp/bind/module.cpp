@@ -9,6 +9,8 @@ void bind_worker(nb::module_& m);
 
 NB_MODULE(_core, m) {
     m.doc() = "shoal's C++ core: shared-memory rings, zygote, process pool.";
+    // Pools held by daemon completion threads may outlive module teardown at exit.
+    nb::set_leak_warnings(false);
     bind_pool(m);
     bind_zygote(m);
     bind_worker(m);

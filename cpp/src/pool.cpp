@@ -317,7 +317,19 @@ void Pool::worker_exited_locked(std::size_t i, ExitStatus status) {
         c.worker = static_cast<std::uint32_t>(i);
         m_ready.push_back(std::move(c));
     }
-    if (m_killing || m_broken) return;
+    if (m_killing) return;
+    if (m_broken) {
+        // No worker will be started again: what was re-queued fails like the rest.
+        for (auto id : m_scheduler.cancel_all()) {
+            Completion c;
+            c.kind = m_broken_kind;
+            c.task_id = id;
+            c.status = m_broken_status;
+            c.payload = m_broken_payload;
+            m_ready.push_back(std::move(c));
+        }
+        return;
+    }
     if (m_closing && was_stopping && m_scheduler.queued() == 0) return;
     if (!was_ready && !(was_stopping && status.kind == ExitStatus::exited && status.value == 0)) {
         if (++m_early_deaths >= 3) {

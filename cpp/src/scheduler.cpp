@@ -97,6 +97,9 @@ std::optional<Task> Scheduler::complete(std::size_t worker, std::uint64_t task_i
 std::vector<Task> Scheduler::worker_died(std::size_t worker) {
     auto& w = m_workers.at(worker);
     std::vector<Task> failed;
+    // A worker runs its tasks in order: the oldest was running when it died; the rest were
+    // waiting in its ring and did not run, so their attempt does not count.
+    for (std::size_t i = 1; i < w.inflight.size(); ++i) --w.inflight[i].attempts;
     // Re-queue at the front in the original order.
     for (auto it = w.inflight.rbegin(); it != w.inflight.rend(); ++it) {
         if (it->attempts > m_options.retries) failed.push_back(std::move(*it));

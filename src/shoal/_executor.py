@@ -1,4 +1,5 @@
 """shoal.Executor: one API over the serial, thread and process backends."""
+import atexit
 import collections
 import concurrent.futures
 import itertools
@@ -9,12 +10,23 @@ import time
 import weakref
 
 from ._errors import RemoteTraceback
+from ._pickle import iter_items
 from ._thread import SerialBackend, ThreadBackend
 
 __all__ = ["Executor"]
 
 _BACKENDS = ("process", "thread", "serial")
 _live = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_live_executors():
+    """At exit, like concurrent.futures: queued work finishes, then workers stop."""
+    for ex in list(_live):
+        try:
+            ex.shutdown(wait=True)
+        except BaseException:  # noqa: BLE001 - never block interpreter exit on one executor
+            pass
 
 # Adaptive chunking: aim for about this much work per chunk, measured as it runs.
 _TARGET_CHUNK_S = 0.001
@@ -89,14 +101,16 @@ class Executor(concurrent.futures.Executor):
             raise ValueError(f"chunksize must be a positive int or None, not {chunksize!r}")
         args = zip(*iterables)
         if self.backend == "serial":
-            return _serial_map(fn, args)
+            self._backend.check()
+            return _serial_map(fn, args, timeout)
         return _MapIterator(self, fn, args, timeout, chunksize, ordered)
 
     def starmap(self, fn, iterable, timeout=None, chunksize=None, ordered=True):
         """Like :meth:`map`, with each item of ``iterable`` unpacked as the arguments."""
         self._check_open()
         if self.backend == "serial":
-            return _serial_map(fn, (tuple(a) for a in iterable))
+            self._backend.check()
+            return _serial_map(fn, (tuple(a) for a in iterable), timeout)
         return _MapIterator(self, fn, (tuple(a) for a in iterable), timeout, chunksize, ordered)
 
     def worker_pids(self):
@@ -128,8 +142,13 @@ class Executor(concurrent.futures.Executor):
         return False
 
 
-def _serial_map(fn, args):
+def _serial_map(fn, args, timeout=None):
+    """Runs each item when it is asked for, in the caller. `timeout` is checked between
+    items (a running item cannot be interrupted in the caller's own thread)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     for a in args:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError()
         yield fn(*a)
 
 
@@ -203,8 +222,12 @@ class _MapIterator:
         return left
 
     def __next__(self):
-        for item in self._buffer:
-            return item
+        try:
+            for item in self._buffer:
+                return item
+        except BaseException:
+            self.close()
+            raise
         while True:
             if self._outstanding == 0:
                 self._fill()
@@ -230,12 +253,17 @@ class _MapIterator:
             self._outstanding -= 1
             self._learn(fut._shoal_n, elapsed)
             self._fill()
+            items = iter_items(results)
             if err is not None:
-                self._buffer = itertools.chain(results, _Raiser(self, err))
+                self._buffer = itertools.chain(items, _Raiser(self, err))
             else:
-                self._buffer = iter(results)
-            for item in self._buffer:
-                return item
+                self._buffer = items
+            try:
+                for item in self._buffer:
+                    return item
+            except BaseException:
+                self.close()
+                raise
 
     def close(self):
         """Cancels chunks not yet handed to a worker."""

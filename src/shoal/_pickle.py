@@ -12,12 +12,46 @@ def dumps(obj):
     classes defined in ``__main__`` or a notebook) go through cloudpickle. An object neither
     can pickle raises the C pickler's error."""
     try:
-        return pickle.dumps(obj, PROTOCOL)
+        data = pickle.dumps(obj, PROTOCOL)
     except (pickle.PicklingError, AttributeError, TypeError) as first:
         try:
             return cloudpickle.dumps(obj, PROTOCOL)
         except Exception:
             raise first from None
+    # Classes and functions of __main__ pickle by reference, which a worker cannot resolve:
+    # those go by value. (A mere string "__main__" in the data costs only the slower path.)
+    if b"__main__" in data:
+        return cloudpickle.dumps(obj, PROTOCOL)
+    return data
+
+
+# Values whose pickles cannot fail to load: a chunk of only these travels as one pickle;
+# any other chunk is pickled item by item, so one bad item fails alone.
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
+
+
+def pack_items(items):
+    """A chunk's items for pickling: (False, items) when all are plain, else
+    (True, [pickle of each item])."""
+    plain = _PLAIN
+    for item in items:
+        if type(item) is tuple:
+            for a in item:
+                if type(a) not in plain:
+                    return (True, [dumps(i) for i in items])
+        elif type(item) not in plain:
+            return (True, [dumps(i) for i in items])
+    return (False, items)
+
+
+def iter_items(packed):
+    """Yields a chunk's items; an item that fails to load raises at its place."""
+    per_item, data = packed
+    if not per_item:
+        yield from data
+    else:
+        for blob in data:
+            yield loads(blob)
 
 
 def dumps_function(fn):

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from . import _core
 from ._errors import InitializerError, RemoteTraceback, WorkerCrashedError
 from ._future import Future
-from ._pickle import dumps, dumps_function, loads
+from ._pickle import dumps, dumps_function, loads, pack_items
 from ._worker import CALL, CHUNK
 
 from concurrent.futures import BrokenExecutor
@@ -139,8 +139,8 @@ def _deliver(state, batch):
         elif kind == _CRASHED:
             signaled = status_kind == _core.STATUS_SIGNALED
             fut._fail(WorkerCrashedError(
-                f"the worker running this task {status_text}; the task was tried "
-                f"{1 + state.retries} times",
+                f"the worker running this task {status_text} "
+                f"(tried {1 + state.retries} time{'s' if state.retries else ''})",
                 signal=status_value if signaled else None,
                 exitcode=None if signaled else status_value))
         elif kind == _INIT_FAILED:
@@ -231,7 +231,7 @@ class ProcessBackend:
     def _submit(self, fn, mode, data, count):
         fn_id = self._functions.acquire(fn)
         try:
-            payload = dumps((mode, data))
+            payload = dumps((mode, data if mode == CALL else pack_items(data)))
         except BaseException:
             self._functions.release(fn_id)
             raise

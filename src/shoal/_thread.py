@@ -2,21 +2,27 @@
 import queue
 import threading
 import time
+import traceback
 
-from ._errors import InitializerError
+from ._errors import InitializerError, RemoteTraceback
 from ._future import Future
 
 
+def _traceback_text(exc):
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
 def _run_chunk(fn, items):
-    """(results, None, seconds) or (results before the failure, (exc, None), seconds)."""
+    """((False, results), None, seconds) or, at the first failure, the results before it
+    and (exc, traceback text)."""
     start = time.perf_counter()
     results = []
     for args in items:
         try:
             results.append(fn(*args))
         except Exception as exc:  # raised again at its item
-            return results, (exc, None), time.perf_counter() - start
-    return results, None, time.perf_counter() - start
+            return (False, results), (exc, _traceback_text(exc)), time.perf_counter() - start
+    return (False, results), None, time.perf_counter() - start
 
 
 class ThreadBackend:
@@ -55,6 +61,8 @@ class ThreadBackend:
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:  # noqa: BLE001
+                if exc.__cause__ is None:
+                    exc.__cause__ = RemoteTraceback(_traceback_text(exc))
                 fut._fail(exc)
             else:
                 fut._resolve(result)
@@ -130,6 +138,10 @@ class SerialBackend:
 
     def cancel_all(self):
         pass
+
+    def check(self):
+        if self._init_error is not None:
+            raise self._init_error
 
     def shutdown(self, wait, kill=False):
         pass

@@ -10,7 +10,7 @@ import sys
 import time
 
 from . import _core
-from ._pickle import dumps, dumps_exception, loads
+from ._pickle import dumps, dumps_exception, iter_items, pack_items, loads
 
 CALL = 0   # payload: (args, kwargs) -> result
 CHUNK = 1  # payload: [args, ...] -> (results, None) or (results_so_far, (exc, tb))
@@ -82,14 +82,31 @@ def _flush_streams():
             pass
 
 
-def _run_chunk(fn, items):
+def _run_chunk(fn, packed):
     results = []
-    for args in items:
-        try:
+    try:
+        for args in iter_items(packed):
             results.append(fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - SystemExit too: the worker stays alive
-            return results, exc
+    except BaseException as exc:  # noqa: BLE001 - SystemExit too: the worker stays alive
+        return results, exc
     return results, None
+
+
+def _dump_chunk(results, exc, elapsed):
+    """(packed results, (exc, tb) or None, seconds); a result that cannot be pickled
+    ends the chunk there with the pickling error."""
+    err = None if exc is None else loads(dumps_exception(exc))
+    try:
+        return dumps((pack_items(results), err, elapsed))
+    except BaseException:  # noqa: BLE001 - find the first result that does not pickle
+        good = []
+        for r in results:
+            try:
+                good.append(dumps(r))
+            except BaseException as pickling_error:  # noqa: BLE001
+                err = loads(dumps_exception(pickling_error))
+                break
+        return dumps(((True, good), err, elapsed))
 
 
 def run(channel):
@@ -119,11 +136,7 @@ def run(channel):
                     out = dumps(fn(*data[0], **data[1]))
                 else:
                     results, exc = _run_chunk(fn, data)
-                    elapsed = (clock() - start) / 1e9
-                    if exc is None:
-                        out = dumps((results, None, elapsed))
-                    else:
-                        out = dumps((results, loads(dumps_exception(exc)), elapsed))
+                    out = _dump_chunk(results, exc, (clock() - start) / 1e9)
             except BaseException as exc:  # noqa: BLE001 - the task's failure, not ours
                 flags = ERROR
                 out = dumps_exception(exc)

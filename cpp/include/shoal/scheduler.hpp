@@ -52,7 +52,8 @@ public:
     /// A result for `task_id` came from `worker`. Returns the task if it was in flight there.
     std::optional<Task> complete(std::size_t worker, std::uint64_t task_id, std::int64_t elapsed_ns);
     /// `worker` died: its in-flight tasks go back to the front of the queue, except those
-    /// that used up their retries, which are returned. The slot forgets its functions.
+    /// that used up their retries, which are returned. Only the oldest in-flight task (the
+    /// one running) is charged an attempt. The slot forgets its functions.
     std::vector<Task> worker_died(std::size_t worker);
     /// A process now serves `worker` (fresh: knows no function, has run nothing).
     void worker_started(std::size_t worker);

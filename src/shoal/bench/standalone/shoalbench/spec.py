@@ -1,0 +1,69 @@
+"""What is measured: workloads, their metrics, sizes (quick and full) and the systems that run them."""
+
+# Systems in table order. A name with brackets is a variant of its peer shown beside
+# the default (the fairness rules in shoal/bench/runner.py say when one is added).
+PEERS = ("serial", "mp_pool", "mp_pool[spawn]", "cf_process", "cf_process[chunked]",
+         "cf_thread", "joblib", "mpire", "ray", "dask")
+SHOAL = ("shoal", "shoal[thread]")
+ALL_SYSTEMS = PEERS + SHOAL
+
+_CORE = ("serial", "mp_pool", "cf_process", "joblib", "mpire", "ray", "dask", "shoal")
+
+# workload -> systems that run it (a system that cannot is still listed: it reports `skipped`)
+SYSTEMS = {
+    "round_trip": _CORE,
+    "submit_throughput": _CORE,
+    "map_tiny": _CORE[:3] + ("cf_process[chunked]",) + _CORE[3:],
+    "map_cpu": _CORE,
+    "big_args": _CORE,
+    "big_results": _CORE,
+    "startup": ("serial", "mp_pool", "mp_pool[spawn]") + _CORE[2:],
+    "worker_memory": _CORE,
+    "seed_map": _CORE[:3] + ("cf_thread",) + _CORE[3:] + ("shoal[thread]",),
+}
+WORKLOADS = tuple(SYSTEMS)
+
+# workload -> [(metric, unit, lower_is_better)]
+METRICS = {
+    "round_trip": [("us_per_call", "us", True)],
+    "submit_throughput": [("us_per_task", "us", True)],
+    "map_tiny": [("us_per_item", "us", True)],
+    "map_cpu": [("ms_total", "ms", True), ("efficiency", "ratio", False)],
+    "big_args": [("ms_per_task", "ms", True), ("peak_pss_mb", "MB", True),
+                 ("peak_uss_mb", "MB", True), ("steady_pss_mb", "MB", True)],
+    "big_results": [("ms_per_task", "ms", True)],
+    "startup": [("first_pool_ms", "ms", True), ("second_pool_ms", "ms", True),
+                ("import_ms", "ms", True)],
+    "worker_memory": [("uss_mb_per_worker", "MB", True), ("pss_mb_per_worker", "MB", True),
+                      ("tree_uss_mb", "MB", True), ("tree_pss_mb", "MB", True)],
+    "seed_map": [("s_total", "s", True)],
+}
+
+# Sizes: full is BENCHMARKS.md's shape; quick shrinks counts so that every system
+# finishes the whole suite in a few minutes on 2 cores.
+SIZES = {
+    "full": {
+        "round_trip": {"calls": 2000},
+        "submit_throughput": {"tasks": 20000},
+        "map_tiny": {"items": 200000},
+        "map_cpu": {"tasks": 2000, "task_ms": 1.0},
+        "big_args": {"tasks": 20, "array_mb": 100},
+        "big_results": {"tasks": 20, "result_mb": 50},
+        "startup": {},
+        "worker_memory": {},
+        "seed_map": {"items": 64, "range": 10_000_000},
+    },
+    "quick": {
+        "round_trip": {"calls": 200},
+        "submit_throughput": {"tasks": 1000},
+        "map_tiny": {"items": 20000},
+        "map_cpu": {"tasks": 300, "task_ms": 1.0},
+        "big_args": {"tasks": 6, "array_mb": 40},
+        "big_results": {"tasks": 8, "result_mb": 20},
+        "startup": {},
+        "worker_memory": {},
+        "seed_map": {"items": 8, "range": 2_000_000},
+    },
+}
+
+REPEATS = {"quick": 3, "full": 5}

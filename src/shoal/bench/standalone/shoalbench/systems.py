@@ -1,0 +1,425 @@
+"""One adapter per system: how each library is started, called, mapped and stopped."""
+# Every adapter offers the same operations; each is written the way its library's
+# documentation recommends for that shape of work. An operation a library does not
+# offer raises ``Unsupported`` and the workload is reported as `skipped` with the reason.
+import math
+import os
+
+from . import tasks
+
+
+class Unsupported(Exception):
+    """Raised when a system does not offer the capability a workload measures."""
+
+
+def _chunks(items, n_chunks):
+    """Splits ``items`` into about ``n_chunks`` contiguous lists (multiprocessing.Pool's rule: 4 per worker)."""
+    size = max(1, math.ceil(len(items) / n_chunks))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+class System:
+    name = "?"
+    library = None  # distribution name whose version is reported
+    imports = ()    # modules the system needs (startup times their import separately)
+
+    def __init__(self, workers):
+        self.workers = workers
+
+    def version(self):
+        if self.library is None:
+            return ""
+        from importlib.metadata import version
+        return f"{self.library} {version(self.library)}"
+
+    def import_library(self):
+        """Imports ``imports``; ImportError means the system is not installed."""
+        import importlib
+
+        for name in self.imports:
+            importlib.import_module(name)
+
+    def start(self, **options):
+        """Constructs the pool. ``options``: preload_numpy (bool)."""
+
+    def close(self):
+        """Shuts the pool down, waiting for its processes."""
+
+    def call(self, fn, *args):
+        """One task, waited for: the round trip."""
+        raise Unsupported(f"{self.name} has no single-task call")
+
+    def submit_all(self, fn, args_list):
+        """Submits every task before waiting for any; returns the results in order."""
+        raise Unsupported(f"{self.name} has no per-task submit")
+
+    def map(self, fn, items):
+        """fn over items with the library's recommended batching; returns a list."""
+        raise Unsupported(f"{self.name} has no map")
+
+    def starmap(self, fn, args_list):
+        """[fn(*a) for a in args_list] as independent tasks; default: submit them all, then wait."""
+        return self.submit_all(fn, args_list)
+
+    def map_shared(self, fn, shared, n):
+        """[fn(shared, i) for i in range(n)], sharing the large ``shared`` the recommended way."""
+        return self.submit_all(fn, [(shared, i) for i in range(n)])
+
+    def worker_pids(self, sleep_s=0.3):
+        """Pids of the workers, each made to import numpy (by running numpy_worker_pid)."""
+        pids = self.submit_all(tasks.numpy_worker_pid, [(sleep_s,)] * (3 * self.workers))
+        return sorted(set(pids))
+
+
+class Serial(System):
+    name = "serial"
+
+    def call(self, fn, *args):
+        return fn(*args)
+
+    def submit_all(self, fn, args_list):
+        return [fn(*a) for a in args_list]
+
+    def map(self, fn, items):
+        return list(map(fn, items))
+
+    def map_shared(self, fn, shared, n):
+        return [fn(shared, i) for i in range(n)]
+
+    def worker_pids(self, sleep_s=0.3):
+        raise Unsupported("serial runs in the caller: it has no pool and no workers")
+
+
+class MpPool(System):
+    """multiprocessing.Pool with its defaults (fork on Linux); `mp_pool[spawn]` uses the spawn context."""
+
+    imports = ("multiprocessing.pool",)
+    name = "mp_pool"
+    context = None
+
+    def start(self, **options):
+        import multiprocessing as mp
+
+        ctx = mp.get_context(self.context)
+        self.start_method = ctx.get_start_method()
+        self.pool = ctx.Pool(self.workers)
+
+    def close(self):
+        self.pool.close()
+        self.pool.join()
+
+    def call(self, fn, *args):
+        return self.pool.apply(fn, args)
+
+    def submit_all(self, fn, args_list):
+        handles = [self.pool.apply_async(fn, a) for a in args_list]
+        return [h.get() for h in handles]
+
+    def map(self, fn, items):
+        return self.pool.map(fn, items)
+
+
+class MpPoolSpawn(MpPool):
+    name = "mp_pool[spawn]"
+    context = "spawn"
+
+
+class CfProcess(System):
+    """concurrent.futures.ProcessPoolExecutor; `map` at its default chunksize=1."""
+
+    imports = ("concurrent.futures.process",)
+    name = "cf_process"
+    chunked = False
+
+    def start(self, **options):
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.ex = ProcessPoolExecutor(self.workers)
+
+    def close(self):
+        self.ex.shutdown(wait=True)
+
+    def call(self, fn, *args):
+        return self.ex.submit(fn, *args).result()
+
+    def submit_all(self, fn, args_list):
+        futures = [self.ex.submit(fn, *a) for a in args_list]
+        return [f.result() for f in futures]
+
+    def map(self, fn, items):
+        if self.chunked:
+            # The docs: "for very long iterables, using a large value for chunksize can
+            # significantly improve performance"; Pool's rule of 4 chunks per worker.
+            chunksize = max(1, math.ceil(len(items) / (4 * self.workers)))
+            return list(self.ex.map(fn, items, chunksize=chunksize))
+        return list(self.ex.map(fn, items))
+
+
+class CfProcessChunked(CfProcess):
+    name = "cf_process[chunked]"
+    chunked = True
+
+
+class CfThread(System):
+    """concurrent.futures.ThreadPoolExecutor: the thread side of seed_map."""
+
+    imports = ("concurrent.futures.thread",)
+    name = "cf_thread"
+
+    def start(self, **options):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.ex = ThreadPoolExecutor(self.workers)
+
+    def close(self):
+        self.ex.shutdown(wait=True)
+
+    def call(self, fn, *args):
+        return self.ex.submit(fn, *args).result()
+
+    def submit_all(self, fn, args_list):
+        futures = [self.ex.submit(fn, *a) for a in args_list]
+        return [f.result() for f in futures]
+
+    def map(self, fn, items):
+        return list(self.ex.map(fn, items))
+
+
+class Joblib(System):
+    """joblib.Parallel with loky, used as a context manager so its workers are reused across calls."""
+
+    imports = ("joblib",)
+    name = "joblib"
+    library = "joblib"
+
+    def start(self, **options):
+        from joblib import Parallel, delayed
+
+        self.delayed = delayed
+        # Defaults otherwise: batch_size="auto", max_nbytes="1M" (automatic memmapping).
+        self.parallel = Parallel(n_jobs=self.workers, backend="loky")
+        self.parallel.__enter__()
+
+    def close(self):
+        # Leaves loky's reusable executor alive, as joblib does by design: a later
+        # Parallel in the same process (startup's second pool) reuses its workers.
+        self.parallel.__exit__(None, None, None)
+
+    def call(self, fn, *args):
+        return self.parallel([self.delayed(fn)(*args)])[0]
+
+    def submit_all(self, fn, args_list):
+        raise Unsupported("joblib has no per-task submit/futures API; its batched "
+                          "Parallel(...) call is measured in map_tiny")
+
+    def map(self, fn, items):
+        return self.parallel(self.delayed(fn)(x) for x in items)
+
+    def starmap(self, fn, args_list):
+        return self.parallel(self.delayed(fn)(*a) for a in args_list)
+
+    def map_shared(self, fn, shared, n):
+        # numpy arrays over max_nbytes are memmapped automatically, once per call
+        return self.parallel(self.delayed(fn)(shared, i) for i in range(n))
+
+    def worker_pids(self, sleep_s=0.3):
+        pids = self.parallel(self.delayed(tasks.numpy_worker_pid)(sleep_s)
+                             for _ in range(3 * self.workers))
+        return sorted(set(pids))
+
+
+class Mpire(System):
+    """mpire.WorkerPool (fork), keep_alive=True as its docs advise for repeated map calls."""
+
+    imports = ("mpire",)
+    name = "mpire"
+    library = "mpire"
+
+    def start(self, **options):
+        from mpire import WorkerPool
+
+        self.pool = WorkerPool(n_jobs=self.workers, keep_alive=True)
+        self.shared_pool, self.shared = None, None
+
+    def close(self):
+        self.pool.stop_and_join()
+        if self.shared_pool is not None:
+            self.shared_pool.stop_and_join()
+
+    def call(self, fn, *args):
+        return self.pool.apply(fn, args)
+
+    def submit_all(self, fn, args_list):
+        handles = [self.pool.apply_async(fn, a) for a in args_list]
+        return [h.get() for h in handles]
+
+    def map(self, fn, items):
+        # mpire unpacks an item that is itself iterable into arguments; its docs say to
+        # wrap such items in a tuple (seed_map's ranges).
+        if items and not isinstance(items[0], (int, float)):
+            items = [(x,) for x in items]
+        return self.pool.map(fn, items)
+
+    def map_shared(self, fn, shared, n):
+        # shared_objects: passed to fn as its first argument, inherited copy-on-write by
+        # the forked workers. A pool per shared object (set_shared_objects compares the
+        # old and new objects with `!=`, which raises for numpy arrays); its start is
+        # counted in the untimed warm-up pass, as the docs' pattern reuses the pool.
+        from mpire import WorkerPool
+
+        if self.shared is not shared:
+            if self.shared_pool is not None:
+                self.shared_pool.stop_and_join()
+            self.shared_pool = WorkerPool(n_jobs=self.workers, shared_objects=shared, keep_alive=True)
+            self.shared = shared
+        return self.shared_pool.map(fn, range(n))
+
+    def worker_pids(self, sleep_s=0.3):
+        handles = [self.pool.apply_async(tasks.numpy_worker_pid, (sleep_s,))
+                   for _ in range(3 * self.workers)]
+        return sorted({h.get() for h in handles})
+
+
+class Ray(System):
+    """Ray tasks on a local ray.init(num_cpus=W); ray.put for large inputs; tiny tasks batched."""
+
+    imports = ("ray",)
+    name = "ray"
+    library = "ray"
+
+    def start(self, **options):
+        import ray
+
+        self.ray = ray
+        ray.init(num_cpus=self.workers, log_to_driver=False, configure_logging=False)
+        self._remote = {}
+
+    def close(self):
+        self.ray.shutdown()
+
+    def _r(self, fn):
+        if fn not in self._remote:
+            self._remote[fn] = self.ray.remote(fn)
+        return self._remote[fn]
+
+    def call(self, fn, *args):
+        return self.ray.get(self._r(fn).remote(*args))
+
+    def submit_all(self, fn, args_list):
+        rf = self._r(fn)
+        return self.ray.get([rf.remote(*a) for a in args_list])
+
+    def map(self, fn, items):
+        # Ray's docs call one task per tiny item an anti-pattern and recommend batching.
+        rf = self._r(tasks.apply_chunk)
+        out = self.ray.get([rf.remote(fn, c) for c in _chunks(items, 4 * self.workers)])
+        return [y for chunk in out for y in chunk]
+
+    def map_shared(self, fn, shared, n):
+        ref = self.ray.put(shared)  # one copy in the object store, read zero-copy by workers
+        rf = self._r(fn)
+        out = self.ray.get([rf.remote(ref, i) for i in range(n)])
+        del ref
+        return out
+
+
+class Dask(System):
+    """dask.distributed LocalCluster of W single-threaded worker processes."""
+
+    imports = ("dask.distributed",)
+    name = "dask"
+    library = "distributed"
+
+    def start(self, **options):
+        import logging
+
+        from dask.distributed import Client, LocalCluster
+
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+        self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True)
+        self.client = Client(self.cluster)
+
+    def close(self):
+        self.client.close()
+        self.cluster.close()
+
+    def call(self, fn, *args):
+        # pure=False: the same arguments must run again, not hit Dask's result cache
+        return self.client.submit(fn, *args, pure=False).result()
+
+    def submit_all(self, fn, args_list):
+        futures = [self.client.submit(fn, *a, pure=False) for a in args_list]
+        return self.client.gather(futures)
+
+    def map(self, fn, items):
+        # Dask's docs: tasks of ~1 ms are too small for the scheduler; use a bag with
+        # a few partitions per worker.
+        import dask.bag as db
+
+        return db.from_sequence(items, npartitions=4 * self.workers).map(fn).compute()
+
+    def map_shared(self, fn, shared, n):
+        [shared_future] = self.client.scatter([shared], broadcast=True)
+        futures = self.client.map(fn, [shared_future] * n, range(n), pure=False)
+        out = self.client.gather(futures)
+        del futures, shared_future
+        return out
+
+
+class Shoal(System):
+    """shoal.Executor(max_workers=W): the process backend (`shoal[thread]`: backend="thread")."""
+
+    imports = ("shoal",)
+    name = "shoal"
+    library = "shoal"
+    backend = "process"
+
+    def version(self):
+        try:
+            return super().version()
+        except Exception:
+            import shoal
+
+            return f"shoal {getattr(shoal, '__version__', 'source tree')}"
+
+    def start(self, preload_numpy=False, **options):
+        import shoal
+
+        kwargs = {"preload": ("numpy",)} if preload_numpy else {}
+        if self.backend == "process":
+            self.ex = shoal.Executor(max_workers=self.workers, **kwargs)
+        else:
+            self.ex = shoal.Executor(max_workers=self.workers, backend=self.backend, **kwargs)
+
+    def close(self):
+        self.ex.shutdown(wait=True)
+
+    def call(self, fn, *args):
+        return self.ex.submit(fn, *args).result()
+
+    def submit_all(self, fn, args_list):
+        futures = [self.ex.submit(fn, *a) for a in args_list]
+        return [f.result() for f in futures]
+
+    def map(self, fn, items):
+        return list(self.ex.map(fn, items))
+
+    def worker_pids(self, sleep_s=0.3):
+        super().worker_pids(sleep_s)  # same warm-up as the peers
+        pids = self.ex.worker_pids()
+        if not pids:
+            raise Unsupported(f"shoal backend={self.backend!r} has no worker processes")
+        return sorted(pids)
+
+
+class ShoalThread(Shoal):
+    name = "shoal[thread]"
+    backend = "thread"
+
+
+BY_NAME = {cls.name: cls for cls in (Serial, MpPool, MpPoolSpawn, CfProcess, CfProcessChunked,
+                                     CfThread, Joblib, Mpire, Ray, Dask, Shoal, ShoalThread)}
+
+
+def make(name, workers):
+    return BY_NAME[name](workers)

@@ -1,0 +1,175 @@
+"""How each workload is measured on one started system: warm-up, timed repeats, checks."""
+# Each ``measure_<id>(system, size, repeats)`` returns ({metric: [value per repeat]}, note).
+# Warm-up is the same for every system: one untimed pass of the same procedure before
+# the timed repeats (a 10% pass where the full one is long), after the pool is started.
+# Results are checked, so a system that returns wrong answers fails instead of winning.
+import gc
+import time
+
+from . import memory, tasks
+
+MB = 1024 * 1024
+
+
+def _check(ok, what):
+    if not ok:
+        raise AssertionError(f"wrong result: {what}")
+
+
+def measure_round_trip(system, size, repeats):
+    calls = size["calls"]
+    for i in range(max(20, calls // 10)):
+        system.call(tasks.identity, i)
+    out = {"us_per_call": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(calls):
+            r = system.call(tasks.identity, i)
+        dt = time.perf_counter() - t0
+        _check(r == calls - 1, "identity")
+        out["us_per_call"].append(dt / calls * 1e6)
+    return out, f"{calls} sequential calls of identity(i)"
+
+
+def measure_submit_throughput(system, size, repeats):
+    n = size["tasks"]
+    system.submit_all(tasks.identity, [(i,) for i in range(max(100, n // 10))])
+    args = [(i,) for i in range(n)]
+    out = {"us_per_task": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = system.submit_all(tasks.identity, args)
+        dt = time.perf_counter() - t0
+        _check(len(res) == n and res[-1] == n - 1, "identity")
+        out["us_per_task"].append(dt / n * 1e6)
+    return out, f"{n} tasks of identity(i) submitted, then all waited for"
+
+
+def measure_map_tiny(system, size, repeats):
+    n = size["items"]
+    items = list(range(n))
+    system.map(tasks.inc, items[: n // 10])
+    out = {"us_per_item": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = system.map(tasks.inc, items)
+        dt = time.perf_counter() - t0
+        _check(len(res) == n and res[-1] == n, "inc")
+        out["us_per_item"].append(dt / n * 1e6)
+    return out, f"{n} items of x + 1"
+
+
+def measure_map_cpu(system, size, repeats):
+    # The serial reference runs in this driver right before each timed repeat, so that
+    # each efficiency compares two runs made under the same machine load.
+    n, iterations = size["tasks"], size["iterations"]
+    items = [iterations] * n
+    expected = tasks.spin(iterations)
+    system.map(tasks.spin, items[: max(2 * system.workers, n // 10)])
+    workers = 1 if system.name == "serial" else system.workers
+    out = {"ms_total": [], "efficiency": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for x in items:
+            tasks.spin(x)
+        serial = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        res = system.map(tasks.spin, items)
+        dt = time.perf_counter() - t0
+        _check(len(res) == n and res[-1] == expected, "spin")
+        out["ms_total"].append(dt * 1e3)
+        out["efficiency"].append(serial / dt / workers)
+    return out, (f"{n} tasks of spin({iterations}) (~{size['task_ms']:g} ms each, calibrated); "
+                 f"efficiency = serial loop time (measured in the driver before each repeat) "
+                 f"/ (time x workers)")
+
+
+def measure_big_args(system, size, repeats):
+    import numpy as np
+
+    n, array_mb = size["tasks"], size["array_mb"]
+    system.map_shared(tasks.array_sum, np.zeros(1000), system.workers)  # workers up, numpy imported
+    gc.collect()
+    time.sleep(0.3)
+    base = memory.snapshot(memory.tree())
+    array = np.ones(array_mb * MB // 8)
+    expected = float(array.size)
+    system.map_shared(tasks.array_sum, array, n)  # warm-up pass
+    out = {"ms_per_task": [], "peak_pss_mb": [], "peak_uss_mb": [], "steady_pss_mb": []}
+    for _ in range(repeats):
+        with memory.PeakSampler(base) as sampler:
+            t0 = time.perf_counter()
+            res = system.map_shared(tasks.array_sum, array, n)
+            dt = time.perf_counter() - t0
+        _check(len(res) == n and all(r == expected + i for i, r in enumerate(res)), "array_sum")
+        del res
+        gc.collect()
+        time.sleep(0.3)
+        steady = memory.snapshot(memory.tree())
+        out["ms_per_task"].append(dt / n * 1e3)
+        out["peak_pss_mb"].append(sampler.peak_footprint / MB)
+        out["peak_uss_mb"].append(sampler.peak_uss / MB)
+        out["steady_pss_mb"].append(steady.footprint_above(base) / MB)
+    return out, (f"{n} tasks reading one {array_mb} MB array; memory is the whole process tree "
+                 f"above the warm idle pool before the array existed (so the array itself counts "
+                 f"{array_mb} MB), PSS plus unmapped shared memory, sampled every 10 ms")
+
+
+def measure_big_results(system, size, repeats):
+    n, result_mb = size["tasks"], size["result_mb"]
+    nbytes = result_mb * MB
+    system.starmap(tasks.make_array, [(MB, i) for i in range(system.workers)])
+    args = [(nbytes, i) for i in range(n)]
+    system.starmap(tasks.make_array, args)  # warm-up pass
+    out = {"ms_per_task": []}
+    for _ in range(repeats):
+        gc.collect()
+        t0 = time.perf_counter()
+        res = system.starmap(tasks.make_array, args)
+        dt = time.perf_counter() - t0
+        _check(len(res) == n and all(r.nbytes == nbytes and r[-1] == i for i, r in enumerate(res)),
+               "make_array")
+        del res
+        out["ms_per_task"].append(dt / n * 1e3)
+    return out, f"{n} tasks each returning a {result_mb} MB array"
+
+
+def measure_seed_map(system, size, repeats):
+    count, length = size["items"], size["range"]
+    items = [range(length)] * count
+    expected = length * (length - 1) // 2
+    system.map(tasks.sum_range, items[: system.workers])
+    out = {"s_total": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = system.map(tasks.sum_range, items)
+        dt = time.perf_counter() - t0
+        _check(len(res) == count and all(r == expected for r in res), "sum_range")
+        out["s_total"].append(dt)
+    return out, f"map(sum, [range({length:_})] * {count})"
+
+
+def measure_worker_memory(make_system, repeats):
+    """Each repeat starts a fresh pool (numpy preloaded where the system offers it), lets it idle, measures."""
+    out = {"uss_mb_per_worker": [], "pss_mb_per_worker": [], "tree_uss_mb": [], "tree_pss_mb": []}
+    found = []
+    for _ in range(repeats):
+        system = make_system()
+        system.start(preload_numpy=True)
+        try:
+            pids = system.worker_pids()
+            gc.collect()
+            time.sleep(0.5)  # idle
+            per = memory.per_process(pids)
+            added = memory.tree()[1:]  # everything the system runs besides the driver
+            snap = memory.snapshot(added, include_shmem=False)
+        finally:
+            system.close()
+        _check(len(per) > 0, "no live worker found")
+        found.append(len(per))
+        out["uss_mb_per_worker"].append(sum(u for u, _ in per.values()) / len(per) / MB)
+        out["pss_mb_per_worker"].append(sum(p for _, p in per.values()) / len(per) / MB)
+        out["tree_uss_mb"].append(snap.uss / MB)
+        out["tree_pss_mb"].append(snap.pss / MB)
+    return out, (f"idle workers after importing numpy ({min(found)}-{max(found)} found); tree = every "
+                 f"process the system started (scheduler, nanny, raylet, zygote... included)")

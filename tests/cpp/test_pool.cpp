@@ -1,0 +1,387 @@
+// test_pool.cpp — the whole core end to end: a Pool driving workers forked by a real zygote.
+//
+// The zygote is this test binary started again with --shoal-test-zygote (so it has its own
+// main()): a C++ stand-in for the Python zygote that runs ZygoteServer and forks workers
+// whose WorkerChannel echoes task payloads back as result frames. Task payloads can also
+// ask the worker to exit or to be killed, to exercise retries.
+#include "shoal/frame.hpp"
+#include "shoal/pool.hpp"
+#include "shoal/worker.hpp"
+
+#include "support.hpp"
+
+#include <climits>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+using namespace shoal;
+using namespace shoal_test;
+
+namespace {
+
+constexpr std::int64_t k_ms = 1'000'000;
+constexpr char k_zygote_flag[] = "--shoal-test-zygote";
+
+std::string text_of(std::span<std::byte const> b) { return {reinterpret_cast<char const*>(b.data()), b.size()}; }
+std::span<std::byte const> bytes_of(std::string const& s) {
+    return {reinterpret_cast<std::byte const*>(s.data()), s.size()};
+}
+
+// ---------------------------------------------------------------- the stand-in zygote
+
+[[noreturn]] void worker_main(WorkerSpec const& spec, std::vector<Fd> fds) {
+    WorkerChannel ch(spec, std::move(fds.at(0)), std::move(fds.at(1)));
+    Bytes msg;
+    for (;;) {
+        if (!ch.recv(msg, -1)) ::_exit(10);
+        FrameView f;
+        std::string error;
+        if (!decode_frame(msg, f, error) || !is_driver_frame(f.header.kind)) ::_exit(11);
+        std::string payload = text_of(f.payload);
+        switch (f.header.kind) {
+            case FrameKind::function:
+                if (f.header.aux != 0) break;  // a user function: nothing to run it with here
+                if (payload == "fail-init") {  // as the Python worker does: report, then exit 1
+                    ch.send(encode_frame(FrameKind::init_failed, 0, 0, 0, 0, f.payload));
+                    ::_exit(1);
+                }
+                ch.send(encode_frame(FrameKind::ready, 0, 0, 0, 0, {}));
+                break;
+            case FrameKind::task: {
+                std::int64_t start = now_ns();
+                if (payload.rfind("exit:", 0) == 0) ::_exit(std::stoi(payload.substr(5)));
+                if (payload == "kill") ::raise(SIGKILL);
+                if (payload.rfind("sleep:", 0) == 0)
+                    std::this_thread::sleep_for(std::chrono::milliseconds(std::stoi(payload.substr(6))));
+                if (payload.rfind("print:", 0) == 0)
+                    ch.send(encode_frame(FrameKind::output, 1, 0, 0, 0, bytes_of(payload.substr(6))));
+                auto elapsed = static_cast<std::uint64_t>(now_ns() - start);
+                ch.send(encode_frame(FrameKind::result, 0, f.header.task_id, elapsed, f.header.count, f.payload));
+                break;
+            }
+            case FrameKind::shutdown:
+                ::_exit(0);
+            default:
+                break;
+        }
+    }
+}
+
+int zygote_main() {
+    ZygoteServer server{Fd(3)};
+    for (;;) {
+        ZygoteServer::Action action = server.next();
+        switch (action.kind) {
+            case ZygoteServer::Action::exit:
+                return 0;
+            case ZygoteServer::Action::import_modules: {
+                bool ok = action.modules == std::vector<std::string>{"alpha", "beta"};
+                server.imported(action, ok, ok ? "" : "ModuleNotFoundError: " + action.modules.at(0));
+                break;
+            }
+            case ZygoteServer::Action::fork: {
+                pid_t pid = ::fork();
+                if (pid == 0) {
+                    WorkerSpec spec = action.spec;
+                    worker_main(spec, server.become_worker(std::move(action)));
+                }
+                server.forked(action, pid);
+                break;
+            }
+        }
+    }
+}
+
+std::string self_exe() {
+    char buf[PATH_MAX];
+    auto n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+    return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string("/proc/self/exe");
+}
+
+std::unique_ptr<ZygoteClient> start_zygote() {
+    return std::make_unique<ZygoteClient>(std::vector<std::string>{self_exe(), k_zygote_flag});
+}
+
+PoolOptions options(std::size_t workers) {
+    PoolOptions o;
+    o.workers = workers;
+    o.task_ring_bytes = 1 << 16;
+    o.result_ring_bytes = 1 << 16;
+    o.spin_ns = 20'000;
+    return o;
+}
+
+std::string id_payload(std::uint64_t id) { return "task-" + std::to_string(id); }
+
+/// Collects completions until `done(all)` or the timeout; returns all of them.
+template <class Done>
+std::vector<Completion> collect(Pool& pool, std::int64_t timeout_ns, Done done) {
+    std::vector<Completion> all;
+    std::int64_t deadline = now_ns() + timeout_ns;
+    while (!done(all)) {
+        std::int64_t left = deadline - now_ns();
+        if (left <= 0) break;
+        if (!pool.take(all, std::min<std::int64_t>(left, 100 * k_ms))) break;
+    }
+    return all;
+}
+
+std::size_t count_kind(std::vector<Completion> const& cs, Completion::Kind k) {
+    std::size_t n = 0;
+    for (auto const& c : cs) n += c.kind == k;
+    return n;
+}
+
+/// Checks every result: its payload echoes its id, and each id comes exactly once.
+void check_echoes(std::vector<Completion> const& cs, std::uint64_t first, std::uint64_t count) {
+    std::set<std::uint64_t> seen;
+    for (auto const& c : cs) {
+        if (c.kind != Completion::result) continue;
+        ASSERT_TRUE(seen.insert(c.task_id).second) << "task " << c.task_id << " completed twice";
+        ASSERT_EQ(text_of(std::span(c.payload).subspan(c.payload_offset)), id_payload(c.task_id));
+        EXPECT_EQ(c.flags, 0u);
+    }
+    EXPECT_EQ(seen.size(), count);
+    if (!seen.empty()) {
+        EXPECT_EQ(*seen.begin(), first);
+        EXPECT_EQ(*seen.rbegin(), first + count - 1);
+    }
+}
+
+void submit_echoes(Pool& pool, std::uint64_t first, std::uint64_t count) {
+    for (std::uint64_t id = first; id < first + count; ++id) pool.submit(id, 0, 1, bytes_of(id_payload(id)));
+}
+
+void close_and_join(Pool& pool) {
+    pool.close(false);
+    pool.join(5'000 * k_ms);
+    std::vector<Completion> rest;
+    std::int64_t deadline = now_ns() + 5'000 * k_ms;
+    while (pool.take(rest, 100 * k_ms) && now_ns() < deadline) {}
+    EXPECT_FALSE(pool.take(rest, 0)) << "the pool never reported itself drained";
+}
+
+}  // namespace
+
+TEST(Pool, TenThousandTasksAllComeBack) {
+    auto zygote = start_zygote();
+    Pool pool(*zygote, options(2));
+    submit_echoes(pool, 1, 10'000);
+    auto all = collect(pool, 60'000 * k_ms, [](auto const& a) { return a.size() >= 10'000; });
+    EXPECT_EQ(all.size(), 10'000u);
+    EXPECT_EQ(count_kind(all, Completion::result), 10'000u);
+    check_echoes(all, 1, 10'000);
+    EXPECT_EQ(pool.queued(), 0u);
+    EXPECT_EQ(pool.inflight(), 0u);
+    EXPECT_EQ(pool.worker_pids().size(), 2u);
+    close_and_join(pool);
+}
+
+TEST(Pool, LargePayloadsLargerThanTheRings) {
+    auto zygote = start_zygote();
+    Pool pool(*zygote, options(2));
+    std::vector<std::string> payloads;
+    for (int i = 0; i < 6; ++i) payloads.push_back(std::string(300'000 + static_cast<std::size_t>(i), static_cast<char>('a' + i)));
+    for (std::uint64_t i = 0; i < payloads.size(); ++i) pool.submit(i + 1, 0, 1, bytes_of(payloads[i]));
+    auto all = collect(pool, 30'000 * k_ms, [&](auto const& a) { return a.size() >= payloads.size(); });
+    ASSERT_EQ(all.size(), payloads.size());
+    for (auto const& c : all) {
+        ASSERT_EQ(c.kind, Completion::result);
+        EXPECT_TRUE(text_of(std::span(c.payload).subspan(c.payload_offset)) == payloads.at(c.task_id - 1)) << c.task_id;
+    }
+    close_and_join(pool);
+}
+
+TEST(Pool, KilledWorkerIsReplacedAndItsTasksRetried) {
+    auto zygote = start_zygote();
+    Pool pool(*zygote, options(2));
+    // No dispatcher thread: take() is what hears the zygote's fork reports.
+    std::vector<Completion> none;
+    std::int64_t deadline = now_ns() + 5'000 * k_ms;
+    while (pool.worker_pids().size() < 2 && now_ns() < deadline) pool.take(none, 1 * k_ms);
+    EXPECT_TRUE(none.empty());
+    auto pids = pool.worker_pids();
+    ASSERT_EQ(pids.size(), 2u);
+
+    // Slow tasks, so that the victim surely has some in flight.
+    for (std::uint64_t id = 1; id <= 40; ++id) pool.submit(id, 0, 1, bytes_of("sleep:5"));
+    auto first = collect(pool, 10'000 * k_ms, [](auto const& a) { return a.size() >= 4; });
+    ASSERT_GE(first.size(), 4u);
+    ::kill(static_cast<pid_t>(pids[0]), SIGKILL);
+    auto rest = collect(pool, 30'000 * k_ms, [&](auto const& a) { return first.size() + a.size() >= 40; });
+    first.insert(first.end(), rest.begin(), rest.end());
+    EXPECT_EQ(count_kind(first, Completion::result), 40u) << "crashed: " << count_kind(first, Completion::crashed);
+    std::set<std::uint64_t> ids;
+    for (auto const& c : first) EXPECT_TRUE(ids.insert(c.task_id).second) << "task " << c.task_id << " twice";
+
+    auto now_pids = pool.worker_pids();
+    EXPECT_EQ(now_pids.size(), 2u);
+    EXPECT_EQ(std::count(now_pids.begin(), now_pids.end(), pids[0]), 0) << "the dead worker is still listed";
+    close_and_join(pool);
+}
+
+TEST(Pool, TenThousandTasksWithAWorkerKilledMidway) {
+    auto zygote = start_zygote();
+    Pool pool(*zygote, options(2));
+    submit_echoes(pool, 1, 10'000);
+    bool killed = false;
+    auto all = collect(pool, 60'000 * k_ms, [&](auto const& a) {
+        if (!killed && a.size() >= 2'000) {
+            auto pids = pool.worker_pids();
+            if (!pids.empty()) ::kill(static_cast<pid_t>(pids[0]), SIGKILL);
+            killed = true;
+        }
+        return a.size() >= 10'000;
+    });
+    EXPECT_TRUE(killed);
+    EXPECT_EQ(all.size(), 10'000u);
+    check_echoes(all, 1, 10'000);
+    close_and_join(pool);
+}
+
+TEST(Pool, TaskThatKillsItsWorkerFailsAfterRetries) {
+    auto zygote = start_zygote();
+    PoolOptions o = options(2);
+    o.scheduler.retries = 2;
+    Pool pool(*zygote, o);
+    pool.submit(1, 0, 1, bytes_of("exit:3"));
+    auto all = collect(pool, 20'000 * k_ms, [](auto const& a) { return !a.empty(); });
+    ASSERT_EQ(all.size(), 1u);
+    EXPECT_EQ(all[0].kind, Completion::crashed);
+    EXPECT_EQ(all[0].task_id, 1u);
+    EXPECT_EQ(all[0].status.kind, ExitStatus::exited);
+    EXPECT_EQ(all[0].status.value, 3);
+
+    // The pool keeps working.
+    submit_echoes(pool, 100, 50);
+    auto more = collect(pool, 20'000 * k_ms, [](auto const& a) { return a.size() >= 50; });
+    check_echoes(more, 100, 50);
+    close_and_join(pool);
+}
+
+TEST(Pool, SignalNamedInTheCrash) {
+    auto zygote = start_zygote();
+    PoolOptions o = options(1);
+    o.scheduler.retries = 0;
+    Pool pool(*zygote, o);
+    pool.submit(1, 0, 1, bytes_of("kill"));
+    auto all = collect(pool, 20'000 * k_ms, [](auto const& a) { return !a.empty(); });
+    ASSERT_EQ(all.size(), 1u);
+    EXPECT_EQ(all[0].kind, Completion::crashed);
+    EXPECT_EQ(all[0].status.kind, ExitStatus::signaled);
+    EXPECT_EQ(all[0].status.value, SIGKILL);
+    close_and_join(pool);
+}
+
+TEST(Pool, WorkerOutputIsForwarded) {
+    auto zygote = start_zygote();
+    Pool pool(*zygote, options(1));
+    pool.submit(1, 0, 1, bytes_of("print:hello"));
+    auto all = collect(pool, 10'000 * k_ms, [](auto const& a) { return a.size() >= 2; });
+    ASSERT_EQ(all.size(), 2u);
+    EXPECT_EQ(all[0].kind, Completion::output);
+    EXPECT_EQ(all[0].flags, 1u);
+    EXPECT_EQ(text_of(std::span(all[0].payload).subspan(all[0].payload_offset)), "hello");
+    EXPECT_EQ(all[1].kind, Completion::result);
+    close_and_join(pool);
+}
+
+TEST(Pool, InitializerFailureBreaksThePool) {
+    auto zygote = start_zygote();
+    PoolOptions o = options(2);
+    std::string const why = "fail-init";
+    auto b = bytes_of(why);
+    o.init_payload.assign(b.begin(), b.end());
+    Pool pool(*zygote, o);
+    submit_echoes(pool, 1, 5);
+    auto all = collect(pool, 3'000 * k_ms, [](auto const& a) { return a.size() >= 5; });
+    ASSERT_EQ(all.size(), 5u) << "stranded: " << pool.queued() << " queued, " << pool.inflight() << " in flight";
+    for (auto const& c : all) EXPECT_EQ(int(c.kind), int(Completion::init_failed)) << "task " << c.task_id << ": " << text_of(std::span(c.payload).subspan(c.payload_offset));
+    // Later submissions fail at once, the same way.
+    pool.submit(6, 0, 1, bytes_of(id_payload(6)));
+    auto later = collect(pool, 5'000 * k_ms, [](auto const& a) { return !a.empty(); });
+    ASSERT_EQ(later.size(), 1u);
+    EXPECT_EQ(later[0].kind, Completion::init_failed);
+    close_and_join(pool);
+}
+
+TEST(Pool, PreloadAskedOfTheZygote) {
+    auto zygote = start_zygote();
+    PoolOptions o = options(1);
+    o.preload = {"alpha", "beta"};
+    Pool pool(*zygote, o);
+    submit_echoes(pool, 1, 3);
+    auto all = collect(pool, 10'000 * k_ms, [](auto const& a) { return a.size() >= 3; });
+    check_echoes(all, 1, 3);
+    close_and_join(pool);
+
+    o.preload = {"no_such_module"};
+    try {
+        Pool bad(*zygote, o);
+        ADD_FAILURE() << "a failed preload must throw";
+    } catch (std::runtime_error const& e) {
+        EXPECT_NE(std::string(e.what()).find("no_such_module"), std::string::npos) << e.what();
+    }
+}
+
+TEST(Pool, CloseLetsQueuedTasksFinish) {
+    auto zygote = start_zygote();
+    Pool pool(*zygote, options(2));
+    submit_echoes(pool, 1, 500);
+    pool.close(false);
+    pool.join(20'000 * k_ms);
+    std::vector<Completion> all;
+    std::int64_t deadline = now_ns() + 5'000 * k_ms;
+    while (pool.take(all, 100 * k_ms) && now_ns() < deadline) {}
+    check_echoes(all, 1, 500);
+    // After close, a submission completes at once as broken.
+    pool.submit(9999, 0, 1, bytes_of("late"));
+    std::vector<Completion> late;
+    pool.take(late, 1'000 * k_ms);
+    ASSERT_EQ(late.size(), 1u);
+    EXPECT_EQ(late[0].kind, Completion::broken);
+}
+
+TEST(Pool, CloseWithKillEndsPromptly) {
+    auto zygote = start_zygote();
+    Pool pool(*zygote, options(2));
+    for (std::uint64_t id = 1; id <= 100; ++id) pool.submit(id, 0, 1, bytes_of("sleep:50"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::int64_t start = now_ns();
+    pool.close(true);
+    pool.join(5'000 * k_ms);
+    EXPECT_LT(now_ns() - start, 3'000 * k_ms);
+    std::vector<Completion> all;
+    std::int64_t deadline = now_ns() + 5'000 * k_ms;
+    while (pool.take(all, 100 * k_ms) && now_ns() < deadline) {}
+    // Every task is accounted for: a result, or broken/crashed because of the kill.
+    std::set<std::uint64_t> ids;
+    for (auto const& c : all) ids.insert(c.task_id);
+    EXPECT_EQ(ids.size(), 100u);
+    EXPECT_LT(count_kind(all, Completion::result), 100u);
+}
+
+TEST(Pool, ZygoteDeathBreaksThePoolWithoutHanging) {
+    auto zygote = start_zygote();
+    Pool pool(*zygote, options(2));
+    submit_echoes(pool, 1, 10);
+    auto first = collect(pool, 10'000 * k_ms, [](auto const& a) { return a.size() >= 10; });
+    ASSERT_EQ(first.size(), 10u);
+    ::kill(zygote->pid(), SIGKILL);  // its workers die with it
+    std::int64_t deadline = now_ns() + 5'000 * k_ms;
+    while (zygote->alive() && now_ns() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let the dispatcher notice
+    pool.submit(11, 0, 1, bytes_of(id_payload(11)));
+    auto after = collect(pool, 5'000 * k_ms, [](auto const& a) { return !a.empty(); });
+    ASSERT_EQ(after.size(), 1u);
+    EXPECT_NE(after[0].kind, Completion::result);
+    close_and_join(pool);
+}
+
+int main(int argc, char** argv) {
+    if (argc == 2 && std::string(argv[1]) == k_zygote_flag) return zygote_main();
+    ::testing::InitGoogleTest(&argc, argv);
+    return RUN_ALL_TESTS();
+}

@@ -1,0 +1,63 @@
+"""The benchmark runner cannot rot: a tiny `--quick --only round_trip` run must produce well-formed records."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+FIELDS = {"workload": str, "system": str, "metric": str, "unit": str, "lower_is_better": bool,
+          "workers": int, "repeats": int, "status": str, "note": str}
+
+
+def _run_bench(tmp_path, *args):
+    out = tmp_path / "records.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    code = "import sys; from shoal.bench.runner import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, *args, "--json", str(out),
+                           "--markdown", str(tmp_path / "table.md")],
+                          capture_output=True, text=True, timeout=280, env=env)
+    assert out.exists(), f"no JSON written (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc, json.loads(out.read_text()), (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.timeout(300)
+def test_quick_round_trip_records_are_well_formed(tmp_path):
+    proc, records, table = _run_bench(tmp_path, "--quick", "--only", "round_trip",
+                                      "--workers", "2", "--systems", "serial,shoal")
+    assert isinstance(records, list)
+    assert {r["system"] for r in records} == {"serial", "shoal"}
+    for r in records:
+        assert set(r) == set(FIELDS) | {"value", "spread"}, r
+        for key, typ in FIELDS.items():
+            assert isinstance(r[key], typ), (key, r)
+        assert r["workload"] == "round_trip" and r["metric"] == "us_per_call" and r["unit"] == "us"
+        assert r["lower_is_better"] is True
+        assert r["status"] in {"ok", "skipped", "failed"}
+        if r["status"] == "ok":
+            assert isinstance(r["value"], float) and r["value"] > 0
+            lo, hi = r["spread"]
+            assert lo <= r["value"] <= hi
+            assert r["repeats"] == 3
+        else:
+            assert r["value"] is None and r["spread"] is None
+            assert r["note"], "a skipped or failed record says why"
+    serial = next(r for r in records if r["system"] == "serial")
+    assert serial["status"] == "ok" and serial["workers"] == 1
+    assert "| round_trip | us_per_call | us |" in table
+    # the runner exits non-zero exactly when a shoal row failed
+    shoal_failed = any(r["system"] == "shoal" and r["status"] == "failed" for r in records)
+    assert proc.returncode == (1 if shoal_failed else 0), proc.stderr[-3000:]
+
+
+@pytest.mark.timeout(60)
+def test_unknown_workload_is_refused(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    code = "import sys; from shoal.bench.runner import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "--only", "no_such_workload"],
+                          capture_output=True, text=True, timeout=50, env=env)
+    assert proc.returncode != 0
+    assert "unknown workload" in proc.stderr
