@@ -5,6 +5,7 @@ names. Drivers run in their own interpreter so the test can kill or signal them.
 import gc
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -26,9 +27,14 @@ def echo(x):
     return x
 
 
+# Other programs on a shared machine (multiprocessing, loky, joblib) come and go in /dev/shm
+# while the tests run; their names are not shoal's and are ignored.
+FOREIGN_SHM = re.compile(r"^(sem\.mp-|sem\.loky-|loky-|joblib_memmapping_folder_|sem\.joblib|pymp-|mp-)")
+
+
 def shm_names():
     try:
-        return set(os.listdir("/dev/shm"))
+        return {n for n in os.listdir("/dev/shm") if not FOREIGN_SHM.match(n)}
     except FileNotFoundError:
         return set()
 

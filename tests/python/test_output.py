@@ -57,8 +57,10 @@ def test_large_output_does_not_block(capsys, executor):
     lines = 20_000  # about 2 MB: far more than a pipe buffer
     assert executor.submit(talk_lots, token, lines).result(timeout=30) == lines
     out, _ = capsys.readouterr()
-    assert out.count(f"{token}-") == lines
-    assert f"{token}-{lines - 1:06d}" in out
+    seen = [int(line[len(token) + 1:len(token) + 7]) for line in out.splitlines() if line.startswith(f"{token}-")]
+    missing = sorted(set(range(lines)) - set(seen))
+    assert not missing, f"{len(missing)} of {lines} lines lost, e.g. {missing[:10]}"
+    assert seen == list(range(lines)), "lines arrived out of order or twice"
 
 
 NOTEBOOK_LIKE = """

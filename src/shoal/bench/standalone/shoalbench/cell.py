@@ -11,6 +11,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -58,6 +59,7 @@ def startup_probe(name, workers):
     second.call(systems.tasks.identity, 2)
     t4 = time.perf_counter()
     second.close()
+    second.teardown()
     return {"import_ms": (t1 - t0) * 1e3, "first_pool_ms": (t2 - t1) * 1e3,
             "second_pool_ms": (t4 - t3) * 1e3}
 
@@ -67,12 +69,17 @@ def _measure_startup(name, workers, repeats, timeout):
         raise Unsupported("serial runs in the caller: there is no pool to start")
     out = {"import_ms": [], "first_pool_ms": [], "second_pool_ms": []}
     for _ in range(repeats):
-        proc = subprocess.run(
-            [sys.executable, "-m", "shoalbench.cell", "--startup-probe", name, str(workers)],
-            capture_output=True, text=True, timeout=timeout)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        # Output to a file, not a pipe: a library's leftover daemon holding the pipe open
+        # must not make us wait for it.
+        with tempfile.TemporaryFile("w+") as outf:
+            proc = subprocess.run(
+                [sys.executable, "-m", "shoalbench.cell", "--startup-probe", name, str(workers)],
+                stdin=subprocess.DEVNULL, stdout=outf, stderr=subprocess.STDOUT, timeout=timeout)
+            outf.seek(0)
+            output = outf.read()
+        lines = [ln for ln in output.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            tail = (output.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"startup probe exited {proc.returncode}: {tail}")
         sample = json.loads(lines[-1])
         for k in out:
@@ -109,6 +116,7 @@ def run_cell(config):
                 measured, note = measure(system, size, repeats)
             finally:
                 system.close()
+                system.teardown()
     except Unsupported as exc:
         return _records_for(workload, name, workers, "skipped", str(exc))
     except Exception as exc:

@@ -45,6 +45,9 @@ class System:
     def close(self):
         """Shuts the pool down, waiting for its processes."""
 
+    def teardown(self):
+        """Stops whatever the library keeps alive past ``close`` (untimed, before exit)."""
+
     def call(self, fn, *args):
         """One task, waited for: the round trip."""
         raise Unsupported(f"{self.name} has no single-task call")
@@ -204,6 +207,11 @@ class Joblib(System):
         # Leaves loky's reusable executor alive, as joblib does by design: a later
         # Parallel in the same process (startup's second pool) reuses its workers.
         self.parallel.__exit__(None, None, None)
+
+    def teardown(self):
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True, kill_workers=True)
 
     def call(self, fn, *args):
         return self.parallel([self.delayed(fn)(*args)])[0]
