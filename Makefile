@@ -32,7 +32,7 @@ build: $(STAMP)
 	$(VENV)/bin/cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release \
 	  -DPython_EXECUTABLE=$(abspath $(VPY)) -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) >/dev/null
 	$(VENV)/bin/cmake --build $(BUILD) -j $(JOBS)
-	cp $(BUILD)/_core*.so src/shoal/
+	for f in $(BUILD)/_core*.so; do cp $$f src/shoal/.$$(basename $$f).tmp && mv -f src/shoal/.$$(basename $$f).tmp src/shoal/$$(basename $$f); done
 
 cpp-tests: $(STAMP) apt
 	$(VENV)/bin/cmake -S . -B build/cpp -G Ninja -DSHOAL_BUILD_PYTHON=OFF -DSHOAL_BUILD_TESTS=ON \

@@ -50,9 +50,11 @@ void bind_pool(nb::module_& m) {
              [](Pool& p, double timeout, bool background, std::uint64_t epoch) -> nb::object {
                  std::vector<Completion> out;
                  bool open;
+                 std::uint64_t seq = 0;
                  {
                      nb::gil_scoped_release release;
-                     open = p.take(out, timeout < 0 ? -1 : static_cast<std::int64_t>(timeout * 1e9), background, epoch);
+                     open = p.take(out, timeout < 0 ? -1 : static_cast<std::int64_t>(timeout * 1e9), background,
+                                   epoch, &seq);
                  }
                  if (!open) return nb::none();
                  nb::list items;
@@ -63,7 +65,7 @@ void bind_pool(nb::module_& m) {
                                                  static_cast<int>(c.status.kind), c.status.value,
                                                  c.status.describe(), c.worker, nb::bytes(data, size)));
                  }
-                 return items;
+                 return nb::make_tuple(seq, items);
              },
              nb::arg("timeout") = -1.0, nb::arg("background") = false, nb::arg("epoch") = 0)
         .def_prop_ro("epoch", &Pool::epoch)

@@ -390,7 +390,7 @@ void Pool::service_locked() {
 }
 
 bool Pool::take(std::vector<Completion>& out, std::int64_t timeout_ns, bool background,
-                std::uint64_t epoch) {
+                std::uint64_t epoch, std::uint64_t* batch_seq) {
     std::int64_t const start = now_ns();
     std::unique_lock lock(m_mutex);
     if (!background) {
@@ -411,6 +411,7 @@ bool Pool::take(std::vector<Completion>& out, std::int64_t timeout_ns, bool back
         if (!m_ready.empty()) {
             for (auto& c : m_ready) out.push_back(std::move(c));
             m_ready.clear();
+            if (batch_seq) *batch_seq = ++m_batches;
             return true;
         }
         if (m_finished) return false;

@@ -30,16 +30,22 @@ Ring Ring::create(std::byte* mem, std::size_t capacity) {
 }
 
 Ring Ring::attach(std::byte* mem, std::size_t capacity) {
+    if (capacity < 4096 || (capacity & (capacity - 1)) != 0)
+        throw std::invalid_argument("Ring::attach: capacity must be a power of two >= 4096");
     auto* hdr = reinterpret_cast<RingHeader*>(mem);
     if (hdr->magic != k_ring_magic || hdr->capacity != capacity)
         throw std::runtime_error("Ring::attach: header does not match the agreed capacity");
+    // Positions come from memory the peer can write: they are checked where they are used
+    // (try_push never writes from a misaligned head; peek reports corruption).
+    std::uint64_t const head = hdr->head.load(std::memory_order_acquire);
+    std::uint64_t const tail = hdr->tail.load(std::memory_order_acquire);
     Ring r;
     r.m_hdr = hdr;
     r.m_data = mem + sizeof(RingHeader);
     r.m_capacity = capacity;  // our own copy: the peer can never change it under us
     r.m_mask = capacity - 1;
-    r.m_head = hdr->head.load(std::memory_order_acquire);
-    r.m_tail = hdr->tail.load(std::memory_order_acquire);
+    r.m_head = head;
+    r.m_tail = tail;
     return r;
 }
 
@@ -54,6 +60,7 @@ bool Ring::fits(std::uint64_t head, std::uint64_t tail, std::size_t payload_byte
 
 bool Ring::try_push(std::span<std::byte const> payload, std::uint32_t tag) noexcept {
     if (payload.size() > max_record() || tag == k_wrap_tag) return false;
+    if (m_head % 8 != 0) return false;  // a corrupt header at attach: never write from it
     std::uint64_t tail = m_hdr->tail.load(std::memory_order_acquire);
     if (!fits(m_head, tail, payload.size())) return false;
     std::uint64_t off = m_head & m_mask;
@@ -127,6 +134,7 @@ Ring::PopStatus Ring::peek(Record& out) noexcept {
         std::uint64_t avail = head - tail;
         if (avail > m_capacity || avail % 8 != 0 || avail < k_record_header) return PopStatus::corrupt;
         std::uint64_t off = tail & m_mask;
+        if (off % 8 != 0 || off > m_capacity - k_record_header) return PopStatus::corrupt;
         std::uint32_t rec[2];
         std::memcpy(rec, m_data + off, sizeof rec);  // copy once: the peer may rewrite it
         if (rec[1] == k_wrap_tag) {

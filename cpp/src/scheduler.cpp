@@ -36,10 +36,12 @@ void Scheduler::forget_function(std::uint64_t fn_id, SharedBytes const& forget_f
 }
 
 std::uint32_t Scheduler::inflight_limit() const noexcept {
-    if (m_task_ns <= 0) return 2;
+    std::uint32_t const most = std::max<std::uint32_t>(1, m_options.max_inflight);
     if (m_task_ns >= 20e6) return 1;  // long tasks: never park one behind another
+    if (m_task_ns <= 0) return std::min<std::uint32_t>(2, most);
     double n = static_cast<double>(m_options.target_inflight_ns) / m_task_ns;
-    return static_cast<std::uint32_t>(std::clamp(n, 2.0, static_cast<double>(m_options.max_inflight)));
+    return static_cast<std::uint32_t>(std::clamp(n, std::min(2.0, static_cast<double>(most)),
+                                                 static_cast<double>(most)));
 }
 
 bool Scheduler::exhausted(std::size_t worker) const {

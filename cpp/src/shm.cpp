@@ -2,6 +2,7 @@
 #include "shoal/shm.hpp"
 
 #include <cstring>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,15 +10,22 @@
 namespace shoal {
 
 SharedMemory SharedMemory::create(std::size_t bytes, char const* name) {
-    Fd fd(::memfd_create(name, MFD_CLOEXEC));
+    Fd fd(::memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
     if (!fd) throw_errno("memfd_create");
     if (::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) throw_errno("ftruncate");
+    // Sealed: no peer can shrink it under a live mapping (every access past it would be SIGBUS).
+    if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
+        throw_errno("fcntl(F_ADD_SEALS)");
     return attach(std::move(fd));
 }
 
 SharedMemory SharedMemory::attach(Fd fd) {
     struct stat st{};
     if (::fstat(fd.get(), &st) != 0) throw_errno("fstat");
+    // Only a memfd that can no longer shrink: F_GET_SEALS fails on anything but a memfd.
+    int seals = ::fcntl(fd.get(), F_GET_SEALS);
+    if (seals < 0 || !(seals & F_SEAL_SHRINK))
+        throw std::runtime_error("SharedMemory::attach: not a memfd sealed against shrinking");
     if (st.st_size <= 0) throw std::runtime_error("SharedMemory::attach: empty memfd");
     auto bytes = static_cast<std::size_t>(st.st_size);
     // MAP_POPULATE pre-faults: the first task does not pay for page faults.

@@ -98,9 +98,16 @@ void send_message(int sock, std::span<std::byte const> data, std::span<int const
 
 RecvStatus recv_message(int sock, std::vector<std::byte>& data, std::vector<Fd>& fds,
                         bool nonblocking, std::size_t max_bytes, std::size_t max_fds) {
-    data.resize(max_bytes);
     fds.clear();
-    iovec iov{data.data(), data.size()};
+    // Receive on the stack and copy out what came: no zero-filling of max_bytes per call.
+    std::byte stack[k_max_control_message];
+    std::vector<std::byte> heap;
+    std::byte* buf = stack;
+    if (max_bytes > sizeof stack) {
+        heap.resize(max_bytes);
+        buf = heap.data();
+    }
+    iovec iov{buf, max_bytes};
     std::vector<char> control(CMSG_SPACE(sizeof(int) * max_fds));
     msghdr msg{};
     msg.msg_iov = &iov;
@@ -132,7 +139,7 @@ RecvStatus recv_message(int sock, std::vector<std::byte>& data, std::vector<Fd>&
         throw std::runtime_error("recv_message: message or descriptors truncated");
     }
     if (n == 0 && fds.empty()) return RecvStatus::eof;  // the peer closed
-    data.resize(static_cast<std::size_t>(n));
+    data.assign(buf, buf + n);
     return RecvStatus::message;
 }
 

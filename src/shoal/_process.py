@@ -104,10 +104,29 @@ class _State:
         self.futures = {}  # task id -> (Future, fn_id)
         self.lock = threading.Lock()
         self.functions = None
+        self.order = threading.Condition()  # batches are delivered in the order taken
+        self.delivered = 0
 
 
-def _deliver(state, batch):
-    """Turns a batch of the pool's completions into finished futures (any thread)."""
+def _deliver(state, taken):
+    """Delivers a batch from Pool.take in the order the batches were taken (a task's output
+    before its result), whichever thread took it."""
+    seq, batch = taken
+    if not batch:
+        return
+    order = state.order
+    with order:
+        # The thread holding the previous batch delivers it at once; the timeout only guards
+        # against one that was interrupted (Ctrl-C) between take and deliver.
+        order.wait_for(lambda: state.delivered >= seq - 1, timeout=1.0)
+        try:
+            _deliver_batch(state, batch)
+        finally:
+            state.delivered = max(state.delivered, seq)
+            order.notify_all()
+
+
+def _deliver_batch(state, batch):
     futures = state.futures
     for kind, flags, task_id, _aux, status_kind, status_value, status_text, _w, payload in batch:
         if kind == _OUTPUT:
@@ -167,11 +186,11 @@ def _complete(state):
     take = state.pool.take
     interrupt = state.pool.interrupt
     while True:
-        batch = take(-1.0, True)
-        if batch is None:
+        taken = take(-1.0, True)
+        if taken is None:
             break
-        if batch:
-            _deliver(state, batch)
+        if taken[1]:
+            _deliver(state, taken)
             interrupt()  # a caller blocked in take() may be waiting for one of these
     # The pool is finished: nothing else will complete.
     with state.lock:
@@ -196,11 +215,10 @@ class _ProcessFuture(Future):
             left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
             if left <= 0:
                 return
-            batch = pool.take(left, False, epoch)  # short slices: Ctrl-C stays responsive
-            if batch is None:
+            taken = pool.take(left, False, epoch)  # short slices: Ctrl-C stays responsive
+            if taken is None:
                 return
-            if batch:
-                _deliver(state, batch)
+            _deliver(state, taken)
 
     def result(self, timeout=None):
         self._help(timeout)

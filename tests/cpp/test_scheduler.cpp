@@ -198,7 +198,7 @@ TEST(Scheduler, CancelAllReturnsQueuedIdsInOrder) {
     EXPECT_TRUE(s.cancel_all().empty());
 }
 
-TEST(Scheduler, DISABLED_WorkerDiedRequeuesAtTheFrontInOrderUntilRetriesAreUsed) {
+TEST(Scheduler, WorkerDiedRequeuesAtTheFrontInOrderUntilRetriesAreUsed) {
     SchedulerOptions o;
     o.retries = 2;
     auto s = started(1, o);
@@ -380,7 +380,7 @@ TEST(Scheduler, InflightLimitHonoursMaxInflight) {
 // max_inflight is "tasks per worker at most". With max_inflight = 1 the unmeasured default
 // (2) and the lower clamp bound (2) both exceed it; std::clamp(n, 2.0, 1.0) is also undefined
 // behaviour (lo > hi).
-TEST(Scheduler, DISABLED_InflightLimitNeverExceedsAMaxInflightOfOne) {
+TEST(Scheduler, InflightLimitNeverExceedsAMaxInflightOfOne) {
     SchedulerOptions o;
     o.max_inflight = 1;
     auto s = started(1, o);

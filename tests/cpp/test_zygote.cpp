@@ -379,7 +379,7 @@ TEST(ZygoteServer, ImportModules) {
 // recv_message()'s default max_bytes of 4096: a longer request is "truncated", throws, and is
 // taken for a closed executor (its workers are killed). The same default bites the Pool
 // reading `imported` replies, whose error text may be 64 KiB.
-TEST(ZygoteServer, DISABLED_ImportRequestLongerThanFourKiB) {
+TEST(ZygoteServer, ImportRequestLongerThanFourKiB) {
     Zygote z;
     Fd ex = z.open_executor();
     ZygoteMessage m;
@@ -392,7 +392,7 @@ TEST(ZygoteServer, DISABLED_ImportRequestLongerThanFourKiB) {
     EXPECT_EQ(r.op, ZygoteOp::imported) << "the zygote dropped the executor instead of answering";
 }
 
-TEST(ZygoteServer, DISABLED_LongImportErrorReachesTheExecutorWithDefaultReceiveSize) {
+TEST(ZygoteServer, LongImportErrorReachesTheExecutorWithDefaultReceiveSize) {
     Zygote z;
     Fd ex = z.open_executor();
     ZygoteMessage m;

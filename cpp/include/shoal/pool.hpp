@@ -91,8 +91,10 @@ public:
     /// a foreground take returns early when interrupt() is called.
     /// A foreground take also returns as soon as epoch() differs from `epoch` (read it
     /// before checking whether what you wait for is done: no wake-up is lost between).
+    /// Each non-empty batch gets the next number in `batch_seq`: batches taken by different
+    /// threads must be delivered in that order (a task's output before its result).
     bool take(std::vector<Completion>& out, std::int64_t timeout_ns, bool background = false,
-              std::uint64_t epoch = 0);
+              std::uint64_t epoch = 0, std::uint64_t* batch_seq = nullptr);
     /// Bumps the epoch and wakes foreground takers (another thread has delivered
     /// completions they may wait for). No system call when nobody waits. Any thread.
     void interrupt();
@@ -155,6 +157,7 @@ private:
     bool m_poller_background = false;         // ... and it is the completion thread
     std::atomic<int> m_foreground{0};         // callers blocked in take() for a result
     std::atomic<std::uint64_t> m_epoch{0};    // bumped by interrupt()
+    std::uint64_t m_batches = 0;              // batches handed out by take()
     bool m_broken = false;
     Completion::Kind m_broken_kind = Completion::broken;
     Bytes m_broken_payload;

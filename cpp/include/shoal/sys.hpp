@@ -77,10 +77,12 @@ std::pair<Fd, Fd> socket_pair();
 /// Sends one message with file descriptors attached (SCM_RIGHTS). Blocks. Throws on error.
 void send_message(int sock, std::span<std::byte const> data, std::span<int const> fds = {});
 enum class RecvStatus { message, eof, would_block };
+/// The largest control message shoal sends (a zygote message with its 64 KiB body).
+inline constexpr std::size_t k_max_control_message = 64 * 1024 + 256;
 /// Receives one message (at most max_bytes) and up to max_fds descriptors. Blocks unless
 /// `nonblocking`. Throws on error or on a truncated message.
 RecvStatus recv_message(int sock, std::vector<std::byte>& data, std::vector<Fd>& fds,
-                        bool nonblocking = false, std::size_t max_bytes = 4096,
+                        bool nonblocking = false, std::size_t max_bytes = k_max_control_message,
                         std::size_t max_fds = 8);
 
 }  // namespace shoal

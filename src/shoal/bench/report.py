@@ -209,7 +209,7 @@ def plot(records, path):
             rows.append((w, m))
     peers = [s for s in spec.ALL_SYSTEMS if any(p == s for _, _, p, _ in data)]
     height = 0.8 / max(1, len(peers))
-    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.45 * len(rows) * max(1, len(peers)) * 0.35 + 1))
+    fig, ax = plt.subplots(figsize=(9, 2 + 0.09 * len(rows) * max(1, len(peers))))
     cmap = plt.get_cmap("tab10")
     for j, peer in enumerate(peers):
         ys, xs = [], []
