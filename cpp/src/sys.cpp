@@ -8,6 +8,7 @@
 #include <ctime>
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -138,7 +139,13 @@ RecvStatus recv_message(int sock, std::vector<std::byte>& data, std::vector<Fd>&
         fds.clear();
         throw std::runtime_error("recv_message: message or descriptors truncated");
     }
-    if (n == 0 && fds.empty()) return RecvStatus::eof;  // the peer closed
+    if (n == 0 && fds.empty()) {
+        // SOCK_SEQPACKET returns 0 for an empty message too: only a hang-up is EOF.
+        pollfd p{sock, POLLRDHUP, 0};
+        if (::poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP))) return RecvStatus::eof;
+        data.clear();
+        return RecvStatus::message;
+    }
     data.assign(buf, buf + n);
     return RecvStatus::message;
 }

@@ -159,8 +159,8 @@ def _raise_chunk_error(err):
     raise exc
 
 
-class _MapIterator:
-    """Keeps a bounded window of chunks in flight and yields their items."""
+class _MapWindow:
+    """Keeps a bounded window of chunks in flight for one map() call."""
 
     def __init__(self, executor, fn, args, timeout, chunksize, ordered):
         self._backend = executor._backend
@@ -175,18 +175,8 @@ class _MapIterator:
         self._done = queue.SimpleQueue()       # unordered: futures as they finish
         self._outstanding = 0
         self._exhausted = False
-        self._buffer = iter(())
         self._items_sent = 0
         self._fill()  # start now, so errors in pickling arguments show at the call
-
-    def __iter__(self):
-        return self
-
-    def _next_size(self):
-        if self._fixed:
-            return self._fixed
-        # Grow fast until chunks last ~1 ms; the estimate comes from finished chunks.
-        return self._size
 
     def _learn(self, n_items, seconds):
         if self._fixed or n_items == 0:
@@ -197,7 +187,7 @@ class _MapIterator:
 
     def _fill(self):
         while not self._exhausted and self._outstanding < self._window:
-            items = list(itertools.islice(self._args, self._next_size()))
+            items = list(itertools.islice(self._args, self._size))
             if not items:
                 self._exhausted = True
                 break
@@ -208,7 +198,7 @@ class _MapIterator:
                 self._pending.append(fut)
             else:
                 fut.add_done_callback(self._done.put)
-            if not self._fixed and self._size < _MAX_CHUNK and self._items_sent < 64:
+            if not self._fixed and self._items_sent < 64:
                 self._size = min(self._size * 2, 64)  # ramp up until the first chunk comes back
             self._items_sent += len(items)
 
@@ -217,53 +207,29 @@ class _MapIterator:
             return None
         left = self._deadline - time.monotonic()
         if left <= 0:
-            self.close()
             raise TimeoutError()
         return left
 
-    def __next__(self):
-        try:
-            for item in self._buffer:
-                return item
-        except BaseException:
-            self.close()
-            raise
-        while True:
-            if self._outstanding == 0:
-                self._fill()
-                if self._outstanding == 0:
-                    raise StopIteration
-            try:
-                if self._ordered:
-                    fut = self._pending[0]
-                    results, err, elapsed = fut.result(self._remaining())
-                    self._pending.popleft()
-                else:
-                    fut = self._done.get(timeout=self._remaining())
-                    results, err, elapsed = fut.result()
-            except concurrent.futures.TimeoutError:
-                self.close()
-                raise TimeoutError() from None
-            except queue.Empty:
-                self.close()
-                raise TimeoutError() from None
-            except BaseException:
-                self.close()
-                raise
-            self._outstanding -= 1
-            self._learn(fut._shoal_n, elapsed)
+    def _next_chunk(self):
+        """The next finished chunk's (packed results, error or None), or None at the end."""
+        if self._outstanding == 0:
             self._fill()
-            items = iter_items(results)
-            if err is not None:
-                self._buffer = itertools.chain(items, _Raiser(self, err))
+            if self._outstanding == 0:
+                return None
+        try:
+            if self._ordered:
+                fut = self._pending[0]
+                results, err, elapsed = fut.result(self._remaining())
+                self._pending.popleft()
             else:
-                self._buffer = items
-            try:
-                for item in self._buffer:
-                    return item
-            except BaseException:
-                self.close()
-                raise
+                fut = self._done.get(timeout=self._remaining())
+                results, err, elapsed = fut.result()
+        except (concurrent.futures.TimeoutError, queue.Empty):
+            raise TimeoutError() from None
+        self._outstanding -= 1
+        self._learn(fut._shoal_n, elapsed)
+        self._fill()
+        return results, err
 
     def close(self):
         """Cancels chunks not yet handed to a worker."""
@@ -272,19 +238,24 @@ class _MapIterator:
             fut.cancel()
         self._pending.clear()
 
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-
-class _Raiser:
-    def __init__(self, it, err):
-        self._it = it
-        self._err = err
-
     def __iter__(self):
-        self._it.close()
-        _raise_chunk_error(self._err)
-        yield  # pragma: no cover
+        # A generator: each chunk's items are yielded with `yield from`, at C speed.
+        try:
+            while True:
+                chunk = self._next_chunk()
+                if chunk is None:
+                    return
+                results, err = chunk
+                per_item, data = results
+                if per_item:
+                    yield from iter_items(results)
+                else:
+                    yield from data
+                if err is not None:
+                    _raise_chunk_error(err)
+        finally:
+            self.close()
+
+
+def _MapIterator(executor, fn, args, timeout, chunksize, ordered):
+    return iter(_MapWindow(executor, fn, args, timeout, chunksize, ordered))

@@ -1,4 +1,5 @@
 """How shoal turns functions, arguments, results and exceptions into bytes and back."""
+import itertools
 import pickle
 import traceback
 
@@ -30,18 +31,20 @@ def dumps(obj):
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 
+_TUPLE_OR_PLAIN = _PLAIN | {tuple}
+
+
 def pack_items(items):
-    """A chunk's items for pickling: (False, items) when all are plain, else
-    (True, [pickle of each item])."""
-    plain = _PLAIN
-    for item in items:
-        if type(item) is tuple:
-            for a in item:
-                if type(a) not in plain:
-                    return (True, [dumps(i) for i in items])
-        elif type(item) not in plain:
-            return (True, [dumps(i) for i in items])
-    return (False, items)
+    """A chunk's items for pickling: (False, items) when all are plain (or tuples of plain
+    values), else (True, [pickle of each item]). The type checks run at C speed."""
+    types = set(map(type, items))
+    if types <= _PLAIN:
+        return (False, items)
+    if types <= _TUPLE_OR_PLAIN:
+        inner = set(map(type, itertools.chain.from_iterable(i for i in items if type(i) is tuple)))
+        if inner <= _PLAIN:
+            return (False, items)
+    return (True, [dumps(i) for i in items])
 
 
 def iter_items(packed):

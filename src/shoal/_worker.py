@@ -84,9 +84,10 @@ def _flush_streams():
 
 def _run_chunk(fn, packed):
     results = []
+    append = results.append
     try:
-        for args in iter_items(packed):
-            results.append(fn(*args))
+        for args in (iter_items(packed) if packed[0] else packed[1]):
+            append(fn(*args))
     except BaseException as exc:  # noqa: BLE001 - SystemExit too: the worker stays alive
         return results, exc
     return results, None

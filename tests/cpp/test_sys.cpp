@@ -290,6 +290,22 @@ TEST(Socket, EmptyMessageWithADescriptorIsAMessage) {
     EXPECT_EQ(fds.size(), 1u);
 }
 
+// SOCK_SEQPACKET allows empty messages and recvmsg() returns 0 for one, as for EOF. The
+// peer is alive: reporting eof makes ZygoteServer drop an executor (and kill its workers)
+// or exit altogether on an empty message.
+TEST(Socket, EmptyMessageWithoutDescriptorsIsNotEof) {
+    auto [a, b] = socket_pair();
+    send_message(a.get(), {});
+    send_message(a.get(), bytes_of("after"));
+    std::vector<std::byte> data;
+    std::vector<Fd> fds;
+    RecvStatus st = recv_message(b.get(), data, fds);
+    EXPECT_NE(st, RecvStatus::eof) << "an empty message from a live peer was reported as EOF";
+    if (st == RecvStatus::message) EXPECT_TRUE(data.empty());
+    ASSERT_EQ(recv_message(b.get(), data, fds), RecvStatus::message);
+    EXPECT_EQ(string_of(data), "after");
+}
+
 TEST(Socket, EofWhenThePeerCloses) {
     auto [a, b] = socket_pair();
     send_message(a.get(), bytes_of("last"));
