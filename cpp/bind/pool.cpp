@@ -20,12 +20,13 @@ void bind_pool(nb::module_& m) {
              [](Pool* self, ZygoteClient& zygote, std::size_t workers, unsigned retries,
                 std::uint64_t max_items_per_worker, std::vector<std::string> preload,
                 std::int64_t spin_ns, std::size_t task_ring_bytes, std::size_t result_ring_bytes,
-                nb::bytes init_payload) {
+                nb::bytes init_payload, std::vector<std::string> warm) {
                  PoolOptions o;
                  o.workers = workers;
                  o.scheduler.retries = retries;
                  o.scheduler.max_items_per_worker = max_items_per_worker;
                  o.preload = std::move(preload);
+                 o.warm = std::move(warm);
                  o.spin_ns = spin_ns;
                  o.task_ring_bytes = task_ring_bytes;
                  o.result_ring_bytes = result_ring_bytes;
@@ -36,7 +37,7 @@ void bind_pool(nb::module_& m) {
              },
              nb::arg("zygote"), nb::arg("workers"), nb::arg("retries"), nb::arg("max_items_per_worker"),
              nb::arg("preload"), nb::arg("spin_ns"), nb::arg("task_ring_bytes"), nb::arg("result_ring_bytes"),
-             nb::arg("init_payload"))
+             nb::arg("init_payload"), nb::arg("warm"))
         .def("define_function",
              [](Pool& p, std::uint64_t fn_id, nb::bytes pickled) { p.define_function(fn_id, view(pickled)); })
         .def("forget_function", &Pool::forget_function)

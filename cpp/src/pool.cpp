@@ -59,6 +59,13 @@ Pool::Pool(ZygoteClient& zygote, PoolOptions options)
     }
     std::lock_guard lock(m_mutex);
     for (std::size_t i = 0; i < n; ++i) start_worker_locked(i);
+    if (!m_options.warm.empty()) {
+        // After the forks: the first workers start now; later ones share these modules.
+        ZygoteMessage m;
+        m.op = ZygoteOp::import_modules;
+        for (auto const& name : m_options.warm) m.body += name + "\n";
+        try { send_message(m_executor.get(), m.encode()); } catch (std::system_error const&) {}
+    }
 }
 
 Pool::~Pool() {

@@ -4,9 +4,30 @@ One API runs the same code serially (for debugging), on threads, or on a pool of
 worker processes forked from a zygote, with a C++ core moving tasks through
 shared-memory rings.
 """
-from ._errors import InitializerError, RemoteTraceback, WorkerCrashedError
-from ._executor import Executor
-from ._future import Future
-
 __all__ = ["Executor", "Future", "WorkerCrashedError", "InitializerError", "RemoteTraceback"]
 __version__ = "0.1.0"
+
+# The names load on first use, so that a worker process (which imports shoal._worker)
+# does not pay for the executor machinery.
+_where = {
+    "Executor": "._executor",
+    "Future": "._future",
+    "WorkerCrashedError": "._errors",
+    "InitializerError": "._errors",
+    "RemoteTraceback": "._errors",
+}
+
+
+def __getattr__(name):
+    module = _where.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -99,10 +99,14 @@ class Executor(concurrent.futures.Executor):
             raise TypeError(f"{fn!r} is not callable")
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError(f"chunksize must be a positive int or None, not {chunksize!r}")
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
         args = zip(*iterables)
         if self.backend == "serial":
             self._backend.check()
             return _serial_map(fn, args, timeout)
+        if len(iterables) == 1:  # items travel bare, not as 1-tuples: called as fn(x)
+            return _MapIterator(self, fn, iterables[0], timeout, chunksize, ordered, star=False)
         return _MapIterator(self, fn, args, timeout, chunksize, ordered)
 
     def starmap(self, fn, iterable, timeout=None, chunksize=None, ordered=True):
@@ -162,9 +166,10 @@ def _raise_chunk_error(err):
 class _MapWindow:
     """Keeps a bounded window of chunks in flight for one map() call."""
 
-    def __init__(self, executor, fn, args, timeout, chunksize, ordered):
+    def __init__(self, executor, fn, args, timeout, chunksize, ordered, star=True):
         self._backend = executor._backend
         self._fn = fn
+        self._star = star
         self._args = iter(args)
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._fixed = chunksize
@@ -191,7 +196,7 @@ class _MapWindow:
             if not items:
                 self._exhausted = True
                 break
-            fut = self._backend.submit_chunk(self._fn, items)
+            fut = self._backend.submit_chunk(self._fn, items, self._star)
             fut._shoal_n = len(items)
             self._outstanding += 1
             if self._ordered:
@@ -257,5 +262,5 @@ class _MapWindow:
             self.close()
 
 
-def _MapIterator(executor, fn, args, timeout, chunksize, ordered):
-    return iter(_MapWindow(executor, fn, args, timeout, chunksize, ordered))
+def _MapIterator(executor, fn, args, timeout, chunksize, ordered, star=True):
+    return iter(_MapWindow(executor, fn, args, timeout, chunksize, ordered, star))

@@ -1,5 +1,4 @@
 """shoal.Future: a concurrent.futures.Future that can also be awaited."""
-import asyncio
 import concurrent.futures
 
 __all__ = ["Future"]
@@ -22,6 +21,8 @@ class Future(concurrent.futures.Future):
         return super().cancel()
 
     def __await__(self):
+        import asyncio  # imported on first use: it costs ~30 ms at startup
+
         return asyncio.wrap_future(self).__await__()
 
     # Used by the backends: complete unless the caller cancelled meanwhile.

@@ -3,8 +3,6 @@ import itertools
 import pickle
 import traceback
 
-import cloudpickle
-
 PROTOCOL = 5
 
 
@@ -15,6 +13,8 @@ def dumps(obj):
     try:
         data = pickle.dumps(obj, PROTOCOL)
     except (pickle.PicklingError, AttributeError, TypeError) as first:
+        import cloudpickle  # only when needed: workers rarely do
+
         try:
             return cloudpickle.dumps(obj, PROTOCOL)
         except Exception:
@@ -22,6 +22,8 @@ def dumps(obj):
     # Classes and functions of __main__ pickle by reference, which a worker cannot resolve:
     # those go by value. (A mere string "__main__" in the data costs only the slower path.)
     if b"__main__" in data:
+        import cloudpickle
+
         return cloudpickle.dumps(obj, PROTOCOL)
     return data
 
@@ -32,6 +34,7 @@ _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 
 _TUPLE_OR_PLAIN = _PLAIN | {tuple}
+_TUPLE = frozenset({tuple})
 
 
 def pack_items(items):
@@ -40,7 +43,10 @@ def pack_items(items):
     types = set(map(type, items))
     if types <= _PLAIN:
         return (False, items)
-    if types <= _TUPLE_OR_PLAIN:
+    if types == _TUPLE:  # map()'s argument tuples: look inside them
+        if set(map(type, itertools.chain.from_iterable(items))) <= _PLAIN:
+            return (False, items)
+    elif types <= _TUPLE_OR_PLAIN:
         inner = set(map(type, itertools.chain.from_iterable(i for i in items if type(i) is tuple)))
         if inner <= _PLAIN:
             return (False, items)
@@ -60,6 +66,8 @@ def iter_items(packed):
 def dumps_function(fn):
     """Functions always go through cloudpickle: by reference when importable, by value
     when defined in ``__main__``, a notebook, or a closure."""
+    import cloudpickle
+
     return cloudpickle.dumps(fn, PROTOCOL)
 
 

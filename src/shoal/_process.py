@@ -7,7 +7,6 @@
 Functions are pickled once per executor and cached in the workers by id.
 """
 import itertools
-import json
 import os
 import sys
 import threading
@@ -18,7 +17,7 @@ from . import _core
 from ._errors import InitializerError, RemoteTraceback, WorkerCrashedError
 from ._future import Future
 from ._pickle import dumps, dumps_function, loads, pack_items
-from ._worker import CALL, CHUNK
+from ._worker import CALL, CHUNK, CHUNK1
 
 from concurrent.futures import BrokenExecutor
 
@@ -32,9 +31,10 @@ def zygote():
     global _zygote, _zygote_pid
     with _zygote_lock:
         if _zygote is None or _zygote_pid != os.getpid() or not _zygote.alive():
-            code = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
+            # sys.path travels one entry per line (json would cost the zygote 15 ms to import).
+            code = ("import sys; sys.path[:] = sys.argv[1].split('\\n'); "
                     "import shoal._zygote as z; z.main()")
-            _zygote = _core.ZygoteClient([sys.executable, "-c", code, json.dumps(sys.path)])
+            _zygote = _core.ZygoteClient([sys.executable, "-c", code, "\n".join(sys.path)])
             _zygote_pid = os.getpid()
         return _zygote
 
@@ -233,11 +233,14 @@ class ProcessBackend:
     name = "process"
 
     def __init__(self, max_workers, initializer, initargs, retries, preload, max_tasks_per_worker,
-                 spin_us=100, task_ring_bytes=1 << 20, result_ring_bytes=1 << 20):
-        preload = list(dict.fromkeys(list(preload) + _default_preload()))
+                 spin_us=100, task_ring_bytes=1 << 18, result_ring_bytes=1 << 18):
+        preload = list(dict.fromkeys(preload))
+        # numpy, when the caller uses it, is imported by the zygote after the first forks
+        # rather than before: later workers share it, and the first pool is not delayed.
+        warm = [m for m in _default_preload() if m not in preload]
         init = dumps((os.getcwd(), list(sys.path), initializer, tuple(initargs)))
         self._pool = _core.Pool(zygote(), max_workers, retries, max_tasks_per_worker or 0, preload,
-                                int(spin_us * 1000), task_ring_bytes, result_ring_bytes, init)
+                                int(spin_us * 1000), task_ring_bytes, result_ring_bytes, init, warm)
         self._state = _State(self._pool, retries)
         self._functions = self._state.functions = _FunctionTable(self._pool)
         self._ids = itertools.count(1)
@@ -265,8 +268,8 @@ class ProcessBackend:
     def submit(self, fn, args, kwargs):
         return self._submit(fn, CALL, (args, kwargs), 1)
 
-    def submit_chunk(self, fn, items):
-        return self._submit(fn, CHUNK, items, len(items))
+    def submit_chunk(self, fn, items, star=True):
+        return self._submit(fn, CHUNK if star else CHUNK1, items, len(items))
 
     def worker_pids(self):
         return [int(p) for p in self._pool.worker_pids()]

@@ -12,16 +12,21 @@ def _traceback_text(exc):
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
-def _run_chunk(fn, items):
+def _run_chunk(fn, items, star=True):
     """((False, results), None, seconds) or, at the first failure, the results before it
     and (exc, traceback text)."""
     start = time.perf_counter()
     results = []
-    for args in items:
-        try:
-            results.append(fn(*args))
-        except Exception as exc:  # raised again at its item
-            return (False, results), (exc, _traceback_text(exc)), time.perf_counter() - start
+    append = results.append
+    try:
+        if star:
+            for args in items:
+                append(fn(*args))
+        else:
+            for x in items:
+                append(fn(x))
+    except Exception as exc:  # raised again at its item
+        return (False, results), (exc, _traceback_text(exc)), time.perf_counter() - start
     return (False, results), None, time.perf_counter() - start
 
 
@@ -73,9 +78,9 @@ class ThreadBackend:
         self._queue.put((fut, fn, args, kwargs))
         return fut
 
-    def submit_chunk(self, fn, items):
+    def submit_chunk(self, fn, items, star=True):
         fut = Future()
-        self._queue.put((fut, _run_chunk, (fn, items), {}))
+        self._queue.put((fut, _run_chunk, (fn, items, star), {}))
         return fut
 
     def worker_pids(self):
@@ -130,8 +135,8 @@ class SerialBackend:
             fut._resolve(result)
         return fut
 
-    def submit_chunk(self, fn, items):
-        return self.submit(_run_chunk, (fn, items), {})
+    def submit_chunk(self, fn, items, star=True):
+        return self.submit(_run_chunk, (fn, items, star), {})
 
     def worker_pids(self):
         return []

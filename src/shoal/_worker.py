@@ -13,7 +13,8 @@ from . import _core
 from ._pickle import dumps, dumps_exception, iter_items, pack_items, loads
 
 CALL = 0   # payload: (args, kwargs) -> result
-CHUNK = 1  # payload: [args, ...] -> (results, None) or (results_so_far, (exc, tb))
+CHUNK = 1  # payload: packed [args, ...] -> (packed results, None or (exc, tb), seconds)
+CHUNK1 = 2  # the same with one argument per item: packed [x, ...], each called as fn(x)
 
 
 class _Forward(io.TextIOBase):
@@ -82,12 +83,17 @@ def _flush_streams():
             pass
 
 
-def _run_chunk(fn, packed):
+def _run_chunk(fn, packed, star):
     results = []
     append = results.append
+    items = iter_items(packed) if packed[0] else packed[1]
     try:
-        for args in (iter_items(packed) if packed[0] else packed[1]):
-            append(fn(*args))
+        if star:
+            for args in items:
+                append(fn(*args))
+        else:
+            for x in items:
+                append(fn(x))
     except BaseException as exc:  # noqa: BLE001 - SystemExit too: the worker stays alive
         return results, exc
     return results, None
@@ -136,7 +142,7 @@ def run(channel):
                 if mode == CALL:
                     out = dumps(fn(*data[0], **data[1]))
                 else:
-                    results, exc = _run_chunk(fn, data)
+                    results, exc = _run_chunk(fn, data, mode == CHUNK)
                     out = _dump_chunk(results, exc, (clock() - start) / 1e9)
             except BaseException as exc:  # noqa: BLE001 - the task's failure, not ours
                 flags = ERROR

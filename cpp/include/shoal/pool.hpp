@@ -36,7 +36,8 @@ struct PoolOptions {
     std::size_t task_ring_bytes = std::size_t{1} << 20;
     std::size_t result_ring_bytes = std::size_t{1} << 20;
     std::int64_t spin_ns = 50'000;  // spin this long before sleeping, workers and dispatcher
-    std::vector<std::string> preload;
+    std::vector<std::string> preload;  // imported by the zygote before the first fork (waited for)
+    std::vector<std::string> warm;     // imported after the first forks (not waited for)
     Bytes init_payload;  // sent to every new worker first (function frame, fn 0); it answers `ready`
     SchedulerOptions scheduler;
 };
