@@ -14,7 +14,33 @@ namespace shoal {
 namespace {
 constexpr std::size_t k_page = 4096;
 std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+Bytes text_bytes(std::string const& s) {
+    auto const* p = reinterpret_cast<std::byte const*>(s.data());
+    return Bytes(p, p + s.size());
+}
 }  // namespace
+
+void Pool::fail_task_locked(std::uint64_t task_id, Completion::Kind kind, ExitStatus status,
+                            Bytes const& payload, std::uint32_t worker) {
+    Completion c;
+    c.kind = kind;
+    c.task_id = task_id;
+    c.status = status;
+    c.payload = payload;
+    c.worker = worker;
+    m_ready.push_back(std::move(c));
+}
+
+void Pool::fail_queued_locked(Completion::Kind kind, ExitStatus status, Bytes const& payload) {
+    for (auto id : m_scheduler.cancel_all()) fail_task_locked(id, kind, status, payload);
+}
+
+void Pool::kill_slot_locked(std::size_t slot) noexcept {
+    ZygoteMessage m;
+    m.op = ZygoteOp::kill_worker;
+    m.slot = static_cast<std::uint32_t>(slot);
+    try { send_message(m_executor.get(), m.encode()); } catch (...) {}  // the zygote is gone: so is the worker
+}
 
 Pool::Pool(ZygoteClient& zygote, PoolOptions options)
     : m_options(std::move(options)), m_scheduler(m_options.workers, m_options.scheduler) {
@@ -122,12 +148,8 @@ void Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t coun
     auto frame = std::make_shared<Bytes const>(encode_frame(FrameKind::task, 0, task_id, fn_id, count, payload));
     std::lock_guard lock(m_mutex);
     if (m_broken || m_closing) {
-        Completion c;
-        c.kind = m_broken ? m_broken_kind : Completion::broken;
-        c.task_id = task_id;
-        c.status = m_broken_status;
-        c.payload = m_broken_payload;
-        m_ready.push_back(std::move(c));
+        fail_task_locked(task_id, m_broken ? m_broken_kind : Completion::broken, m_broken_status,
+                         m_broken_payload);
         m_ready_cv.notify_all();
         return;
     }
@@ -190,10 +212,7 @@ bool Pool::drain_slot_locked(std::size_t i) {
             if (st == MessageReader::Status::empty) break;
             if (st != MessageReader::Status::message) {
                 // A worker that writes garbage is treated as crashed.
-                ZygoteMessage m;
-                m.op = ZygoteOp::kill_worker;
-                m.slot = static_cast<std::uint32_t>(i);
-                try { send_message(m_executor.get(), m.encode()); } catch (...) {}
+                kill_slot_locked(i);
                 s.exited = true;  // read nothing more from it; the exit report restarts it
                 break;
             }
@@ -201,10 +220,7 @@ bool Pool::drain_slot_locked(std::size_t i) {
             Bytes& msg = s.reader.message();
             FrameView f;
             if (!decode_frame(msg, f, error) || !is_worker_frame(f.header.kind)) {
-                ZygoteMessage m;
-                m.op = ZygoteOp::kill_worker;
-                m.slot = static_cast<std::uint32_t>(i);
-                try { send_message(m_executor.get(), m.encode()); } catch (...) {}
+                kill_slot_locked(i);
                 s.exited = true;
                 break;
             }
@@ -254,14 +270,7 @@ void Pool::fail_all_locked(Completion::Kind kind, Bytes const& payload, ExitStat
     m_broken_kind = kind;
     m_broken_payload = payload;
     m_broken_status = status;
-    for (auto id : m_scheduler.cancel_all()) {
-        Completion c;
-        c.kind = kind;
-        c.task_id = id;
-        c.status = status;
-        c.payload = payload;
-        m_ready.push_back(std::move(c));
-    }
+    fail_queued_locked(kind, status, payload);
 }
 
 void Pool::handle_zygote_locked() {
@@ -281,19 +290,10 @@ void Pool::handle_zygote_locked() {
             for (std::size_t i = 0; i < m_slots.size(); ++i) {
                 if (m_slots[i].exited) continue;
                 m_slots[i].exited = true;
-                for (auto& t : m_scheduler.worker_died(i)) {
-                    Completion c;
-                    c.kind = Completion::crashed;
-                    c.task_id = t.id;
-                    c.status = gone;
-                    m_ready.push_back(std::move(c));
-                }
+                for (auto& t : m_scheduler.worker_died(i))
+                    fail_task_locked(t.id, Completion::crashed, gone, {}, static_cast<std::uint32_t>(i));
             }
-            if (!m_broken) {
-                std::string why = "the zygote process died";
-                fail_all_locked(Completion::broken, Bytes(reinterpret_cast<std::byte const*>(why.data()),
-                                                          reinterpret_cast<std::byte const*>(why.data()) + why.size()), gone);
-            }
+            if (!m_broken) fail_all_locked(Completion::broken, text_bytes("the zygote process died"), gone);
             m_executor.reset();
             m_executor = Fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));  // inert: never readable
             return;
@@ -316,33 +316,19 @@ void Pool::worker_exited_locked(std::size_t i, ExitStatus status) {
     bool was_stopping = s.stopping;
     s.exited = true;
     s.pid = 0;
-    for (auto& t : m_scheduler.worker_died(i)) {
-        Completion c;
-        c.kind = Completion::crashed;
-        c.task_id = t.id;
-        c.status = status;
-        c.worker = static_cast<std::uint32_t>(i);
-        m_ready.push_back(std::move(c));
-    }
+    for (auto& t : m_scheduler.worker_died(i))
+        fail_task_locked(t.id, Completion::crashed, status, {}, static_cast<std::uint32_t>(i));
     if (m_killing) return;
     if (m_broken) {
         // No worker will be started again: what was re-queued fails like the rest.
-        for (auto id : m_scheduler.cancel_all()) {
-            Completion c;
-            c.kind = m_broken_kind;
-            c.task_id = id;
-            c.status = m_broken_status;
-            c.payload = m_broken_payload;
-            m_ready.push_back(std::move(c));
-        }
+        fail_queued_locked(m_broken_kind, m_broken_status, m_broken_payload);
         return;
     }
     if (m_closing && was_stopping && m_scheduler.queued() == 0) return;
     if (!was_ready && !(was_stopping && status.kind == ExitStatus::exited && status.value == 0)) {
         if (++m_early_deaths >= 3) {
-            std::string why = "workers die as they start (" + status.describe() + ")";
-            fail_all_locked(Completion::broken, Bytes(reinterpret_cast<std::byte const*>(why.data()),
-                                                      reinterpret_cast<std::byte const*>(why.data()) + why.size()), status);
+            fail_all_locked(Completion::broken,
+                            text_bytes("workers die as they start (" + status.describe() + ")"), status);
             return;
         }
     }
@@ -381,14 +367,7 @@ void Pool::service_locked() {
         bool all_exited = true;
         for (auto const& s : m_slots) all_exited = all_exited && s.exited;
         if (all_exited) {
-            ExitStatus killed{ExitStatus::signaled, 9};
-            for (auto id : m_scheduler.cancel_all()) {
-                Completion c;
-                c.kind = Completion::broken;
-                c.task_id = id;
-                c.status = killed;
-                m_ready.push_back(std::move(c));
-            }
+            fail_queued_locked(Completion::broken, ExitStatus{ExitStatus::signaled, 9}, {});
             m_finished = true;
             m_executor.reset();  // the zygote forgets this executor
             m_ready_cv.notify_all();
@@ -476,13 +455,8 @@ void Pool::close(bool kill) {
         m_closing = true;
         if (kill && !m_killing) {
             m_killing = true;
-            for (std::size_t i = 0; i < m_slots.size(); ++i) {
-                if (m_slots[i].exited) continue;
-                ZygoteMessage m;
-                m.op = ZygoteOp::kill_worker;
-                m.slot = static_cast<std::uint32_t>(i);
-                try { send_message(m_executor.get(), m.encode()); } catch (...) {}
-            }
+            for (std::size_t i = 0; i < m_slots.size(); ++i)
+                if (!m_slots[i].exited) kill_slot_locked(i);
         }
     }
     wake_dispatcher();

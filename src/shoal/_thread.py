@@ -4,6 +4,7 @@ import threading
 import time
 import traceback
 
+from ._chunk import call_items
 from ._errors import InitializerError, RemoteTraceback
 from ._future import Future
 
@@ -16,18 +17,9 @@ def _run_chunk(fn, items, star=True):
     """((False, results), None, seconds) or, at the first failure, the results before it
     and (exc, traceback text)."""
     start = time.perf_counter()
-    results = []
-    append = results.append
-    try:
-        if star:
-            for args in items:
-                append(fn(*args))
-        else:
-            for x in items:
-                append(fn(x))
-    except Exception as exc:  # raised again at its item
-        return (False, results), (exc, _traceback_text(exc)), time.perf_counter() - start
-    return (False, results), None, time.perf_counter() - start
+    results, exc = call_items(fn, items, star, Exception)
+    err = None if exc is None else (exc, _traceback_text(exc))
+    return (False, results), err, time.perf_counter() - start
 
 
 class ThreadBackend:

@@ -10,6 +10,7 @@ import sys
 import time
 
 from . import _core
+from ._chunk import call_items
 from ._pickle import dumps, dumps_exception, iter_items, pack_items, loads
 
 CALL = 0   # payload: (args, kwargs) -> result
@@ -84,19 +85,8 @@ def _flush_streams():
 
 
 def _run_chunk(fn, packed, star):
-    results = []
-    append = results.append
-    items = iter_items(packed) if packed[0] else packed[1]
-    try:
-        if star:
-            for args in items:
-                append(fn(*args))
-        else:
-            for x in items:
-                append(fn(x))
-    except BaseException as exc:  # noqa: BLE001 - SystemExit too: the worker stays alive
-        return results, exc
-    return results, None
+    # SystemExit too is the task's failure: the worker stays alive.
+    return call_items(fn, iter_items(packed) if packed[0] else packed[1], star)
 
 
 def _dump_chunk(results, exc, elapsed):

@@ -133,6 +133,10 @@ private:
     void start_worker_locked(std::size_t slot);
     void worker_exited_locked(std::size_t slot, ExitStatus status);
     void fail_all_locked(Completion::Kind kind, Bytes const& payload, ExitStatus status);
+    void fail_task_locked(std::uint64_t task_id, Completion::Kind kind, ExitStatus status,
+                          Bytes const& payload, std::uint32_t worker = 0);
+    void fail_queued_locked(Completion::Kind kind, ExitStatus status, Bytes const& payload);
+    void kill_slot_locked(std::size_t slot) noexcept;  // asks the zygote to SIGKILL it
     void stop_idle_workers_locked();
     bool results_waiting() const noexcept;
     void publish_locked();
