@@ -64,7 +64,8 @@ void bind_pool(nb::module_& m) {
                      std::size_t size = c.payload.size() - c.payload_offset;
                      items.append(nb::make_tuple(static_cast<int>(c.kind), c.flags, c.task_id, c.aux,
                                                  static_cast<int>(c.status.kind), c.status.value,
-                                                 c.status.describe(), c.worker, nb::bytes(data, size)));
+                                                 c.kind == Completion::crashed ? c.status.describe() : std::string(),
+                                                 c.worker, nb::bytes(data, size)));
                  }
                  return nb::make_tuple(seq, items);
              },

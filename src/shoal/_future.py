@@ -8,9 +8,7 @@ class Future(concurrent.futures.Future):
     """The result of a task. Works with ``concurrent.futures.wait``/``as_completed`` and
     ``await fut`` in asyncio. ``cancel()`` succeeds only while the task is still queued."""
 
-    def __init__(self, canceller=None):
-        super().__init__()
-        self._canceller = canceller  # returns True if it took the task off the queue
+    _canceller = None  # a backend's: returns True if it took the task off its queue
 
     def cancel(self):
         with self._condition:

@@ -137,8 +137,7 @@ def _deliver_batch(state, batch):
             except Exception:
                 pass
             continue
-        with state.lock:
-            entry = futures.pop(task_id, None)
+        entry = futures.pop(task_id, None)  # atomic: no lock needed
         if entry is None:
             continue
         fut, fn_id = entry
@@ -204,6 +203,9 @@ class _ProcessFuture(Future):
     """A future whose waiter, instead of sleeping until another thread delivers the result,
     takes results from the pool itself: one thread hop less per task."""
 
+    def _canceller(self):
+        return self._shoal_state.pool.cancel(self._shoal_id)  # True if it was still queued
+
     def _help(self, timeout):
         state = self._shoal_state
         pool = state.pool
@@ -257,12 +259,11 @@ class ProcessBackend:
             self._functions.release(fn_id)
             raise
         task_id = next(self._ids)
-        pool = self._pool
-        fut = _ProcessFuture(lambda: pool.cancel(task_id))
+        fut = _ProcessFuture()
         fut._shoal_state = self._state
-        with self._state.lock:
-            self._state.futures[task_id] = (fut, fn_id)
-        pool.submit(task_id, fn_id, count, payload)
+        fut._shoal_id = task_id
+        self._state.futures[task_id] = (fut, fn_id)  # atomic: no lock needed
+        self._pool.submit(task_id, fn_id, count, payload)
         return fut
 
     def submit(self, fn, args, kwargs):
