@@ -405,7 +405,11 @@ bool Pool::take(std::vector<Completion>& out, std::int64_t timeout_ns, bool back
         std::int64_t left = timeout_ns < 0 ? std::int64_t{200'000'000} : timeout_ns - (now_ns() - start);
         if (left <= 0) return true;
         bool const defer = background && m_foreground > 0;
-        if (!defer) {
+        // Spin only when tasks are short: waiting out a long task on a spinning core would
+        // take that core from the workers running it.
+        double const task_ns = m_scheduler.task_ns();
+        bool const spin = task_ns <= 0 || task_ns < 4.0 * static_cast<double>(m_options.spin_ns);
+        if (!defer && spin) {
             // Spin without the lock: a result usually arrives within a few µs of work.
             lock.unlock();
             bool ready = false;

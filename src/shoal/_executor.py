@@ -180,7 +180,6 @@ class _MapWindow:
         self._done = queue.SimpleQueue()       # unordered: futures as they finish
         self._outstanding = 0
         self._exhausted = False
-        self._items_sent = 0
         self._fill()  # start now, so errors in pickling arguments show at the call
 
     def _learn(self, n_items, seconds):
@@ -188,7 +187,7 @@ class _MapWindow:
             return
         per_item = max(seconds / n_items, 1e-8)
         target = int(_TARGET_CHUNK_S / per_item)
-        self._size = max(1, min(_MAX_CHUNK, target, self._size * 4))
+        self._size = max(1, min(_MAX_CHUNK, target, self._size * 8))
 
     def _fill(self):
         while not self._exhausted and self._outstanding < self._window:
@@ -203,9 +202,8 @@ class _MapWindow:
                 self._pending.append(fut)
             else:
                 fut.add_done_callback(self._done.put)
-            if not self._fixed and self._items_sent < 64:
-                self._size = min(self._size * 2, 64)  # ramp up until the first chunk comes back
-            self._items_sent += len(items)
+            # Chunks grow only from measured times (_learn): a blind ramp would hand one
+            # worker 32 items of a task that turns out to take a second each.
 
     def _remaining(self):
         if self._deadline is None:

@@ -39,10 +39,6 @@ def zygote():
         return _zygote
 
 
-def _default_preload():
-    return [name for name in ("numpy",) if name in sys.modules]
-
-
 class _FunctionTable:
     """Function ids for this executor: each function is pickled and registered once.
     Functions with no task outstanding are forgotten past `capacity` (least recently used)."""
@@ -237,9 +233,7 @@ class ProcessBackend:
     def __init__(self, max_workers, initializer, initargs, retries, preload, max_tasks_per_worker,
                  spin_us=100, task_ring_bytes=1 << 18, result_ring_bytes=1 << 18):
         preload = list(dict.fromkeys(preload))
-        # numpy, when the caller uses it, is imported by the zygote after the first forks
-        # rather than before: later workers share it, and the first pool is not delayed.
-        warm = [m for m in _default_preload() if m not in preload]
+        warm = []  # see docs/design.md: a background import competed with the first tasks
         init = dumps((os.getcwd(), list(sys.path), initializer, tuple(initargs)))
         self._pool = _core.Pool(zygote(), max_workers, retries, max_tasks_per_worker or 0, preload,
                                 int(spin_us * 1000), task_ring_bytes, result_ring_bytes, init, warm)

@@ -69,6 +69,8 @@ public:
     std::size_t workers() const noexcept { return m_workers.size(); }
     /// Current per-worker in-flight limit (adapts to measured task time).
     std::uint32_t inflight_limit() const noexcept;
+    /// Moving average of one task's run time in ns; 0 before any was measured.
+    double task_ns() const noexcept { return m_task_ns; }
 
 private:
     struct WorkerState {
