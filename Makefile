@@ -66,8 +66,8 @@ demo: build
 
 bench: build
 	$(VPY) -m pip install -q joblib mpire ray "dask[distributed]" matplotlib
-	PYTHONPATH=src $(VPY) -m shoal bench --json benchmarks/results/latest.json \
-	  --markdown benchmarks/results/latest.md --plot benchmarks/results/latest.png
+	PYTHONPATH=src $(VPY) -m shoal bench --json benchmarks/results/results.json \
+	  --markdown benchmarks/results/results.md --plot benchmarks/results/ratios.png
 
 clean:
 	rm -rf build src/shoal/_core*.so
