@@ -127,17 +127,8 @@ class MpPoolSpawn(MpPool):
     context = "spawn"
 
 
-class CfProcess(System):
-    """concurrent.futures.ProcessPoolExecutor; `map` at its default chunksize=1."""
-
-    imports = ("concurrent.futures.process",)
-    name = "cf_process"
-    chunked = False
-
-    def start(self, **options):
-        from concurrent.futures import ProcessPoolExecutor
-
-        self.ex = ProcessPoolExecutor(self.workers)
+class _FuturesSystem(System):
+    """A system driven through a concurrent.futures-style executor in `self.ex`."""
 
     def close(self):
         self.ex.shutdown(wait=True)
@@ -148,6 +139,22 @@ class CfProcess(System):
     def submit_all(self, fn, args_list):
         futures = [self.ex.submit(fn, *a) for a in args_list]
         return [f.result() for f in futures]
+
+    def map(self, fn, items):
+        return list(self.ex.map(fn, items))
+
+
+class CfProcess(_FuturesSystem):
+    """concurrent.futures.ProcessPoolExecutor; `map` at its default chunksize=1."""
+
+    imports = ("concurrent.futures.process",)
+    name = "cf_process"
+    chunked = False
+
+    def start(self, **options):
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.ex = ProcessPoolExecutor(self.workers)
 
     def map(self, fn, items):
         if self.chunked:
@@ -163,7 +170,7 @@ class CfProcessChunked(CfProcess):
     chunked = True
 
 
-class CfThread(System):
+class CfThread(_FuturesSystem):
     """concurrent.futures.ThreadPoolExecutor: the thread side of seed_map."""
 
     imports = ("concurrent.futures.thread",)
@@ -173,19 +180,6 @@ class CfThread(System):
         from concurrent.futures import ThreadPoolExecutor
 
         self.ex = ThreadPoolExecutor(self.workers)
-
-    def close(self):
-        self.ex.shutdown(wait=True)
-
-    def call(self, fn, *args):
-        return self.ex.submit(fn, *args).result()
-
-    def submit_all(self, fn, args_list):
-        futures = [self.ex.submit(fn, *a) for a in args_list]
-        return [f.result() for f in futures]
-
-    def map(self, fn, items):
-        return list(self.ex.map(fn, items))
 
 
 class Joblib(System):
@@ -374,7 +368,7 @@ class Dask(System):
         return out
 
 
-class Shoal(System):
+class Shoal(_FuturesSystem):
     """shoal.Executor(max_workers=W): the process backend (`shoal[thread]`: backend="thread")."""
 
     imports = ("shoal",)
@@ -398,19 +392,6 @@ class Shoal(System):
             self.ex = shoal.Executor(max_workers=self.workers, **kwargs)
         else:
             self.ex = shoal.Executor(max_workers=self.workers, backend=self.backend, **kwargs)
-
-    def close(self):
-        self.ex.shutdown(wait=True)
-
-    def call(self, fn, *args):
-        return self.ex.submit(fn, *args).result()
-
-    def submit_all(self, fn, args_list):
-        futures = [self.ex.submit(fn, *a) for a in args_list]
-        return [f.result() for f in futures]
-
-    def map(self, fn, items):
-        return list(self.ex.map(fn, items))
 
     def worker_pids(self, sleep_s=0.3):
         super().worker_pids(sleep_s)  # same warm-up as the peers
