@@ -3,6 +3,7 @@
 
 namespace nb = nanobind;
 
+void bind_arena(nb::module_& m);
 void bind_pool(nb::module_& m);
 void bind_zygote(nb::module_& m);
 void bind_worker(nb::module_& m);
@@ -11,6 +12,7 @@ NB_MODULE(_core, m) {
     m.doc() = "shoal's C++ core: shared-memory rings, zygote, process pool.";
     // Pools held by daemon completion threads may outlive module teardown at exit.
     nb::set_leak_warnings(false);
+    bind_arena(m);
     bind_pool(m);
     bind_zygote(m);
     bind_worker(m);

@@ -1,8 +1,10 @@
 // pool.cpp (binding) — shoal._core.Pool: the driver's process pool.
 #include "shoal/pool.hpp"
+#include "arena.hpp"
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/vector.h>
 
 namespace nb = nanobind;
@@ -14,13 +16,24 @@ std::span<std::byte const> view(nb::bytes const& b) {
 }
 }  // namespace
 
+/// (offset, length) pairs from Python; None or empty: none.
+std::vector<BufferRef> buffer_refs(nb::handle refs) {
+    std::vector<BufferRef> out;
+    if (refs.is_none()) return out;
+    for (nb::handle item : refs) {
+        auto t = nb::cast<std::pair<std::uint64_t, std::uint64_t>>(item);
+        out.push_back({t.first, t.second});
+    }
+    return out;
+}
+
 void bind_pool(nb::module_& m) {
     nb::class_<Pool>(m, "Pool")
         .def("__init__",
              [](Pool* self, ZygoteClient& zygote, std::size_t workers, unsigned retries,
                 std::uint64_t max_items_per_worker, std::vector<std::string> preload,
                 std::int64_t spin_ns, std::size_t task_ring_bytes, std::size_t result_ring_bytes,
-                nb::bytes init_payload, std::vector<std::string> warm) {
+                nb::bytes init_payload, std::vector<std::string> warm, PyArena* arena) {
                  PoolOptions o;
                  o.workers = workers;
                  o.scheduler.retries = retries;
@@ -32,19 +45,28 @@ void bind_pool(nb::module_& m) {
                  o.result_ring_bytes = result_ring_bytes;
                  auto iv = view(init_payload);
                  o.init_payload.assign(iv.begin(), iv.end());
+                 if (arena) o.arena = arena->arena;
                  nb::gil_scoped_release release;  // the zygote may take a while to import
                  new (self) Pool(zygote, std::move(o));
              },
              nb::arg("zygote"), nb::arg("workers"), nb::arg("retries"), nb::arg("max_items_per_worker"),
              nb::arg("preload"), nb::arg("spin_ns"), nb::arg("task_ring_bytes"), nb::arg("result_ring_bytes"),
-             nb::arg("init_payload"), nb::arg("warm"))
+             nb::arg("init_payload"), nb::arg("warm"), nb::arg("arena").none() = nb::none())
         .def("define_function",
              [](Pool& p, std::uint64_t fn_id, nb::bytes pickled) { p.define_function(fn_id, view(pickled)); })
         .def("forget_function", &Pool::forget_function)
         .def("submit",
-             [](Pool& p, std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count, nb::bytes payload) {
-                 p.submit(task_id, fn_id, count, view(payload));
-             })
+             [](Pool& p, std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count, nb::bytes payload,
+                nb::handle refs) {
+                 if (refs.is_none()) {
+                     p.submit(task_id, fn_id, count, view(payload));
+                 } else {
+                     auto r = buffer_refs(refs);
+                     p.submit(task_id, fn_id, count, view(payload), r);
+                 }
+             },
+             nb::arg("task_id"), nb::arg("fn_id"), nb::arg("count"), nb::arg("payload"),
+             nb::arg("refs") = nb::none())
         .def("cancel", &Pool::cancel)
         .def("cancel_all", &Pool::cancel_all)
         .def("take",
@@ -60,12 +82,21 @@ void bind_pool(nb::module_& m) {
                  if (!open) return nb::none();
                  nb::list items;
                  for (auto& c : out) {
+                     nb::object buffers = nb::none();
+                     if (!c.buffers.empty()) {
+                         nb::list blocks;
+                         for (auto& b : c.buffers) {
+                             auto length = b.ref().length;
+                             blocks.append(make_owned_block(std::move(b), p.arena(), length));
+                         }
+                         buffers = blocks;
+                     }
                      auto const* data = reinterpret_cast<char const*>(c.payload.data()) + c.payload_offset;
                      std::size_t size = c.payload.size() - c.payload_offset;
                      items.append(nb::make_tuple(static_cast<int>(c.kind), c.flags, c.task_id, c.aux,
                                                  static_cast<int>(c.status.kind), c.status.value,
                                                  c.kind == Completion::crashed ? c.status.describe() : std::string(),
-                                                 c.worker, nb::bytes(data, size)));
+                                                 c.worker, nb::bytes(data, size), buffers));
                  }
                  return nb::make_tuple(seq, items);
              },

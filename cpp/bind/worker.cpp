@@ -1,6 +1,10 @@
 // worker.cpp (binding) — shoal._core.WorkerChannel: the worker's rings, frames as tuples.
 #include "shoal/frame.hpp"
 #include "shoal/worker.hpp"
+#include "arena.hpp"
+
+#include <nanobind/stl/pair.h>
+#include <vector>
 
 #include <nanobind/nanobind.h>
 
@@ -23,19 +27,37 @@ void bind_worker(nb::module_& m) {
                  if (!decode_frame(msg, f, error) || !is_driver_frame(f.header.kind))
                      throw std::runtime_error("shoal worker: malformed frame from the driver: " +
                                               (error.empty() ? std::string("unexpected kind") : error));
+                 nb::object refs = nb::none();
+                 if (f.header.buffers != 0) {
+                     nb::list l;
+                     for (std::size_t i = 0; i < f.header.buffers; ++i) {
+                         BufferRef r = f.ref(i);
+                         l.append(nb::make_tuple(r.offset, r.length));
+                     }
+                     refs = l;
+                 }
                  return nb::make_tuple(static_cast<int>(f.header.kind), f.header.flags, f.header.task_id,
                                        f.header.aux, f.header.count,
-                                       nb::bytes(reinterpret_cast<char const*>(f.payload.data()), f.payload.size()));
+                                       nb::bytes(reinterpret_cast<char const*>(f.payload.data()), f.payload.size()),
+                                       refs);
              },
              nb::arg("timeout") = -1.0)
         .def("send",
              [](WorkerChannel& ch, int kind, std::uint32_t flags, std::uint64_t task_id, std::uint64_t aux,
-                std::uint32_t count, nb::bytes payload) {
+                std::uint32_t count, nb::bytes payload, nb::handle refs) {
+                 std::vector<BufferRef> r;
+                 if (!refs.is_none())
+                     for (nb::handle item : refs) {
+                         auto t = nb::cast<std::pair<std::uint64_t, std::uint64_t>>(item);
+                         r.push_back({t.first, t.second});
+                     }
                  auto frame = encode_frame(static_cast<FrameKind>(kind), flags, task_id, aux, count,
-                                           {reinterpret_cast<std::byte const*>(payload.c_str()), payload.size()});
+                                           {reinterpret_cast<std::byte const*>(payload.c_str()), payload.size()}, r);
                  nb::gil_scoped_release release;
                  ch.send(frame);
-             });
+             },
+             nb::arg("kind"), nb::arg("flags"), nb::arg("task_id"), nb::arg("aux"), nb::arg("count"),
+             nb::arg("payload"), nb::arg("refs") = nb::none());
 
     m.attr("FRAME_TASK") = static_cast<int>(FrameKind::task);
     m.attr("FRAME_FUNCTION") = static_cast<int>(FrameKind::function);

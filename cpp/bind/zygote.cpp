@@ -1,6 +1,7 @@
 // zygote.cpp (binding) — shoal._core.ZygoteClient (driver) and ZygoteServer (zygote).
 #include "shoal/worker.hpp"
 #include "shoal/zygote.hpp"
+#include "arena.hpp"
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
@@ -35,7 +36,15 @@ void bind_zygote(nb::module_& m) {
         .def("become_worker", [](ZygoteServer& z, Action& a) {
             WorkerSpec spec = a.spec;
             auto fds = z.become_worker(std::move(a));
-            return new WorkerChannel(spec, std::move(fds.at(0)), std::move(fds.at(1)));
-        }, nb::rv_policy::take_ownership)
+            nb::object arena = nb::none();
+            if (fds.size() > 2) {
+                auto* pa = new PyArena;
+                pa->arena = std::make_shared<Arena>(Arena::attach(std::move(fds[2])));
+                pa->owner = pa->arena->register_owner();
+                arena = nb::cast(pa, nb::rv_policy::take_ownership);
+            }
+            auto* ch = new WorkerChannel(spec, std::move(fds.at(0)), std::move(fds.at(1)));
+            return nb::make_tuple(nb::cast(ch, nb::rv_policy::take_ownership), arena);
+        })
         .def_prop_ro("worker_count", &ZygoteServer::worker_count);
 }

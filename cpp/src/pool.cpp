@@ -120,9 +120,9 @@ void Pool::start_worker_locked(std::size_t i) {
     m.op = ZygoteOp::fork_worker;
     m.slot = spec.slot;
     m.spec = spec;
-    int fds[2] = {m_memory.fd(), m_doorbell.fd()};
+    int fds[3] = {m_memory.fd(), m_doorbell.fd(), m_options.arena ? m_options.arena->fd() : -1};
     try {
-        send_message(m_executor.get(), m.encode(), fds);
+        send_message(m_executor.get(), m.encode(), std::span<int const>(fds, m_options.arena ? 3 : 2));
     } catch (std::system_error const&) {
         // The zygote is gone; its EOF is handled by the dispatcher.
         s.exited = true;
@@ -144,8 +144,8 @@ void Pool::forget_function(std::uint64_t fn_id) {
 }
 
 void Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
-                  std::span<std::byte const> payload) {
-    auto frame = std::make_shared<Bytes const>(encode_frame(FrameKind::task, 0, task_id, fn_id, count, payload));
+                  std::span<std::byte const> payload, std::span<BufferRef const> refs) {
+    auto frame = std::make_shared<Bytes const>(encode_frame(FrameKind::task, 0, task_id, fn_id, count, payload, refs));
     std::lock_guard lock(m_mutex);
     if (m_broken || m_closing) {
         fail_task_locked(task_id, m_broken ? m_broken_kind : Completion::broken, m_broken_status,
@@ -226,16 +226,23 @@ bool Pool::drain_slot_locked(std::size_t i) {
             }
             switch (f.header.kind) {
                 case FrameKind::result: {
+                    std::vector<ArenaBlock> buffers;
+                    if (f.header.buffers != 0 && !adopt_buffers_locked(i, f, buffers)) {
+                        kill_slot_locked(i);  // references to blocks it does not own: garbage
+                        s.exited = true;
+                        break;
+                    }
                     auto aux = static_cast<std::int64_t>(f.header.aux);
-                    if (!m_scheduler.complete(i, f.header.task_id, aux)) break;  // not ours: drop
+                    if (!m_scheduler.complete(i, f.header.task_id, aux)) break;  // not ours: drop (frees buffers)
                     Completion c;
+                    c.buffers = std::move(buffers);
                     c.kind = Completion::result;
                     c.flags = f.header.flags;
                     c.task_id = f.header.task_id;
                     c.aux = f.header.aux;
                     c.worker = static_cast<std::uint32_t>(i);
+                    c.payload_offset = static_cast<std::size_t>(f.payload.data() - msg.data());
                     c.payload = std::move(msg);
-                    c.payload_offset = sizeof(FrameHeader);
                     m_ready.push_back(std::move(c));
                     break;
                 }
@@ -251,6 +258,9 @@ bool Pool::drain_slot_locked(std::size_t i) {
                 }
                 case FrameKind::ready:
                     s.ready = true;
+                    // Its id in the arena, for reclaiming what it holds when it dies.
+                    s.owner = f.header.aux > Arena::k_creator && f.header.aux <= 0xFFFFFFFFu
+                                  ? static_cast<std::uint32_t>(f.header.aux) : 0;
                     m_early_deaths = 0;
                     break;
                 case FrameKind::init_failed: {
@@ -290,6 +300,7 @@ void Pool::handle_zygote_locked() {
             for (std::size_t i = 0; i < m_slots.size(); ++i) {
                 if (m_slots[i].exited) continue;
                 m_slots[i].exited = true;
+                reclaim_locked(i);
                 for (auto& t : m_scheduler.worker_died(i))
                     fail_task_locked(t.id, Completion::crashed, gone, {}, static_cast<std::uint32_t>(i));
             }
@@ -309,8 +320,31 @@ void Pool::handle_zygote_locked() {
     }
 }
 
+bool Pool::adopt_buffers_locked(std::size_t i, FrameView const& f, std::vector<ArenaBlock>& out) {
+    Slot const& s = m_slots[i];
+    if (!m_options.arena || s.owner == 0) return false;
+    out.reserve(f.header.buffers);
+    for (std::size_t k = 0; k < f.header.buffers; ++k) {
+        BufferRef r = f.ref(k);
+        ArenaRef ref{r.offset, r.length};
+        if (!m_options.arena->adopt(ref, s.owner, Arena::k_creator)) {
+            out.clear();  // frees what was adopted so far
+            return false;
+        }
+        out.emplace_back(m_options.arena, ref, Arena::k_creator);
+    }
+    return true;
+}
+
+void Pool::reclaim_locked(std::size_t i) noexcept {
+    Slot& s = m_slots[i];
+    if (m_options.arena && s.owner != 0) m_options.arena->reclaim(s.owner);
+    s.owner = 0;
+}
+
 void Pool::worker_exited_locked(std::size_t i, ExitStatus status) {
     drain_slot_locked(i);  // results it wrote before it died still count
+    reclaim_locked(i);     // after the drain: blocks its results handed over are ours now
     Slot& s = m_slots[i];
     bool was_ready = s.ready;
     bool was_stopping = s.stopping;

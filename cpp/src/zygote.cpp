@@ -157,7 +157,7 @@ ZygoteServer::Action ZygoteServer::next() {
             }
             ZygoteMessage m;
             if (st != RecvStatus::message || !ZygoteMessage::decode(buf, m)) continue;
-            if (m.op == ZygoteOp::fork_worker && fds.size() == 2) {
+            if (m.op == ZygoteOp::fork_worker && (fds.size() == 2 || fds.size() == 3)) {
                 Action a;
                 a.kind = Action::fork;
                 a.executor = ex;

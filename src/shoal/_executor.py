@@ -9,6 +9,7 @@ import threading
 import time
 import weakref
 
+from ._arena import DEFAULT_THRESHOLD, unshare
 from ._errors import RemoteTraceback
 from ._pickle import iter_items
 from ._thread import SerialBackend, ThreadBackend
@@ -42,7 +43,7 @@ class Executor(concurrent.futures.Executor):
     """
 
     def __init__(self, max_workers=None, backend="process", *, initializer=None, initargs=(),
-                 retries=2, preload=(), max_tasks_per_worker=None):
+                 retries=2, preload=(), max_tasks_per_worker=None, buffer_threshold=DEFAULT_THRESHOLD):
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
@@ -54,6 +55,9 @@ class Executor(concurrent.futures.Executor):
         if max_tasks_per_worker is not None and (not isinstance(max_tasks_per_worker, int)
                                                   or max_tasks_per_worker < 1):
             raise ValueError(f"max_tasks_per_worker must be a positive int or None, not {max_tasks_per_worker!r}")
+        if buffer_threshold is not None and (not isinstance(buffer_threshold, int)
+                                             or isinstance(buffer_threshold, bool) or buffer_threshold < 0):
+            raise ValueError(f"buffer_threshold must be an int >= 0 (bytes) or None, not {buffer_threshold!r}")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be callable")
         if isinstance(preload, str):
@@ -65,7 +69,7 @@ class Executor(concurrent.futures.Executor):
         if backend == "process":
             from ._process import ProcessBackend
             self._backend = ProcessBackend(max_workers, initializer, initargs, retries,
-                                           tuple(preload), max_tasks_per_worker)
+                                           tuple(preload), max_tasks_per_worker, buffer_threshold)
         elif backend == "thread":
             self._backend = ThreadBackend(max_workers, initializer, initargs)
         else:
@@ -88,6 +92,10 @@ class Executor(concurrent.futures.Executor):
         self._check_open()
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
+        if self.backend != "process":  # objects, not frames: a handle stands for its value
+            args = tuple(map(unshare, args))
+            if kwargs:
+                kwargs = {k: unshare(v) for k, v in kwargs.items()}
         return self._backend.submit(fn, args, kwargs)
 
     def map(self, fn, *iterables, timeout=None, chunksize=None, ordered=True):
@@ -101,6 +109,8 @@ class Executor(concurrent.futures.Executor):
             raise ValueError(f"chunksize must be a positive int or None, not {chunksize!r}")
         if not iterables:
             raise TypeError("map() needs at least one iterable")
+        if self.backend != "process":
+            iterables = [map(unshare, it) for it in iterables]
         args = zip(*iterables)
         if self.backend == "serial":
             self._backend.check()
@@ -112,6 +122,8 @@ class Executor(concurrent.futures.Executor):
     def starmap(self, fn, iterable, timeout=None, chunksize=None, ordered=True):
         """Like :meth:`map`, with each item of ``iterable`` unpacked as the arguments."""
         self._check_open()
+        if self.backend != "process":
+            iterable = (tuple(map(unshare, a)) for a in iterable)
         if self.backend == "serial":
             self._backend.check()
             return _serial_map(fn, (tuple(a) for a in iterable), timeout)
@@ -214,7 +226,8 @@ class _MapWindow:
         return left
 
     def _next_chunk(self):
-        """The next finished chunk's (packed results, error or None), or None at the end."""
+        """The next finished chunk's (packed results, error or None, arena buffers), or None
+        at the end."""
         if self._outstanding == 0:
             self._fill()
             if self._outstanding == 0:
@@ -222,17 +235,17 @@ class _MapWindow:
         try:
             if self._ordered:
                 fut = self._pending[0]
-                results, err, elapsed = fut.result(self._remaining())
+                results, err, elapsed, buffers = fut.result(self._remaining())
                 self._pending.popleft()
             else:
                 fut = self._done.get(timeout=self._remaining())
-                results, err, elapsed = fut.result()
+                results, err, elapsed, buffers = fut.result()
         except (concurrent.futures.TimeoutError, queue.Empty):
             raise TimeoutError() from None
         self._outstanding -= 1
         self._learn(fut._shoal_n, elapsed)
         self._fill()
-        return results, err
+        return results, err, buffers
 
     def close(self):
         """Cancels chunks not yet handed to a worker."""
@@ -248,10 +261,10 @@ class _MapWindow:
                 chunk = self._next_chunk()
                 if chunk is None:
                     return
-                results, err = chunk
+                results, err, buffers = chunk
                 per_item, data = results
                 if per_item:
-                    yield from iter_items(results)
+                    yield from iter_items(results, buffers)
                 else:
                     yield from data
                 if err is not None:

@@ -6,26 +6,170 @@ import traceback
 PROTOCOL = 5
 
 
-def dumps(obj):
+def dumps(obj, bufs=None):
     """Pickles with the C pickler; objects it cannot handle by reference (lambdas, closures,
     classes defined in ``__main__`` or a notebook) go through cloudpickle. An object neither
-    can pickle raises the C pickler's error."""
-    try:
-        data = pickle.dumps(obj, PROTOCOL)
-    except (pickle.PicklingError, AttributeError, TypeError) as first:
-        import cloudpickle  # only when needed: workers rarely do
+    can pickle raises the C pickler's error.
 
+    With ``bufs`` (a :class:`shoal._arena.Buffers`), large buffers go out of band into the
+    shared arena; the result then starts with a tag that :func:`loads` understands."""
+    if bufs is None:
         try:
-            return cloudpickle.dumps(obj, PROTOCOL)
-        except Exception:
-            raise first from None
-    # Classes and functions of __main__ pickle by reference, which a worker cannot resolve:
-    # those go by value. (A mere string "__main__" in the data costs only the slower path.)
-    if b"__main__" in data:
-        import cloudpickle
+            data = pickle.dumps(obj, PROTOCOL)
+        except (pickle.PicklingError, AttributeError, TypeError) as first:
+            return _cloudpickle_dumps(obj, first)
+        # Classes and functions of __main__ pickle by reference, which a worker cannot resolve:
+        # those go by value. (A mere string "__main__" in the data costs only the slower path.)
+        if b"__main__" in data:
+            import cloudpickle
 
-        return cloudpickle.dumps(obj, PROTOCOL)
+            return cloudpickle.dumps(obj, PROTOCOL)
+        return data
+    base = len(bufs.refs)
+    try:
+        data = pickle.dumps(obj, PROTOCOL, buffer_callback=bufs)
+    except (pickle.PicklingError, AttributeError, TypeError) as first:
+        bufs.truncate(base)
+        if "memoryview" in str(first):
+            return _dumps_moving(obj, bufs, base)
+        data = _cloudpickle_dumps(obj, first, bufs, base)
+    else:
+        if b"__main__" in data:
+            import cloudpickle
+
+            bufs.truncate(base)
+            data = cloudpickle.dumps(obj, PROTOCOL, buffer_callback=bufs)
+    if len(data) >= bufs.threshold and _large_bytes_in_band(data, bufs.threshold):
+        moved = _dumps_moving(obj, bufs, base)
+        if moved is not None:
+            return moved
+    if len(bufs.refs) > base:
+        return b"O" + base.to_bytes(4, "little") + data
     return data
+
+
+def _cloudpickle_dumps(obj, first, bufs=None, base=0):
+    import cloudpickle  # only when needed: workers rarely do
+
+    try:
+        return cloudpickle.dumps(obj, PROTOCOL, buffer_callback=bufs)
+    except Exception:
+        if bufs is not None:
+            bufs.truncate(base)
+        raise first from None
+
+
+def _large_bytes_in_band(data, threshold):
+    """True if the pickle holds a bytes or bytearray object of at least `threshold` bytes.
+    Cheap: protocol 5 pickles are a series of frames, and the C pickler writes every object
+    of 64 KiB or more outside them, so only the gaps between frames are looked at."""
+    pos, n = 2, len(data)
+    while pos < n:
+        op = data[pos]
+        if op == 0x95:  # FRAME
+            pos += 9 + int.from_bytes(data[pos + 1:pos + 9], "little")
+        elif op == 0x42:  # BINBYTES
+            if int.from_bytes(data[pos + 1:pos + 5], "little") >= threshold:
+                return True
+            pos += 5 + int.from_bytes(data[pos + 1:pos + 5], "little")
+        elif op in (0x8E, 0x96):  # BINBYTES8, BYTEARRAY8
+            if int.from_bytes(data[pos + 1:pos + 9], "little") >= threshold:
+                return True
+            pos += 9 + int.from_bytes(data[pos + 1:pos + 9], "little")
+        elif op == 0x58:  # BINUNICODE: text stays in the pickle
+            pos += 5 + int.from_bytes(data[pos + 1:pos + 5], "little")
+        elif op == 0x8D:  # BINUNICODE8
+            pos += 9 + int.from_bytes(data[pos + 1:pos + 9], "little")
+        else:
+            return False
+    return False
+
+
+class _MovingPickler(pickle.Pickler):
+    """Moves what protocol 5 keeps in band into the arena: bytes, bytearray, memoryview, and
+    numpy arrays that are not contiguous (copied once, straight into the arena)."""
+
+    def __init__(self, file, bufs, callback):
+        super().__init__(file, PROTOCOL, buffer_callback=callback)
+        self._bufs = bufs
+        self.moved = False
+
+    def persistent_id(self, obj):
+        t = type(obj)
+        bufs = self._bufs
+        if t is bytes or t is bytearray:
+            if len(obj) >= bufs.threshold:
+                self.moved = True
+                return ("b" if t is bytes else "y", bufs.add(memoryview(obj), obj))
+        elif t is memoryview:
+            if obj.nbytes >= bufs.threshold and obj.contiguous:
+                self.moved = True
+                return ("m", bufs.add(obj.cast("B") if obj.c_contiguous else memoryview(obj.tobytes()), obj),
+                        obj.format, obj.shape)
+            return ("M", obj.tobytes(), obj.format, obj.shape)
+        elif t.__name__ == "ndarray" and t.__module__ == "numpy":
+            if (obj.nbytes >= bufs.threshold and not obj.dtype.hasobject
+                    and not (obj.flags.c_contiguous or obj.flags.f_contiguous)):
+                import numpy
+
+                block = bufs.arena.allocate(obj.nbytes)
+                numpy.ndarray(obj.shape, obj.dtype, buffer=block)[...] = obj  # the one copy
+                self.moved = True
+                return ("a", bufs.add_block(block, obj.nbytes), obj.dtype, obj.shape)
+        return None
+
+
+def _dumps_moving(obj, bufs, base):
+    """The slow path: None when nothing was worth moving (the fast pickle stands).
+    Layout: b"S", the count and frame indices of the buffers protocol 5 handed out (in the
+    order the pickle consumes them), then the pickle, whose persistent ids name the rest."""
+    import io
+
+    bufs.truncate(base)
+    indices = []
+
+    def callback(pickle_buffer):
+        n = len(bufs.refs)
+        in_band = bufs(pickle_buffer)
+        if not in_band:
+            indices.append(n)
+        return in_band
+
+    out = io.BytesIO()
+    p = _MovingPickler(out, bufs, callback)
+    try:
+        p.dump(obj)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        bufs.truncate(base)
+        raise
+    if not p.moved and not indices:
+        return None
+    head = [b"S", len(indices).to_bytes(4, "little")]
+    head.extend(i.to_bytes(4, "little") for i in indices)
+    return b"".join(head) + out.getvalue()
+
+
+class _MovedUnpickler(pickle.Unpickler):
+    def __init__(self, file, views, in_order):
+        super().__init__(file, buffers=in_order)
+        self._views = views
+
+    def persistent_load(self, pid):
+        kind = pid[0]
+        if kind == "M":
+            return memoryview(pid[1]).cast("B").cast(pid[2], pid[3])
+        view = self._views[pid[1]]
+        if kind == "b":
+            return bytes(view)
+        if kind == "y":
+            return bytearray(view)
+        if kind == "m":
+            return memoryview(view).cast(pid[2], pid[3])
+        if kind == "a":
+            import numpy
+
+            return numpy.ndarray(pid[3], pid[2], buffer=view)
+        raise pickle.UnpicklingError(f"unknown out-of-band reference {kind!r}")
 
 
 # Values whose pickles cannot fail to load: a chunk of only these travels as one pickle;
@@ -37,7 +181,7 @@ _TUPLE_OR_PLAIN = _PLAIN | {tuple}
 _TUPLE = frozenset({tuple})
 
 
-def pack_items(items):
+def pack_items(items, bufs=None):
     """A chunk's items for pickling: (False, items) when all are plain (or tuples of plain
     values), else (True, [pickle of each item]). The type checks run at C speed."""
     types = set(map(type, items))
@@ -50,17 +194,17 @@ def pack_items(items):
         inner = set(map(type, itertools.chain.from_iterable(i for i in items if type(i) is tuple)))
         if inner <= _PLAIN:
             return (False, items)
-    return (True, [dumps(i) for i in items])
+    return (True, [dumps(i, bufs) for i in items])
 
 
-def iter_items(packed):
+def iter_items(packed, buffers=None):
     """Yields a chunk's items; an item that fails to load raises at its place."""
     per_item, data = packed
     if not per_item:
         yield from data
     else:
         for blob in data:
-            yield loads(blob)
+            yield loads(blob, buffers)
 
 
 def dumps_function(fn):
@@ -71,7 +215,21 @@ def dumps_function(fn):
     return cloudpickle.dumps(fn, PROTOCOL)
 
 
-loads = pickle.loads
+def loads(data, buffers=None):
+    """The inverse of :func:`dumps`; `buffers` are the frame's arena views, in order."""
+    tag = data[:1]
+    if tag == b"O":
+        base = int.from_bytes(data[1:5], "little")
+        return pickle.loads(memoryview(data)[5:], buffers=buffers[base:])
+    if tag == b"S":
+        import io
+
+        count = int.from_bytes(data[1:5], "little")
+        in_order = [buffers[int.from_bytes(data[5 + 4 * i:9 + 4 * i], "little")] for i in range(count)]
+        f = io.BytesIO(data)
+        f.seek(5 + 4 * count)
+        return _MovedUnpickler(f, buffers, in_order).load()
+    return pickle.loads(data)
 
 
 def dumps_exception(exc):

@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 
 from . import _core
+from ._arena import Buffers, arena
 from ._errors import InitializerError, RemoteTraceback, WorkerCrashedError
 from ._future import Future
 from ._pickle import dumps, dumps_function, loads, pack_items
@@ -97,7 +98,7 @@ class _State:
     def __init__(self, pool, retries):
         self.pool = pool
         self.retries = retries
-        self.futures = {}  # task id -> (Future, fn_id)
+        self.futures = {}  # task id -> (Future, fn_id, arena buffers kept alive or None, chunk?)
         self.lock = threading.Lock()
         self.functions = None
         self.order = threading.Condition()  # batches are delivered in the order taken
@@ -124,7 +125,7 @@ def _deliver(state, taken):
 
 def _deliver_batch(state, batch):
     futures = state.futures
-    for kind, flags, task_id, _aux, status_kind, status_value, status_text, _w, payload in batch:
+    for kind, flags, task_id, _aux, status_kind, status_value, status_text, _w, payload, buffers in batch:
         if kind == _OUTPUT:
             stream = sys.stdout if flags == 1 else sys.stderr
             try:
@@ -136,11 +137,11 @@ def _deliver_batch(state, batch):
         entry = futures.pop(task_id, None)  # atomic: no lock needed
         if entry is None:
             continue
-        fut, fn_id = entry
+        fut, fn_id, _kept, chunk = entry
         state.functions.release(fn_id)
         if kind == _RESULT:
             try:
-                value = loads(payload)
+                value = loads(payload, buffers)
             except BaseException as exc:  # noqa: BLE001 - fails this task only
                 fut._fail(exc)
                 continue
@@ -149,7 +150,7 @@ def _deliver_batch(state, batch):
                 exc.__cause__ = RemoteTraceback(tb)
                 fut._fail(exc)
             else:
-                fut._resolve(value)
+                fut._resolve(value + (buffers,) if chunk else value)
         elif kind == _CRASHED:
             signaled = status_kind == _core.STATUS_SIGNALED
             fut._fail(WorkerCrashedError(
@@ -186,12 +187,13 @@ def _complete(state):
             break
         if taken[1]:
             _deliver(state, taken)
+            taken = None  # not held while waiting: results own arena blocks
             interrupt()  # a caller blocked in take() may be waiting for one of these
     # The pool is finished: nothing else will complete.
     with state.lock:
         rest = list(state.futures.values())
         state.futures.clear()
-    for fut, _ in rest:
+    for fut, *_ in rest:
         fut._fail(BrokenExecutor("shoal: the executor was shut down before the task ran"))
 
 
@@ -200,7 +202,13 @@ class _ProcessFuture(Future):
     takes results from the pool itself: one thread hop less per task."""
 
     def _canceller(self):
-        return self._shoal_state.pool.cancel(self._shoal_id)  # True if it was still queued
+        state = self._shoal_state
+        if not state.pool.cancel(self._shoal_id):
+            return False  # already running
+        entry = state.futures.pop(self._shoal_id, None)  # frees its arena buffers
+        if entry is not None:
+            state.functions.release(entry[1])
+        return True
 
     def _help(self, timeout):
         state = self._shoal_state
@@ -231,12 +239,17 @@ class ProcessBackend:
     name = "process"
 
     def __init__(self, max_workers, initializer, initargs, retries, preload, max_tasks_per_worker,
-                 spin_us=100, task_ring_bytes=1 << 18, result_ring_bytes=1 << 18):
+                 buffer_threshold, spin_us=100, task_ring_bytes=1 << 18, result_ring_bytes=1 << 18):
         preload = list(dict.fromkeys(preload))
         warm = []  # see docs/design.md: a background import competed with the first tasks
-        init = dumps((os.getcwd(), list(sys.path), initializer, tuple(initargs)))
+        threshold = buffer_threshold
+        init = dumps((os.getcwd(), list(sys.path), initializer, tuple(initargs),
+                      threshold if threshold is not None else 1 << 62))
+        self._arena = None if threshold is None else arena()
+        self._threshold = threshold
         self._pool = _core.Pool(zygote(), max_workers, retries, max_tasks_per_worker or 0, preload,
-                                int(spin_us * 1000), task_ring_bytes, result_ring_bytes, init, warm)
+                                int(spin_us * 1000), task_ring_bytes, result_ring_bytes, init, warm,
+                                self._arena)
         self._state = _State(self._pool, retries)
         self._functions = self._state.functions = _FunctionTable(self._pool)
         self._ids = itertools.count(1)
@@ -247,8 +260,9 @@ class ProcessBackend:
 
     def _submit(self, fn, mode, data, count):
         fn_id = self._functions.acquire(fn)
+        bufs = None if self._arena is None else Buffers(self._arena, self._threshold)
         try:
-            payload = dumps((mode, data if mode == CALL else pack_items(data)))
+            payload = dumps((mode, data if mode == CALL else pack_items(data, bufs)), bufs)
         except BaseException:
             self._functions.release(fn_id)
             raise
@@ -256,8 +270,10 @@ class ProcessBackend:
         fut = _ProcessFuture()
         fut._shoal_state = self._state
         fut._shoal_id = task_id
-        self._state.futures[task_id] = (fut, fn_id)  # atomic: no lock needed
-        self._pool.submit(task_id, fn_id, count, payload)
+        refs = bufs.refs if bufs is not None and bufs.refs else None
+        # The arguments' arena buffers live until the task completes (the entry is dropped).
+        self._state.futures[task_id] = (fut, fn_id, bufs.keep if refs else None, mode != CALL)
+        self._pool.submit(task_id, fn_id, count, payload, refs)
         return fut
 
     def submit(self, fn, args, kwargs):

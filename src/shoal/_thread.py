@@ -19,7 +19,7 @@ def _run_chunk(fn, items, star=True):
     start = time.perf_counter()
     results, exc = call_items(fn, items, star, Exception)
     err = None if exc is None else (exc, _traceback_text(exc))
-    return (False, results), err, time.perf_counter() - start
+    return (False, results), err, time.perf_counter() - start, None
 
 
 class ThreadBackend:

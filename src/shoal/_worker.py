@@ -11,6 +11,7 @@ import time
 
 from . import _core
 from ._chunk import call_items
+from ._arena import DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_arena
 from ._pickle import dumps, dumps_exception, iter_items, pack_items, loads
 
 CALL = 0   # payload: (args, kwargs) -> result
@@ -58,10 +59,15 @@ class _Functions(dict):
         return entry
 
 
-def _initialize(channel, payload):
-    """Runs the executor's setup (cwd, sys.path, initializer); answers ready or init_failed."""
+_threshold = DEFAULT_THRESHOLD  # the executor's buffer_threshold
+
+
+def _initialize(channel, payload, arena):
+    """Runs the executor's setup (cwd, sys.path, initializer); answers ready (with our id in
+    the arena, so the driver can reclaim our blocks if we die) or init_failed."""
+    global _threshold
     try:
-        cwd, path, initializer, initargs = loads(payload)
+        cwd, path, initializer, initargs, _threshold = loads(payload)
         try:
             os.chdir(cwd)
         except OSError:
@@ -73,7 +79,7 @@ def _initialize(channel, payload):
         channel.send(_core.FRAME_INIT_FAILED, 0, 0, 0, 0, dumps_exception(exc))
         _flush_streams()
         os._exit(1)
-    channel.send(_core.FRAME_READY, 0, 0, 0, 0, b"")
+    channel.send(_core.FRAME_READY, 0, 0, 0 if arena is None else arena.owner, 0, b"")
 
 
 def _flush_streams():
@@ -84,30 +90,35 @@ def _flush_streams():
             pass
 
 
-def _run_chunk(fn, packed, star):
+def _run_chunk(fn, packed, star, views):
     # SystemExit too is the task's failure: the worker stays alive.
-    return call_items(fn, iter_items(packed) if packed[0] else packed[1], star)
+    return call_items(fn, iter_items(packed, views) if packed[0] else packed[1], star)
 
 
-def _dump_chunk(results, exc, elapsed):
+def _dump_chunk(results, exc, elapsed, bufs):
     """(packed results, (exc, tb) or None, seconds); a result that cannot be pickled
     ends the chunk there with the pickling error."""
     err = None if exc is None else loads(dumps_exception(exc))
     try:
-        return dumps((pack_items(results), err, elapsed))
+        return dumps((pack_items(results, bufs), err, elapsed), bufs)
     except BaseException:  # noqa: BLE001 - find the first result that does not pickle
+        if bufs is not None:
+            bufs.truncate(0)
         good = []
         for r in results:
             try:
-                good.append(dumps(r))
+                good.append(dumps(r, bufs))
             except BaseException as pickling_error:  # noqa: BLE001
                 err = loads(dumps_exception(pickling_error))
                 break
-        return dumps(((True, good), err, elapsed))
+        return dumps(((True, good), err, elapsed), bufs)
 
 
-def run(channel):
+def run(channel, arena=None):
     """Serves tasks until a shutdown frame; never returns."""
+    if arena is not None:
+        set_worker_arena(arena)
+    view = None if arena is None else arena.view  # args: a fresh copy is writable, a shared one not
     sys.stdout = _Forward(channel, 1)
     sys.stderr = _Forward(channel, 2)
     functions = _Functions()
@@ -122,27 +133,36 @@ def run(channel):
         frame = recv(-1.0)
         if frame is None:
             os._exit(70)  # the task stream is corrupt: let the driver replace us
-        kind, _flags, task_id, aux, count, payload = frame
+        kind, _flags, task_id, aux, count, payload, refs = frame
         if kind == TASK:
             start = clock()
             flags = 0
+            bufs = None if arena is None else Buffers(arena, _threshold, by_ref=False)
             try:
                 fn = functions.get_function(aux)
-                mode, data = loads(payload)
+                views = None if refs is None else [view(o, n & LENGTH, n >= READ_ONLY) for o, n in refs]
+                mode, data = loads(payload, views)
                 if mode == CALL:
-                    out = dumps(fn(*data[0], **data[1]))
+                    out = dumps(fn(*data[0], **data[1]), bufs)
                 else:
-                    results, exc = _run_chunk(fn, data, mode == CHUNK)
-                    out = _dump_chunk(results, exc, (clock() - start) / 1e9)
+                    results, exc = _run_chunk(fn, data, mode == CHUNK, views)
+                    out = _dump_chunk(results, exc, (clock() - start) / 1e9, bufs)
             except BaseException as exc:  # noqa: BLE001 - the task's failure, not ours
                 flags = ERROR
+                if bufs is not None:
+                    bufs.truncate(0)  # frees what the result had placed
                 out = dumps_exception(exc)
+            views = data = None  # the driver frees the arguments' blocks once we answer
             sys.stdout.flush()
             sys.stderr.flush()
-            send(RESULT, flags, task_id, clock() - start, count, out)
+            if bufs is not None and bufs.refs:
+                send(RESULT, flags, task_id, clock() - start, count, out, bufs.refs)
+                bufs.detach()
+            else:
+                send(RESULT, flags, task_id, clock() - start, count, out)
         elif kind == FUNCTION:
             if aux == 0:
-                _initialize(channel, payload)
+                _initialize(channel, payload, arena)
             else:
                 functions[aux] = payload
         elif kind == FORGET:

@@ -27,8 +27,8 @@ def main(control_fd=3):
             pid = os.fork()
             if pid == 0:
                 try:
-                    channel = server.become_worker(action)
-                    _worker.run(channel)
+                    channel, arena = server.become_worker(action)
+                    _worker.run(channel, arena)
                 finally:
                     os._exit(1)
             server.forked(action, pid)

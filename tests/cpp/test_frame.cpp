@@ -56,7 +56,7 @@ TEST(Frame, EncodeDecodeRoundtrip) {
         EXPECT_EQ(v.header.task_id, 0x0123456789ABCDEFull);
         EXPECT_EQ(v.header.aux, 0xFEDCBA9876543210ull);
         EXPECT_EQ(v.header.count, 17u);
-        EXPECT_EQ(v.header.reserved, 0u);
+        EXPECT_EQ(v.header.buffers, 0u);
         EXPECT_EQ(v.payload.data(), f.data() + sizeof(FrameHeader));  // a view, not a copy
         EXPECT_TRUE(std::equal(v.payload.begin(), v.payload.end(), payload.begin(), payload.end()));
     }
@@ -111,7 +111,7 @@ TEST(FrameReject, BadMagic) {
 
 TEST(FrameReject, UnknownVersion) {
     auto f = encode_frame(FrameKind::result, 0, 1, 2, 1, {});
-    for (std::uint8_t ver : {0, 2, 255}) {
+    for (std::uint8_t ver : {0, 1, 3, 255}) {
         auto h = header_of(f);
         h.version = ver;
         set_header(f, h);
@@ -135,16 +135,49 @@ TEST(FrameReject, UnknownKind) {
     }
 }
 
-TEST(FrameReject, ReservedNotZero) {
-    auto f = encode_frame(FrameKind::task, 0, 1, 2, 1, {});
-    for (std::uint32_t r : {1u, 0x80000000u, 0xFFFFFFFFu}) {
+TEST(FrameRefs, RoundTripBeforeThePayload) {
+    BufferRef refs[2] = {{0, 65536}, {1 << 20, 12345}};
+    auto f = encode_frame(FrameKind::result, 0, 1, 2, 1, bytes_of("pickle"), refs);
+    FrameView v;
+    std::string error;
+    ASSERT_TRUE(decode_frame(f, v, error)) << error;
+    ASSERT_EQ(v.header.buffers, 2u);
+    EXPECT_EQ(v.ref(0).offset, 0u);
+    EXPECT_EQ(v.ref(0).length, 65536u);
+    EXPECT_EQ(v.ref(1).offset, 1u << 20);
+    EXPECT_EQ(v.ref(1).length, 12345u);
+    EXPECT_EQ(std::string(reinterpret_cast<char const*>(v.payload.data()), v.payload.size()), "pickle");
+}
+
+TEST(FrameReject, BufferCountPastTheEnd) {
+    auto f = encode_frame(FrameKind::task, 0, 1, 2, 1, bytes_of("0123456789abcdef0123"));
+    for (std::uint32_t r : {2u, 0x80000000u, 0xFFFFFFFFu}) {
         auto h = header_of(f);
-        h.reserved = r;
+        h.buffers = r;
         set_header(f, h);
         FrameView v;
         std::string error;
         EXPECT_FALSE(decode_frame(f, v, error)) << r;
-        EXPECT_NE(error.find("reserved"), std::string::npos) << error;
+        EXPECT_NE(error.find("buffer"), std::string::npos) << error;
+    }
+    auto h = header_of(f);
+    h.buffers = 1;  // 16 of the 20 payload bytes are one reference
+    set_header(f, h);
+    FrameView v;
+    std::string error;
+    ASSERT_TRUE(decode_frame(f, v, error)) << error;
+    EXPECT_EQ(v.payload.size(), 4u);
+}
+
+TEST(FrameReject, BuffersOnlyInTaskAndResultFrames) {
+    for (auto kind : {FrameKind::function, FrameKind::forget, FrameKind::shutdown, FrameKind::output,
+                      FrameKind::ready, FrameKind::init_failed}) {
+        BufferRef ref{0, 1};
+        auto f = encode_frame(kind, 0, 1, 2, 1, {}, std::span<BufferRef const>(&ref, 1));
+        FrameView v;
+        std::string error;
+        EXPECT_FALSE(decode_frame(f, v, error)) << static_cast<int>(kind);
+        EXPECT_NE(error.find("buffer"), std::string::npos) << error;
     }
 }
 
@@ -175,12 +208,14 @@ TEST(FrameFuzz, RandomBytesNeverCrash) {
         if (decode_exact(input, v, error, storage)) {
             ++accepted;
             ASSERT_GE(storage.size(), sizeof(FrameHeader));
-            ASSERT_EQ(v.payload.data(), storage.data() + sizeof(FrameHeader));
-            ASSERT_EQ(v.payload.size(), storage.size() - sizeof(FrameHeader));
+            ASSERT_EQ(v.refs.size(), v.header.buffers * sizeof(BufferRef));
+            ASSERT_EQ(v.payload.data(), storage.data() + sizeof(FrameHeader) + v.refs.size());
+            ASSERT_EQ(v.payload.size(), storage.size() - sizeof(FrameHeader) - v.refs.size());
             ASSERT_EQ(v.header.magic, k_frame_magic);
             ASSERT_EQ(v.header.version, k_frame_version);
             ASSERT_TRUE(is_worker_frame(v.header.kind) || is_driver_frame(v.header.kind));
-            ASSERT_EQ(v.header.reserved, 0u);
+            ASSERT_TRUE(v.header.buffers == 0 || v.header.kind == FrameKind::task ||
+                        v.header.kind == FrameKind::result);
             ASSERT_TRUE(v.header.kind != FrameKind::task || v.header.count != 0);
         } else {
             ASSERT_FALSE(error.empty());
@@ -217,10 +252,9 @@ TEST(FrameFuzz, MutatedValidFramesNeverCrash) {
         std::string error;
         if (decode_exact(f, v, error, storage)) {
             ++accepted;
-            ASSERT_EQ(v.payload.size(), storage.size() - sizeof(FrameHeader));
+            ASSERT_EQ(v.payload.size(), storage.size() - sizeof(FrameHeader) - v.refs.size());
             ASSERT_EQ(v.header.magic, k_frame_magic);
             ASSERT_TRUE(is_worker_frame(v.header.kind) || is_driver_frame(v.header.kind));
-            ASSERT_EQ(v.header.reserved, 0u);
             ASSERT_TRUE(v.header.kind != FrameKind::task || v.header.count != 0);
         } else {
             ++rejected;

@@ -1,12 +1,13 @@
 // frame.hpp — the wire format of one message between the driver and a worker.
 //
-// A frame is a 32-byte header followed by the payload (opaque bytes: pickles, for the
-// Python layer). Frames arriving from another process are untrusted: decode_frame()
+// A frame is a 32-byte header, then `buffers` references into the shared arena (16 bytes
+// each: offset, length), then the payload (opaque bytes: pickles, for the Python layer). Frames arriving from another process are untrusted: decode_frame()
 // checks every field and reports a malformed frame as an error, never a crash.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <string>
 #include <vector>
@@ -36,23 +37,41 @@ struct FrameHeader {
     std::uint64_t task_id;
     std::uint64_t aux;
     std::uint32_t count;
-    std::uint32_t reserved;  // must be 0 (out-of-band buffer count, later)
+    std::uint32_t buffers;   // arena references after the header (task and result frames only)
 };
 static_assert(sizeof(FrameHeader) == 32);
 
 inline constexpr std::uint16_t k_frame_magic = 0x5348;  // "SH"
-inline constexpr std::uint8_t k_frame_version = 1;
+inline constexpr std::uint8_t k_frame_version = 2;
+inline constexpr std::uint32_t k_max_frame_buffers = 1u << 16;
 
-/// A decoded frame: the header and a view of the payload inside the decoded bytes.
+/// One out-of-band buffer: `length` bytes at `offset` in the arena's data region. The
+/// decoder checks only the count; whoever maps a reference checks it against the arena.
+struct BufferRef {
+    std::uint64_t offset;
+    std::uint64_t length;
+};
+static_assert(sizeof(BufferRef) == 16);
+
+/// A decoded frame: the header, its buffer references and the payload, as views inside the
+/// decoded bytes.
 struct FrameView {
     FrameHeader header;
+    std::span<std::byte const> refs;  // header.buffers * 16 bytes (unaligned: read with ref())
     std::span<std::byte const> payload;
+
+    BufferRef ref(std::size_t i) const noexcept {
+        BufferRef r;
+        std::memcpy(&r, refs.data() + i * sizeof r, sizeof r);
+        return r;
+    }
 };
 
-/// Builds a frame: header then payload. Allocates.
+/// Builds a frame: header, buffer references, payload. Allocates.
 std::vector<std::byte> encode_frame(FrameKind kind, std::uint32_t flags, std::uint64_t task_id,
                                     std::uint64_t aux, std::uint32_t count,
-                                    std::span<std::byte const> payload);
+                                    std::span<std::byte const> payload,
+                                    std::span<BufferRef const> refs = {});
 
 /// Checks and decodes `bytes`. On success fills `out` and returns true; otherwise returns
 /// false and puts the broken rule in `error`. Never throws, never reads out of bounds.

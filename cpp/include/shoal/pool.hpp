@@ -18,7 +18,9 @@
 // the waiting threads are busy in Python.
 #pragma once
 
+#include "shoal/arena.hpp"
 #include "shoal/doorbell.hpp"
+#include "shoal/frame.hpp"
 #include "shoal/message.hpp"
 #include "shoal/scheduler.hpp"
 #include "shoal/shm.hpp"
@@ -39,6 +41,7 @@ struct PoolOptions {
     std::vector<std::string> preload;  // imported by the zygote before the first fork (waited for)
     std::vector<std::string> warm;     // imported after the first forks (not waited for)
     Bytes init_payload;  // sent to every new worker first (function frame, fn 0); it answers `ready`
+    std::shared_ptr<Arena> arena;  // shared with the workers; result frames' buffers come through it
     SchedulerOptions scheduler;
 };
 
@@ -59,6 +62,7 @@ struct Completion {
     std::uint32_t worker = 0;
     Bytes payload;                  // the payload starts at payload_offset
     std::size_t payload_offset = 0;
+    std::vector<ArenaBlock> buffers;  // a result's out-of-band buffers, now owned by the driver
 };
 
 class Pool {
@@ -76,8 +80,9 @@ public:
     void forget_function(std::uint64_t fn_id);
     /// Queues a task and hands it to a worker at once if one has room. Thread-safe; never
     /// blocks on workers. After close() or when broken, completes the task as `broken`.
+    /// `refs` point into the arena; the caller keeps those buffers alive until the task completes.
     void submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
-                std::span<std::byte const> payload);
+                std::span<std::byte const> payload, std::span<BufferRef const> refs = {});
     /// Drops a task not yet handed to a worker; true if it was dropped.
     bool cancel(std::uint64_t task_id);
     /// Drops every queued task; returns their ids.
@@ -109,6 +114,7 @@ public:
     void join(std::int64_t timeout_ns);
 
     std::vector<std::int64_t> worker_pids() const;
+    std::shared_ptr<Arena> const& arena() const noexcept { return m_options.arena; }
     std::size_t queued() const;
     std::size_t inflight() const;
 
@@ -123,6 +129,7 @@ private:
         bool ready = false;                   // the worker ran its initializer
         bool stopping = false;                // shutdown frame sent
         bool exited = true;
+        std::uint32_t owner = 0;              // the worker's id in the arena (from its ready frame)
     };
 
     void service_locked();                      // one round of the dispatcher's work
@@ -132,6 +139,8 @@ private:
     void handle_zygote_locked();                // forked/exited reports
     void start_worker_locked(std::size_t slot);
     void worker_exited_locked(std::size_t slot, ExitStatus status);
+    void reclaim_locked(std::size_t slot) noexcept;  // frees the arena blocks a dead worker held
+    bool adopt_buffers_locked(std::size_t slot, FrameView const& f, std::vector<ArenaBlock>& out);
     void fail_all_locked(Completion::Kind kind, Bytes const& payload, ExitStatus status);
     void fail_task_locked(std::uint64_t task_id, Completion::Kind kind, ExitStatus status,
                           Bytes const& payload, std::uint32_t worker = 0);

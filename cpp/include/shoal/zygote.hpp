@@ -35,7 +35,7 @@ struct WorkerSpec {
 
 enum class ZygoteOp : std::uint32_t {
     open_executor = 1,  // driver -> zygote (control socket), 1 fd: the executor's socket
-    fork_worker = 2,    // executor -> zygote, 2 fds: memfd, doorbell eventfd
+    fork_worker = 2,    // executor -> zygote, 2 or 3 fds: memfd, doorbell eventfd, arena memfd
     import_modules = 3, // executor -> zygote, body: module names separated by '\n'
     kill_worker = 4,    // executor -> zygote: SIGKILL the worker in `slot`
     forked = 16,        // zygote -> executor: `pid` started in `slot`
@@ -65,7 +65,7 @@ public:
         enum Kind { fork, import_modules, exit } kind = exit;
         int executor = -1;                 // the executor socket it came from
         WorkerSpec spec{};
-        std::vector<Fd> fds;               // fork: memfd, doorbell eventfd
+        std::vector<Fd> fds;               // fork: memfd, doorbell eventfd [, arena memfd]
         std::vector<std::string> modules;  // import_modules
 
         Action() = default;

@@ -3,7 +3,7 @@ from shoalbench import spec
 
 __all__ = ["markdown", "plot", "ratios", "targets"]
 
-NOT_PEERS = {"serial", "shoal", "shoal[thread]"}  # never the "best peer"
+NOT_PEERS = {"serial", "shoal", "shoal[thread]", "shoal[direct]"}  # never the "best peer"
 
 
 def _index(records):
@@ -100,8 +100,11 @@ def targets(records, sizes=None):
     out[(w, "efficiency")] = verdict([(e >= 0.9, f"{e:.2f} (need >=0.9)") if e is not None
                                       else (None, "shoal has no result")])
     w = "big_args"
+    direct, mp = _ok(idx, w, "ms_per_task", "shoal[direct]"), _ok(idx, w, "ms_per_task", "mp_pool")
+    direct_check = ((mp / direct >= 5, f"shoal[direct] {mp / direct:.2g}x vs mp_pool (need >=5x)")
+                    if direct and mp else (None, "shoal[direct] or mp_pool has no result"))
     out[(w, "ms_per_task")] = verdict([vs(w, "ms_per_task", "mp_pool", 50),
-                                       vs(w, "ms_per_task", "joblib", 2)])
+                                       vs(w, "ms_per_task", "joblib", 2), direct_check])
     peak, array_mb = shoal(w, "peak_pss_mb"), sizes.get(w, {}).get("array_mb")
     if peak is None or not array_mb:
         out[(w, "peak_pss_mb")] = verdict([(None, "shoal has no result")])

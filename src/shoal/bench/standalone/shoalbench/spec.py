@@ -4,7 +4,7 @@
 # the default (the fairness rules in shoal/bench/runner.py say when one is added).
 PEERS = ("serial", "mp_pool", "mp_pool[spawn]", "cf_process", "cf_process[chunked]",
          "cf_thread", "joblib", "mpire", "ray", "dask")
-SHOAL = ("shoal", "shoal[thread]")
+SHOAL = ("shoal", "shoal[thread]", "shoal[direct]")
 ALL_SYSTEMS = PEERS + SHOAL
 
 _CORE = ("serial", "mp_pool", "cf_process", "joblib", "mpire", "ray", "dask", "shoal")
@@ -15,7 +15,7 @@ SYSTEMS = {
     "submit_throughput": _CORE,
     "map_tiny": _CORE[:3] + ("cf_process[chunked]",) + _CORE[3:],
     "map_cpu": _CORE,
-    "big_args": _CORE,
+    "big_args": _CORE + ("shoal[direct]",),
     "big_results": _CORE,
     "startup": ("serial", "mp_pool", "mp_pool[spawn]") + _CORE[2:],
     "worker_memory": _CORE,

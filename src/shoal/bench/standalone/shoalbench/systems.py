@@ -64,8 +64,14 @@ class System:
         """[fn(*a) for a in args_list] as independent tasks; default: submit them all, then wait."""
         return self.submit_all(fn, args_list)
 
+    def share(self, obj):
+        """Places a large object the way the library recommends for reading it in many tasks;
+        returns what ``map_shared`` takes. The caller then drops its own reference, so a
+        library that keeps only its shared copy holds the data once. Default: the object."""
+        return obj
+
     def map_shared(self, fn, shared, n):
-        """[fn(shared, i) for i in range(n)], sharing the large ``shared`` the recommended way."""
+        """[fn(shared, i) for i in range(n)], ``shared`` being what ``share`` returned."""
         return self.submit_all(fn, [(shared, i) for i in range(n)])
 
     def worker_pids(self, sleep_s=0.3):
@@ -317,12 +323,12 @@ class Ray(System):
         out = self.ray.get([rf.remote(fn, c) for c in _chunks(items, 4 * self.workers)])
         return [y for chunk in out for y in chunk]
 
+    def share(self, obj):
+        return self.ray.put(obj)  # one copy in the object store, read zero-copy by workers
+
     def map_shared(self, fn, shared, n):
-        ref = self.ray.put(shared)  # one copy in the object store, read zero-copy by workers
         rf = self._r(fn)
-        out = self.ray.get([rf.remote(ref, i) for i in range(n)])
-        del ref
-        return out
+        return self.ray.get([rf.remote(shared, i) for i in range(n)])
 
 
 class Dask(System):
@@ -360,11 +366,14 @@ class Dask(System):
 
         return db.from_sequence(items, npartitions=4 * self.workers).map(fn).compute()
 
+    def share(self, obj):
+        [shared_future] = self.client.scatter([obj], broadcast=True)
+        return shared_future
+
     def map_shared(self, fn, shared, n):
-        [shared_future] = self.client.scatter([shared], broadcast=True)
-        futures = self.client.map(fn, [shared_future] * n, range(n), pure=False)
+        futures = self.client.map(fn, [shared] * n, range(n), pure=False)
         out = self.client.gather(futures)
-        del futures, shared_future
+        del futures
         return out
 
 
@@ -393,6 +402,11 @@ class Shoal(_FuturesSystem):
         else:
             self.ex = shoal.Executor(max_workers=self.workers, backend=self.backend, **kwargs)
 
+    def share(self, obj):
+        import shoal
+
+        return shoal.share(obj)  # placed in the shared arena once; tasks get read-only views
+
     def worker_pids(self, sleep_s=0.3):
         super().worker_pids(sleep_s)  # same warm-up as the peers
         pids = self.ex.worker_pids()
@@ -406,8 +420,17 @@ class ShoalThread(Shoal):
     backend = "thread"
 
 
+class ShoalDirect(Shoal):
+    """The array passed as an ordinary argument (no shoal.share): copied into the arena per task."""
+
+    name = "shoal[direct]"
+
+    def share(self, obj):
+        return obj
+
+
 BY_NAME = {cls.name: cls for cls in (Serial, MpPool, MpPoolSpawn, CfProcess, CfProcessChunked,
-                                     CfThread, Joblib, Mpire, Ray, Dask, Shoal, ShoalThread)}
+                                     CfThread, Joblib, Mpire, Ray, Dask, Shoal, ShoalThread, ShoalDirect)}
 
 
 def make(name, workers):

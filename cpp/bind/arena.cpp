@@ -1,0 +1,137 @@
+// arena.cpp (binding) — shoal._core.Arena and shoal._core.Block.
+#include "arena.hpp"
+
+#include <cstring>
+#include <nanobind/stl/string.h>
+
+namespace nb = nanobind;
+using namespace shoal;
+
+namespace {
+
+int block_getbuffer(PyObject* self, Py_buffer* view, int flags) {
+    PyBlock* b = nb::inst_ptr<PyBlock>(self);
+    if (!b->arena) {
+        PyErr_SetString(PyExc_BufferError, "shoal: released block");
+        view->obj = nullptr;
+        return -1;
+    }
+    return PyBuffer_FillInfo(view, self, b->arena->data() + b->offset, static_cast<Py_ssize_t>(b->length),
+                             b->readonly ? 1 : 0, flags);
+}
+
+void block_releasebuffer(PyObject*, Py_buffer*) {}
+
+PyType_Slot block_slots[] = {
+    {Py_bf_getbuffer, reinterpret_cast<void*>(block_getbuffer)},
+    {Py_bf_releasebuffer, reinterpret_cast<void*>(block_releasebuffer)},
+    {0, nullptr}};
+
+nb::object new_block(PyBlock&& value) {
+    return nb::cast(new PyBlock(std::move(value)), nb::rv_policy::take_ownership);
+}
+
+/// A contiguous buffer of `obj` (released on scope exit).
+struct Buffer {
+    Py_buffer view{};
+    explicit Buffer(nb::handle obj) {
+        if (PyObject_GetBuffer(obj.ptr(), &view, PyBUF_ANY_CONTIGUOUS) != 0) throw nb::python_error();
+    }
+    ~Buffer() { PyBuffer_Release(&view); }
+    Buffer(Buffer const&) = delete;
+    Buffer& operator=(Buffer const&) = delete;
+};
+
+}  // namespace
+
+nb::object make_owned_block(ArenaBlock&& block, std::shared_ptr<Arena> const& arena, std::uint64_t length) {
+    PyBlock b;
+    b.offset = block.ref().offset;
+    b.length = length;
+    b.owned = std::move(block);
+    b.arena = arena;
+    b.readonly = false;
+    return new_block(std::move(b));
+}
+
+void bind_arena(nb::module_& m) {
+    nb::class_<PyBlock>(m, "Block", nb::type_slots(block_slots))
+        .def_ro("offset", &PyBlock::offset)
+        .def_ro("length", &PyBlock::length)
+        .def_ro("readonly", &PyBlock::readonly)
+        .def_prop_ro("owned", [](PyBlock const& b) { return b.owned.owned(); })
+        .def("detach", [](PyBlock& b) { b.owned.release(); },
+             "Stops owning the block without freeing it (it was handed to another process).")
+        .def("__len__", [](PyBlock const& b) { return b.length; })
+        .def("__repr__", [](PyBlock const& b) {
+            return "<shoal Block offset=" + std::to_string(b.offset) + " length=" + std::to_string(b.length) +
+                   (b.owned.owned() ? " owned" : "") + (b.readonly ? " readonly" : "") + ">";
+        });
+
+    nb::class_<PyArena>(m, "Arena")
+        .def_static("create",
+                    [](std::uint64_t limit_bytes, std::uint64_t keep_free_bytes) {
+                        Arena::Options o;
+                        o.limit_bytes = limit_bytes;
+                        o.keep_free_bytes = keep_free_bytes;
+                        auto* a = new PyArena;
+                        a->arena = std::make_shared<Arena>(Arena::create(o));
+                        a->owner = Arena::k_creator;
+                        return a;
+                    },
+                    nb::arg("limit_bytes") = 0, nb::arg("keep_free_bytes") = std::uint64_t{256} << 20,
+                    nb::rv_policy::take_ownership)
+        .def_prop_ro("fd", [](PyArena const& a) { return a.arena->fd(); })
+        .def_prop_ro("owner", [](PyArena const& a) { return a.owner; })
+        .def_prop_ro("limit_bytes", [](PyArena const& a) { return a.arena->limit_bytes(); })
+        .def_prop_ro("used_bytes", [](PyArena const& a) { return a.arena->used_bytes(); })
+        .def_prop_ro("file_bytes", [](PyArena const& a) { return a.arena->file_bytes(); })
+        .def("allocate",
+             [](PyArena& a, std::uint64_t nbytes) {
+                 std::uint64_t off;
+                 {
+                     nb::gil_scoped_release release;
+                     off = a.arena->allocate(nbytes, a.owner);
+                 }
+                 return make_owned_block(ArenaBlock(a.arena, {off, nbytes}, a.owner), a.arena, nbytes);
+             },
+             nb::arg("nbytes"), "A new writable block of `nbytes` bytes, freed when garbage collected.")
+        .def("copy_in",
+             [](PyArena& a, nb::handle obj) {
+                 Buffer buf(obj);
+                 auto const n = static_cast<std::uint64_t>(buf.view.len);
+                 std::uint64_t off;
+                 {
+                     nb::gil_scoped_release release;
+                     off = a.arena->allocate(n, a.owner);
+                     std::memcpy(a.arena->data() + off, buf.view.buf, n);
+                 }
+                 return make_owned_block(ArenaBlock(a.arena, {off, n}, a.owner), a.arena, n);
+             },
+             nb::arg("buffer"), "A new block holding a copy of a contiguous buffer.")
+        .def("view",
+             [](PyArena& a, std::uint64_t offset, std::uint64_t length, bool readonly) {
+                 if (!a.arena->contains(offset, length))
+                     throw nb::value_error("shoal: a buffer reference outside the arena");
+                 PyBlock b;
+                 b.arena = a.arena;
+                 b.offset = offset;
+                 b.length = length;
+                 b.readonly = readonly;
+                 return new_block(std::move(b));
+             },
+             nb::arg("offset"), nb::arg("length"), nb::arg("readonly") = true,
+             "A view of bytes another process placed in the arena (checked; not owned).")
+        .def("locate",
+             [](PyArena& a, nb::handle obj) -> std::int64_t {
+                 Buffer buf(obj);
+                 std::int64_t off = a.arena->offset_of(buf.view.buf);
+                 if (off < 0 || !a.arena->contains(static_cast<std::uint64_t>(off),
+                                                   static_cast<std::uint64_t>(buf.view.len)))
+                     return -1;
+                 return off;
+             },
+             nb::arg("buffer"), "The offset of a contiguous buffer that lies in the arena, else -1.");
+
+    nb::exception<ArenaFull>(m, "ArenaFull", PyExc_MemoryError);
+}

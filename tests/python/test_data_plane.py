@@ -1,0 +1,327 @@
+"""The data plane: large buffers through the shared arena, shoal.share, lifetime and limits.
+
+Bodies that can run under every backend take the `executor` fixture (serial, thread,
+process); what only a process pool has (the arena's accounting, worker deaths, the limit)
+runs on processes."""
+
+import gc
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import shoal
+from shoal import _arena, _core
+
+from helpers import SRC, wait_until
+
+MB = 1 << 20
+
+
+# ---------------------------------------------------------------- tasks
+
+def identity(x):
+    return x
+
+
+def describe(x):
+    """What a worker sees: type, writability and content checksum."""
+    if isinstance(x, np.ndarray):
+        return ("ndarray", bool(x.flags.writeable), x.dtype.str, x.shape, float(np.asarray(x, float).sum()))
+    return (type(x).__name__, None, None, None, None)
+
+
+def try_write(a):
+    try:
+        a[0] = 42
+    except ValueError as exc:
+        return f"refused: {exc}"
+    return "written"
+
+
+def total(a, offset=0):
+    return float(a.sum()) + offset
+
+
+def make_array(nbytes, value):
+    return np.full(nbytes // 8, float(value))
+
+
+def frame_of(df):
+    return df.assign(c=df["a"] * 2)
+
+
+def crash_while_returning(nbytes):
+    """Places a large result in the arena, then dies while pickling the rest of it."""
+
+    class Killer:
+        def __reduce__(self):
+            os._exit(3)
+
+    return (np.ones(nbytes // 8), Killer())
+
+
+def used_bytes():
+    return _arena.arena().used_bytes
+
+
+def resident_bytes():
+    return os.fstat(_arena.arena().fd).st_blocks * 512
+
+
+# ------------------------------------------------------------ every backend
+
+VALUES = {
+    "contiguous": lambda: np.arange(300_000, dtype=np.float64),
+    "fortran": lambda: np.asfortranarray(np.arange(200_000, dtype=np.int32).reshape(400, 500)),
+    "strided": lambda: np.arange(400_000, dtype=np.float64)[::3],
+    "small": lambda: np.arange(10, dtype=np.int16),
+    "object": lambda: np.array([{"k": i} for i in range(20_000)], dtype=object),
+    "bytes": lambda: bytes(range(256)) * 1000,
+    "bytearray": lambda: bytearray(b"xyz" * 50_000),
+    "memoryview": lambda: memoryview(np.arange(50_000, dtype=np.float64).tobytes()).cast("d"),
+    "dict": lambda: {"a": np.ones(100_000), "b": np.zeros((300, 300)), "meta": [1, "two"]},
+}
+
+
+def assert_same(a, b):
+    if isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
+        assert (a == b).all()
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, memoryview):
+        assert isinstance(b, memoryview) and a.format == b.format and a.shape == b.shape
+        assert a.tobytes() == b.tobytes()
+    else:
+        assert type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize("kind", sorted(VALUES))
+def test_argument_and_result_round_trip(executor, kind):
+    value = VALUES[kind]()
+    assert_same(value, executor.submit(identity, value).result(timeout=30))
+
+
+@pytest.mark.parametrize("kind", ["contiguous", "strided", "bytes", "dict"])
+def test_map_items_with_large_buffers(executor, kind):
+    values = [VALUES[kind]() for _ in range(5)]
+    for got, want in zip(executor.map(identity, values), values):
+        assert_same(want, got)
+
+
+def test_large_result_is_an_ordinary_writable_array(executor):
+    a = executor.submit(make_array, 8 * MB, 7).result(timeout=30)
+    assert a.flags.writeable and a.shape == (MB,) and a[0] == 7
+    a[0] = 1  # the caller may keep and change it
+    b = a.copy()
+    del a
+    gc.collect()
+    assert b[0] == 1 and b[1] == 7
+
+
+def test_pandas_dataframe(executor):
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"a": np.arange(100_000), "s": ["x"] * 100_000})
+    out = executor.submit(frame_of, df).result(timeout=30)
+    assert (out["c"] == df["a"] * 2).all() and (out["s"] == "x").all()
+
+
+def test_shared_array_is_a_read_only_view_in_tasks(executor):
+    a = np.arange(1_000_000, dtype=np.float64)
+    h = shoal.share(a)
+    assert isinstance(h, shoal.Shared) and h.nbytes == a.nbytes
+    assert describe(h.value) == describe(a)[:1] + (False,) + describe(a)[2:]
+    assert executor.submit(describe, h).result(timeout=30) == ("ndarray", False, "<f8", a.shape, float(a.sum()))
+    assert executor.submit(try_write, h).result(timeout=30).startswith("refused")
+    assert executor.submit(total, a=h, offset=1).result(timeout=30) == float(a.sum()) + 1
+    assert list(executor.map(total, [h] * 6, range(6))) == [float(a.sum()) + i for i in range(6)]
+    assert list(executor.starmap(total, [(h, 2)] * 3)) == [float(a.sum()) + 2] * 3
+
+
+def test_shared_dict_of_arrays(executor):
+    d = {"x": np.ones(200_000), "y": np.arange(10)}
+    h = shoal.share(d)
+    out = executor.submit(identity, h).result(timeout=30)
+    assert_same(d, out)
+
+
+def test_share_of_a_handle_is_the_handle():
+    h = shoal.share(np.ones(100_000))
+    assert shoal.share(h) is h
+
+
+def test_share_of_unpicklable_fails_at_once():
+    import threading
+
+    with pytest.raises(TypeError, match="pickle"):
+        shoal.share({"lock": threading.Lock(), "a": np.ones(100_000)})
+
+
+# ------------------------------------------------------------ processes only
+
+@pytest.fixture
+def pool(make_process_executor):
+    ex = make_process_executor(max_workers=2)
+    ex.submit(identity, 0).result(timeout=30)
+    return ex
+
+
+def test_arguments_and_results_leave_no_blocks_behind(pool):
+    gc.collect()
+    before = used_bytes()
+    a = np.ones(4 * MB // 8)
+    for r in pool.map(total, [a] * 10, range(10)):
+        pass
+    results = [pool.submit(make_array, 2 * MB, i).result(timeout=30) for i in range(5)]
+    assert used_bytes() >= before + 5 * 2 * MB  # the results live in the arena
+    del results, r
+    gc.collect()
+    assert wait_until(lambda: used_bytes() == before, timeout=10), (used_bytes(), before)
+
+
+def test_shared_handle_memory_is_freed_when_collected_and_unused(pool):
+    gc.collect()
+    before = used_bytes()
+    h = shoal.share(np.ones(8 * MB // 8))
+    assert used_bytes() == before + 8 * MB
+    fut = pool.submit(total, h)
+    del h
+    gc.collect()
+    assert fut.result(timeout=30) == 8 * MB // 8
+    gc.collect()
+    assert wait_until(lambda: used_bytes() == before, timeout=10)
+
+
+def test_dead_workers_blocks_are_reclaimed(make_process_executor):
+    ex = make_process_executor(max_workers=2, retries=0)
+    ex.submit(identity, 0).result(timeout=30)
+    gc.collect()
+    before = used_bytes()
+    with pytest.raises(shoal.WorkerCrashedError):
+        ex.submit(crash_while_returning, 16 * MB).result(timeout=30)
+    assert wait_until(lambda: used_bytes() == before, timeout=10), (used_bytes(), before)
+    assert ex.submit(total, np.ones(MB)).result(timeout=30) == MB  # still working
+
+
+def test_in_band_when_disabled(make_process_executor):
+    ex = make_process_executor(max_workers=1, buffer_threshold=None)
+    a = np.arange(500_000)
+    assert (ex.submit(identity, a).result(timeout=30) == a).all()
+
+
+def test_small_threshold_sends_small_buffers_through_the_arena(make_process_executor):
+    ex = make_process_executor(max_workers=1, buffer_threshold=0)
+    a = np.arange(100)
+    assert (ex.submit(identity, a).result(timeout=30) == a).all()
+    out = ex.submit(identity, a).result(timeout=30)
+    assert _arena.arena().locate(memoryview(out).cast("B")) >= 0  # a view of the arena
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "64K", True])
+def test_bad_threshold_is_rejected(bad):
+    with pytest.raises(ValueError, match="buffer_threshold"):
+        shoal.Executor(1, buffer_threshold=bad)
+
+
+def test_references_outside_the_arena_are_refused():
+    a = _arena.arena()
+    with pytest.raises(ValueError, match="outside the arena"):
+        a.view(a.limit_bytes - 8, 64)
+    with pytest.raises(ValueError, match="outside the arena"):
+        a.view(2**63, 1)
+    assert a.locate(bytearray(100)) == -1
+
+
+def run_driver(code, timeout=120):
+    env = dict(os.environ, PYTHONPATH=SRC)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.mark.timeout(180)
+def test_limit_is_a_clear_error_and_nothing_hangs():
+    out = run_driver("""
+        import numpy as np, shoal
+        def make(n): return np.ones(n // 8)
+        def total(a): return float(a.sum())
+        shoal.set_arena_limit("64M")
+        with shoal.Executor(2) as ex:
+            try:
+                ex.submit(total, np.ones(100 * 2**20 // 8))
+            except shoal.ArenaFull as e:
+                print("caller:", e)
+            try:
+                ex.submit(make, 100 * 2**20).result(timeout=60)
+            except shoal.ArenaFull as e:
+                print("worker:", e)
+            try:
+                shoal.share(np.ones(80 * 2**20 // 8))
+            except MemoryError as e:
+                print("share:", type(e).__name__)
+            print("after:", ex.submit(total, np.ones(2**20)).result(timeout=60))
+        """)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("caller:") and "64 MiB" in lines[0], out.stdout
+    assert lines[1].startswith("worker:") and "64 MiB" in lines[1], out.stdout
+    assert lines[2] == "share: ArenaFull", out.stdout
+    assert lines[3] == "after: 1048576.0", out.stdout
+
+
+def test_set_arena_limit_after_first_use_is_an_error():
+    _arena.arena()
+    with pytest.raises(RuntimeError, match="already exists"):
+        shoal.set_arena_limit(_arena.arena().limit_bytes // 2)
+    with pytest.raises(ValueError):
+        shoal.set_arena_limit(0)
+
+
+@pytest.mark.timeout(180)
+def test_no_file_left_in_dev_shm_after_a_killed_driver():
+    before = set(os.listdir("/dev/shm"))
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, numpy as np, shoal
+        def total(a): return float(a.sum())
+        ex = shoal.Executor(2)
+        h = shoal.share(np.ones(2**20))
+        print(ex.submit(total, h).result(timeout=60), flush=True)
+        sys.stdin.read()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=SRC), text=True)
+    try:
+        assert proc.stdout.readline().strip() == "1048576.0"
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert set(os.listdir("/dev/shm")) <= before
+
+
+@pytest.mark.timeout(600)
+def test_ten_thousand_tasks_moving_ten_megabytes_leave_memory_flat(pool):
+    """Each task takes a 10 MB array (copied into the arena) and returns a 10 MB array (placed
+    by the worker, adopted by the caller): 200 GB through the arena in all."""
+    import psutil
+
+    a = np.ones(10 * MB // 8)
+    me = psutil.Process()
+
+    def rounds(n):
+        for r in pool.map(identity, (a for _ in range(n))):
+            assert r.shape == a.shape
+
+    rounds(500)
+    gc.collect()
+    used, resident, rss = used_bytes(), resident_bytes(), me.memory_info().rss
+    rounds(9500)
+    gc.collect()
+    assert wait_until(lambda: used_bytes() == used, timeout=10), (used_bytes(), used)
+    # Freed pages are kept for reuse up to a bound, never accumulated.
+    assert resident_bytes() <= max(resident, 256 * MB) + 64 * MB, (resident_bytes(), resident)
+    assert me.memory_info().rss <= rss + 64 * MB, (me.memory_info().rss, rss)
