@@ -3,14 +3,17 @@
 // The zygote is this test binary started again with --shoal-test-zygote (so it has its own
 // main()): a C++ stand-in for the Python zygote that runs ZygoteServer and forks workers
 // whose WorkerChannel echoes task payloads back as result frames. Task payloads can also
-// ask the worker to exit or to be killed, to exercise retries.
+// ask the worker to exit or to be killed, to exercise retries, and to return buffers through
+// the arena (or die holding them, or forge a reference).
 #include "shoal/frame.hpp"
 #include "shoal/pool.hpp"
 #include "shoal/worker.hpp"
 
 #include "support.hpp"
 
+#include <algorithm>
 #include <climits>
+#include <cstring>
 #include <map>
 #include <set>
 #include <string>
@@ -33,6 +36,12 @@ std::span<std::byte const> bytes_of(std::string const& s) {
 
 [[noreturn]] void worker_main(WorkerSpec const& spec, std::vector<Fd> fds) {
     WorkerChannel ch(spec, std::move(fds.at(0)), std::move(fds.at(1)));
+    std::unique_ptr<Arena> arena;
+    std::uint32_t owner = 0;
+    if (fds.size() > 2) {
+        arena = std::make_unique<Arena>(Arena::attach(std::move(fds[2])));
+        owner = arena->register_owner();
+    }
     Bytes msg;
     for (;;) {
         if (!ch.recv(msg, -1)) ::_exit(10);
@@ -47,7 +56,7 @@ std::span<std::byte const> bytes_of(std::string const& s) {
                     ch.send(encode_frame(FrameKind::init_failed, 0, 0, 0, 0, f.payload));
                     ::_exit(1);
                 }
-                ch.send(encode_frame(FrameKind::ready, 0, 0, 0, 0, {}));
+                ch.send(encode_frame(FrameKind::ready, 0, 0, owner, 0, {}));
                 break;
             case FrameKind::task: {
                 std::int64_t start = now_ns();
@@ -57,6 +66,35 @@ std::span<std::byte const> bytes_of(std::string const& s) {
                     std::this_thread::sleep_for(std::chrono::milliseconds(std::stoi(payload.substr(6))));
                 if (payload.rfind("print:", 0) == 0)
                     ch.send(encode_frame(FrameKind::output, 1, 0, 0, 0, bytes_of(payload.substr(6))));
+                if (payload.rfind("arena", 0) == 0 && arena) {
+                    // arena:N returns N bytes of 0x5A by reference; arena-kill:N dies holding
+                    // them; arena-forge:OFF refers to a block it does not own.
+                    auto colon = payload.find(':');
+                    std::uint64_t n = std::stoull(payload.substr(colon + 1));
+                    BufferRef ref{};
+                    if (payload.rfind("arena-forge:", 0) == 0) {
+                        ref = {n, 1};
+                    } else {
+                        ref = {arena->allocate(n, owner), n};
+                        std::memset(arena->data() + ref.offset, 0x5A, n);
+                        if (payload.rfind("arena-kill:", 0) == 0) ::raise(SIGKILL);
+                    }
+                    ch.send(encode_frame(FrameKind::result, 0, f.header.task_id, 0, f.header.count, f.payload,
+                                         std::span<BufferRef const>(&ref, 1)));
+                    break;
+                }
+                if (payload == "sum-refs" && arena) {  // the task's buffers, summed byte by byte
+                    std::uint64_t sum = 0;
+                    for (std::size_t i = 0; i < f.header.buffers; ++i) {
+                        BufferRef r = f.ref(i);
+                        if (!arena->contains(r.offset, r.length)) ::_exit(12);
+                        for (std::uint64_t k = 0; k < r.length; ++k)
+                            sum += static_cast<std::uint8_t>(arena->data()[r.offset + k]);
+                    }
+                    std::string out = std::to_string(sum);
+                    ch.send(encode_frame(FrameKind::result, 0, f.header.task_id, 0, f.header.count, bytes_of(out)));
+                    break;
+                }
                 auto elapsed = static_cast<std::uint64_t>(now_ns() - start);
                 ch.send(encode_frame(FrameKind::result, 0, f.header.task_id, elapsed, f.header.count, f.payload));
                 break;
@@ -165,6 +203,93 @@ void close_and_join(Pool& pool) {
 
 }  // namespace
 
+std::shared_ptr<Arena> small_arena() {
+    Arena::Options o;
+    o.limit_bytes = 256u << 20;
+    return std::make_shared<Arena>(Arena::create(o));
+}
+
+TEST(PoolArena, ResultBuffersBecomeTheDriversAndAreFreedWithTheCompletion) {
+    auto zygote = start_zygote();
+    auto arena = small_arena();
+    auto o = options(2);
+    o.arena = arena;
+    Pool pool(*zygote, o);
+    pool.submit(1, 0, 1, bytes_of("arena:1000000"));
+    {
+        auto all = collect(pool, 30'000 * k_ms, [](auto const& a) { return !a.empty(); });
+        ASSERT_EQ(all.size(), 1u);
+        ASSERT_EQ(all[0].kind, Completion::result);
+        ASSERT_EQ(all[0].buffers.size(), 1u);
+        auto const& b = all[0].buffers[0];
+        EXPECT_EQ(b.ref().length, 1000000u);
+        auto const* p = reinterpret_cast<std::uint8_t const*>(b.data());
+        EXPECT_TRUE(std::all_of(p, p + 1000000, [](std::uint8_t v) { return v == 0x5A; }));
+        EXPECT_GE(arena->used_bytes(), 1000000u);
+    }
+    EXPECT_EQ(arena->used_bytes(), 0u);  // the completion owned the block
+    pool.close(false);
+    pool.join(10'000 * k_ms);
+}
+
+TEST(PoolArena, TaskBuffersReachTheWorker) {
+    auto zygote = start_zygote();
+    auto arena = small_arena();
+    auto o = options(1);
+    o.arena = arena;
+    Pool pool(*zygote, o);
+    auto off = arena->allocate(300000, Arena::k_creator);
+    std::memset(arena->data() + off, 2, 300000);
+    BufferRef refs[2] = {{off, 300000}, {off + 1000, 10}};
+    pool.submit(1, 0, 1, bytes_of("sum-refs"), refs);
+    auto all = collect(pool, 30'000 * k_ms, [](auto const& a) { return !a.empty(); });
+    ASSERT_EQ(all.size(), 1u);
+    ASSERT_EQ(all[0].kind, Completion::result);
+    EXPECT_EQ(text_of(std::span<std::byte const>(all[0].payload).subspan(all[0].payload_offset)),
+              std::to_string(2 * (300000 + 10)));
+    pool.close(false);
+    pool.join(10'000 * k_ms);
+}
+
+TEST(PoolArena, BlocksOfAWorkerKilledWhileHoldingThemAreReclaimed) {
+    auto zygote = start_zygote();
+    auto arena = small_arena();
+    auto o = options(1);
+    o.arena = arena;
+    o.scheduler.retries = 0;
+    Pool pool(*zygote, o);
+    pool.submit(1, 0, 1, bytes_of("arena-kill:5000000"));
+    auto all = collect(pool, 30'000 * k_ms, [](auto const& a) { return !a.empty(); });
+    ASSERT_EQ(all.size(), 1u);
+    EXPECT_EQ(all[0].kind, Completion::crashed);
+    EXPECT_EQ(arena->used_bytes(), 0u);
+    pool.submit(2, 0, 1, bytes_of("arena:100"));  // the replacement works
+    auto more = collect(pool, 30'000 * k_ms, [](auto const& a) { return !a.empty(); });
+    ASSERT_EQ(more.size(), 1u);
+    EXPECT_EQ(more[0].kind, Completion::result);
+    pool.close(false);
+    pool.join(10'000 * k_ms);
+}
+
+TEST(PoolArena, AForgedReferenceIsTreatedAsACrash) {
+    auto zygote = start_zygote();
+    auto arena = small_arena();
+    auto o = options(1);
+    o.arena = arena;
+    o.scheduler.retries = 0;
+    Pool pool(*zygote, o);
+    auto mine = arena->allocate(Arena::k_page, Arena::k_creator);
+    std::memset(arena->data() + mine, 7, 16);
+    pool.submit(1, 0, 1, bytes_of("arena-forge:" + std::to_string(mine)));
+    auto all = collect(pool, 30'000 * k_ms, [](auto const& a) { return !a.empty(); });
+    ASSERT_EQ(all.size(), 1u);
+    EXPECT_EQ(all[0].kind, Completion::crashed);  // killed for the garbage, not retried
+    EXPECT_EQ(arena->used_bytes(), Arena::k_page);  // the driver's block is still the driver's
+    EXPECT_TRUE(arena->free(mine, Arena::k_creator));
+    pool.close(false);
+    pool.join(10'000 * k_ms);
+}
+
 TEST(Pool, TenThousandTasksAllComeBack) {
     auto zygote = start_zygote();
     Pool pool(*zygote, options(2));
@@ -211,7 +336,7 @@ TEST(Pool, KilledWorkerIsReplacedAndItsTasksRetried) {
     ASSERT_GE(first.size(), 4u);
     ::kill(static_cast<pid_t>(pids[0]), SIGKILL);
     auto rest = collect(pool, 30'000 * k_ms, [&](auto const& a) { return first.size() + a.size() >= 40; });
-    first.insert(first.end(), rest.begin(), rest.end());
+    first.insert(first.end(), std::make_move_iterator(rest.begin()), std::make_move_iterator(rest.end()));
     EXPECT_EQ(count_kind(first, Completion::result), 40u) << "crashed: " << count_kind(first, Completion::crashed);
     std::set<std::uint64_t> ids;
     for (auto const& c : first) EXPECT_TRUE(ids.insert(c.task_id).second) << "task " << c.task_id << " twice";
