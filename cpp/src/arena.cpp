@@ -67,6 +67,25 @@ std::atomic<std::uint64_t>& Arena::word(std::uint64_t page) const noexcept {
     return reinterpret_cast<std::atomic<std::uint64_t>*>(m_base + k_header_bytes)[page];
 }
 
+Arena Arena::map(Fd fd, std::uint64_t data_offset, std::uint64_t limit_pages, std::uint64_t grow_pages,
+                 std::uint64_t keep_free_pages, std::uint64_t file_bytes) {
+    // The whole limit is mapped (address space only); pages exist as the file grows.
+    std::size_t const map_bytes = data_offset + limit_pages * k_page;
+    void* p = ::mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd.get(), 0);
+    if (p == MAP_FAILED) throw_errno("mmap(arena)");
+    Arena a;
+    a.m_fd = std::move(fd);
+    a.m_base = static_cast<std::byte*>(p);
+    a.m_map_bytes = map_bytes;
+    a.m_data = a.m_base + data_offset;
+    a.m_data_offset = data_offset;
+    a.m_limit_pages = limit_pages;
+    a.m_grow_pages = grow_pages;
+    a.m_keep_free_pages = keep_free_pages;
+    a.m_known_file.store(file_bytes);
+    return a;
+}
+
 Arena Arena::create(Options options) {
     std::uint64_t limit = options.limit_bytes;
     if (limit == 0) {
@@ -83,20 +102,8 @@ Arena Arena::create(Options options) {
     if (::ftruncate(fd.get(), static_cast<off_t>(data_offset)) != 0) throw_errno("ftruncate");
     // It may grow, never shrink: a peer cannot pull pages from under a live view.
     if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) != 0) throw_errno("fcntl(F_ADD_SEALS)");
-    std::size_t const map_bytes = data_offset + limit_pages * k_page;
-    void* p = ::mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd.get(), 0);
-    if (p == MAP_FAILED) throw_errno("mmap(arena)");
-
-    Arena a;
-    a.m_fd = std::move(fd);
-    a.m_base = static_cast<std::byte*>(p);
-    a.m_map_bytes = map_bytes;
-    a.m_data = a.m_base + data_offset;
-    a.m_data_offset = data_offset;
-    a.m_limit_pages = limit_pages;
-    a.m_grow_pages = std::max<std::uint64_t>(1, options.grow_bytes / k_page);
-    a.m_keep_free_pages = options.keep_free_bytes / k_page;
-    a.m_known_file.store(data_offset);
+    Arena a = map(std::move(fd), data_offset, limit_pages, std::max<std::uint64_t>(1, options.grow_bytes / k_page),
+                  options.keep_free_bytes / k_page, data_offset);
     auto* h = new (a.m_base) Header{};
     h->magic = k_magic;
     h->page = k_page;
@@ -124,20 +131,7 @@ Arena Arena::attach(Fd fd) {
     if (magic != k_magic || page != k_page || limit_pages == 0 || limit_pages > (std::uint64_t{1} << 36) ||
         data_offset != data_offset_for(limit_pages) || grow == 0)
         throw std::runtime_error("Arena::attach: not a shoal arena");
-    std::size_t const map_bytes = data_offset + limit_pages * k_page;
-    void* p = ::mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd.get(), 0);
-    if (p == MAP_FAILED) throw_errno("mmap(arena)");
-    Arena a;
-    a.m_fd = std::move(fd);
-    a.m_base = static_cast<std::byte*>(p);
-    a.m_map_bytes = map_bytes;
-    a.m_data = a.m_base + data_offset;
-    a.m_data_offset = data_offset;
-    a.m_limit_pages = limit_pages;
-    a.m_grow_pages = grow;
-    a.m_keep_free_pages = keep;
-    a.m_known_file.store(static_cast<std::uint64_t>(st.st_size));
-    return a;
+    return map(std::move(fd), data_offset, limit_pages, grow, keep, static_cast<std::uint64_t>(st.st_size));
 }
 
 Arena::Arena(Arena&& o) noexcept { *this = std::move(o); }

@@ -203,91 +203,74 @@ void close_and_join(Pool& pool) {
 
 }  // namespace
 
-std::shared_ptr<Arena> small_arena() {
-    Arena::Options o;
-    o.limit_bytes = 256u << 20;
-    return std::make_shared<Arena>(Arena::create(o));
-}
+/// A pool whose workers share an arena with the test (closed and joined on scope exit).
+struct ArenaPool {
+    std::unique_ptr<ZygoteClient> zygote = start_zygote();
+    std::shared_ptr<Arena> arena;
+    std::unique_ptr<Pool> pool;
+
+    explicit ArenaPool(std::size_t workers, unsigned retries = 2) {
+        Arena::Options ao;
+        ao.limit_bytes = 256u << 20;
+        arena = std::make_shared<Arena>(Arena::create(ao));
+        auto o = options(workers);
+        o.arena = arena;
+        o.scheduler.retries = retries;
+        pool = std::make_unique<Pool>(*zygote, o);
+    }
+    ~ArenaPool() {
+        pool->close(false);
+        pool->join(10'000 * k_ms);
+    }
+    /// Submits one task and waits for its completion.
+    Completion run(std::uint64_t id, std::string const& payload, std::span<BufferRef const> refs = {}) {
+        pool->submit(id, 0, 1, bytes_of(payload), refs);
+        auto all = collect(*pool, 30'000 * k_ms, [](auto const& a) { return !a.empty(); });
+        EXPECT_EQ(all.size(), 1u);
+        return all.empty() ? Completion{} : std::move(all[0]);
+    }
+};
 
 TEST(PoolArena, ResultBuffersBecomeTheDriversAndAreFreedWithTheCompletion) {
-    auto zygote = start_zygote();
-    auto arena = small_arena();
-    auto o = options(2);
-    o.arena = arena;
-    Pool pool(*zygote, o);
-    pool.submit(1, 0, 1, bytes_of("arena:1000000"));
+    ArenaPool ap(2);
     {
-        auto all = collect(pool, 30'000 * k_ms, [](auto const& a) { return !a.empty(); });
-        ASSERT_EQ(all.size(), 1u);
-        ASSERT_EQ(all[0].kind, Completion::result);
-        ASSERT_EQ(all[0].buffers.size(), 1u);
-        auto const& b = all[0].buffers[0];
+        Completion c = ap.run(1, "arena:1000000");
+        ASSERT_EQ(c.kind, Completion::result);
+        ASSERT_EQ(c.buffers.size(), 1u);
+        auto const& b = c.buffers[0];
         EXPECT_EQ(b.ref().length, 1000000u);
         auto const* p = reinterpret_cast<std::uint8_t const*>(b.data());
         EXPECT_TRUE(std::all_of(p, p + 1000000, [](std::uint8_t v) { return v == 0x5A; }));
-        EXPECT_GE(arena->used_bytes(), 1000000u);
+        EXPECT_GE(ap.arena->used_bytes(), 1000000u);
     }
-    EXPECT_EQ(arena->used_bytes(), 0u);  // the completion owned the block
-    pool.close(false);
-    pool.join(10'000 * k_ms);
+    EXPECT_EQ(ap.arena->used_bytes(), 0u);  // the completion owned the block
 }
 
 TEST(PoolArena, TaskBuffersReachTheWorker) {
-    auto zygote = start_zygote();
-    auto arena = small_arena();
-    auto o = options(1);
-    o.arena = arena;
-    Pool pool(*zygote, o);
-    auto off = arena->allocate(300000, Arena::k_creator);
-    std::memset(arena->data() + off, 2, 300000);
+    ArenaPool ap(1);
+    auto off = ap.arena->allocate(300000, Arena::k_creator);
+    std::memset(ap.arena->data() + off, 2, 300000);
     BufferRef refs[2] = {{off, 300000}, {off + 1000, 10}};
-    pool.submit(1, 0, 1, bytes_of("sum-refs"), refs);
-    auto all = collect(pool, 30'000 * k_ms, [](auto const& a) { return !a.empty(); });
-    ASSERT_EQ(all.size(), 1u);
-    ASSERT_EQ(all[0].kind, Completion::result);
-    EXPECT_EQ(text_of(std::span<std::byte const>(all[0].payload).subspan(all[0].payload_offset)),
+    Completion c = ap.run(1, "sum-refs", refs);
+    ASSERT_EQ(c.kind, Completion::result);
+    EXPECT_EQ(text_of(std::span<std::byte const>(c.payload).subspan(c.payload_offset)),
               std::to_string(2 * (300000 + 10)));
-    pool.close(false);
-    pool.join(10'000 * k_ms);
 }
 
 TEST(PoolArena, BlocksOfAWorkerKilledWhileHoldingThemAreReclaimed) {
-    auto zygote = start_zygote();
-    auto arena = small_arena();
-    auto o = options(1);
-    o.arena = arena;
-    o.scheduler.retries = 0;
-    Pool pool(*zygote, o);
-    pool.submit(1, 0, 1, bytes_of("arena-kill:5000000"));
-    auto all = collect(pool, 30'000 * k_ms, [](auto const& a) { return !a.empty(); });
-    ASSERT_EQ(all.size(), 1u);
-    EXPECT_EQ(all[0].kind, Completion::crashed);
-    EXPECT_EQ(arena->used_bytes(), 0u);
-    pool.submit(2, 0, 1, bytes_of("arena:100"));  // the replacement works
-    auto more = collect(pool, 30'000 * k_ms, [](auto const& a) { return !a.empty(); });
-    ASSERT_EQ(more.size(), 1u);
-    EXPECT_EQ(more[0].kind, Completion::result);
-    pool.close(false);
-    pool.join(10'000 * k_ms);
+    ArenaPool ap(1, /*retries=*/0);
+    EXPECT_EQ(ap.run(1, "arena-kill:5000000").kind, Completion::crashed);
+    EXPECT_EQ(ap.arena->used_bytes(), 0u);
+    EXPECT_EQ(ap.run(2, "arena:100").kind, Completion::result);  // the replacement works
 }
 
 TEST(PoolArena, AForgedReferenceIsTreatedAsACrash) {
-    auto zygote = start_zygote();
-    auto arena = small_arena();
-    auto o = options(1);
-    o.arena = arena;
-    o.scheduler.retries = 0;
-    Pool pool(*zygote, o);
-    auto mine = arena->allocate(Arena::k_page, Arena::k_creator);
-    std::memset(arena->data() + mine, 7, 16);
-    pool.submit(1, 0, 1, bytes_of("arena-forge:" + std::to_string(mine)));
-    auto all = collect(pool, 30'000 * k_ms, [](auto const& a) { return !a.empty(); });
-    ASSERT_EQ(all.size(), 1u);
-    EXPECT_EQ(all[0].kind, Completion::crashed);  // killed for the garbage, not retried
-    EXPECT_EQ(arena->used_bytes(), Arena::k_page);  // the driver's block is still the driver's
-    EXPECT_TRUE(arena->free(mine, Arena::k_creator));
-    pool.close(false);
-    pool.join(10'000 * k_ms);
+    ArenaPool ap(1, /*retries=*/0);
+    auto mine = ap.arena->allocate(Arena::k_page, Arena::k_creator);
+    // Killed for the garbage, not retried; the driver's block is still the driver's.
+    EXPECT_EQ(ap.run(1, "arena-forge:" + std::to_string(mine)).kind, Completion::crashed);
+    EXPECT_EQ(ap.arena->used_bytes(), Arena::k_page);
+    EXPECT_TRUE(ap.arena->free(mine, Arena::k_creator));
 }
 
 TEST(Pool, TenThousandTasksAllComeBack) {

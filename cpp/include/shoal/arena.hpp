@@ -92,6 +92,8 @@ public:
 
 private:
     struct Header;
+    static Arena map(Fd fd, std::uint64_t data_offset, std::uint64_t limit_pages, std::uint64_t grow_pages,
+                     std::uint64_t keep_free_pages, std::uint64_t file_bytes);
     Header* header() const noexcept { return reinterpret_cast<Header*>(m_base); }
     std::atomic<std::uint64_t>& word(std::uint64_t page) const noexcept;
     void grow_to(std::uint64_t end_page);
