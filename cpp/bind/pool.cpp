@@ -33,11 +33,14 @@ void bind_pool(nb::module_& m) {
              [](Pool* self, ZygoteClient& zygote, std::size_t workers, unsigned retries,
                 std::uint64_t max_items_per_worker, std::vector<std::string> preload,
                 std::int64_t spin_ns, std::size_t task_ring_bytes, std::size_t result_ring_bytes,
-                nb::bytes init_payload, std::vector<std::string> warm, PyArena* arena) {
+                nb::bytes init_payload, std::vector<std::string> warm, PyArena* arena,
+                std::uint32_t concurrency) {
                  PoolOptions o;
                  o.workers = workers;
                  o.scheduler.retries = retries;
                  o.scheduler.max_items_per_worker = max_items_per_worker;
+                 if (concurrency < 1) throw std::invalid_argument("Pool: concurrency must be at least 1");
+                 o.scheduler.concurrency = concurrency;
                  o.preload = std::move(preload);
                  o.warm = std::move(warm);
                  o.spin_ns = spin_ns;
@@ -51,22 +54,23 @@ void bind_pool(nb::module_& m) {
              },
              nb::arg("zygote"), nb::arg("workers"), nb::arg("retries"), nb::arg("max_items_per_worker"),
              nb::arg("preload"), nb::arg("spin_ns"), nb::arg("task_ring_bytes"), nb::arg("result_ring_bytes"),
-             nb::arg("init_payload"), nb::arg("warm"), nb::arg("arena").none() = nb::none())
+             nb::arg("init_payload"), nb::arg("warm"), nb::arg("arena").none() = nb::none(),
+             nb::arg("concurrency") = 1)
         .def("define_function",
              [](Pool& p, std::uint64_t fn_id, nb::bytes pickled) { p.define_function(fn_id, view(pickled)); })
         .def("forget_function", &Pool::forget_function)
         .def("submit",
              [](Pool& p, std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count, nb::bytes payload,
-                nb::handle refs) {
+                nb::handle refs, bool concurrent) {
                  if (refs.is_none()) {
-                     p.submit(task_id, fn_id, count, view(payload));
+                     p.submit(task_id, fn_id, count, view(payload), {}, concurrent);
                  } else {
                      auto r = buffer_refs(refs);
-                     p.submit(task_id, fn_id, count, view(payload), r);
+                     p.submit(task_id, fn_id, count, view(payload), r, concurrent);
                  }
              },
              nb::arg("task_id"), nb::arg("fn_id"), nb::arg("count"), nb::arg("payload"),
-             nb::arg("refs") = nb::none())
+             nb::arg("refs") = nb::none(), nb::arg("concurrent") = false)
         .def("cancel", &Pool::cancel)
         .def("cancel_all", &Pool::cancel_all)
         .def("take",

@@ -11,6 +11,28 @@
 namespace nb = nanobind;
 using namespace shoal;
 
+namespace {
+nb::object frame_tuple(Bytes const& msg) {
+    FrameView f;
+    std::string error;
+    if (!decode_frame(msg, f, error) || !is_driver_frame(f.header.kind))
+        throw std::runtime_error("shoal worker: malformed frame from the driver: " +
+                                 (error.empty() ? std::string("unexpected kind") : error));
+    nb::object refs = nb::none();
+    if (f.header.buffers != 0) {
+        nb::list l;
+        for (std::size_t i = 0; i < f.header.buffers; ++i) {
+            BufferRef r = f.ref(i);
+            l.append(nb::make_tuple(r.offset, r.length));
+        }
+        refs = l;
+    }
+    return nb::make_tuple(static_cast<int>(f.header.kind), f.header.flags, f.header.task_id, f.header.aux,
+                          f.header.count,
+                          nb::bytes(reinterpret_cast<char const*>(f.payload.data()), f.payload.size()), refs);
+}
+}  // namespace
+
 void bind_worker(nb::module_& m) {
     nb::class_<WorkerChannel>(m, "WorkerChannel")
         .def("recv",
@@ -22,26 +44,24 @@ void bind_worker(nb::module_& m) {
                      ok = ch.recv(msg, timeout < 0 ? -1 : static_cast<std::int64_t>(timeout * 1e9));
                  }
                  if (!ok) return nb::none();
-                 FrameView f;
-                 std::string error;
-                 if (!decode_frame(msg, f, error) || !is_driver_frame(f.header.kind))
-                     throw std::runtime_error("shoal worker: malformed frame from the driver: " +
-                                              (error.empty() ? std::string("unexpected kind") : error));
-                 nb::object refs = nb::none();
-                 if (f.header.buffers != 0) {
-                     nb::list l;
-                     for (std::size_t i = 0; i < f.header.buffers; ++i) {
-                         BufferRef r = f.ref(i);
-                         l.append(nb::make_tuple(r.offset, r.length));
-                     }
-                     refs = l;
-                 }
-                 return nb::make_tuple(static_cast<int>(f.header.kind), f.header.flags, f.header.task_id,
-                                       f.header.aux, f.header.count,
-                                       nb::bytes(reinterpret_cast<char const*>(f.payload.data()), f.payload.size()),
-                                       refs);
+                 return frame_tuple(msg);
              },
              nb::arg("timeout") = -1.0)
+        // The next frame if one is there, else None; never blocks. A corrupt stream raises.
+        .def("try_recv",
+             [](WorkerChannel& ch) -> nb::object {
+                 Bytes msg;
+                 switch (ch.try_recv(msg)) {
+                     case WorkerChannel::Poll::message: return frame_tuple(msg);
+                     case WorkerChannel::Poll::empty: return nb::none();
+                     case WorkerChannel::Poll::corrupt: break;
+                 }
+                 throw std::runtime_error("shoal worker: the task stream is corrupt");
+             })
+        .def("watch_fd", &WorkerChannel::watch_fd)
+        .def("arm", &WorkerChannel::arm)
+        .def("disarm", &WorkerChannel::disarm, nb::call_guard<nb::gil_scoped_release>())
+        .def_prop_ro("armed", &WorkerChannel::armed)
         .def("send",
              [](WorkerChannel& ch, int kind, std::uint32_t flags, std::uint64_t task_id, std::uint64_t aux,
                 std::uint32_t count, nb::bytes payload, nb::handle refs) {

@@ -202,4 +202,17 @@ bool Ring::wait_readable(std::int64_t spin_ns, std::int64_t timeout_ns) noexcept
     }
 }
 
+void Ring::consumer_sleep(std::int64_t timeout_ns) noexcept {
+    futex_wait(word(m_hdr->consumer_waiting), 1, timeout_ns);
+}
+
+void Ring::interrupt_consumer() noexcept {
+    // The caller's flag store, then this store of 0 (Dekker with consumer_sleep_begin's
+    // store of 1 and the consumer's check of the flag): either the consumer sees the flag,
+    // or its futex_wait sees 0 or is woken here.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    m_hdr->consumer_waiting.store(0, std::memory_order_relaxed);
+    futex_wake(word(m_hdr->consumer_waiting), 1 << 30);
+}
+
 }  // namespace shoal

@@ -55,14 +55,26 @@ void Scheduler::assign(std::vector<std::pair<std::size_t, SharedBytes>>& out) {
         for (auto& c : w.control) out.emplace_back(i, std::move(c));
         w.control.clear();
     }
-    std::uint32_t limit = inflight_limit();
+    std::uint32_t const limit = inflight_limit();
+    std::uint32_t const most_concurrent = std::max<std::uint32_t>(1, m_options.concurrency);
     while (!m_queue.empty()) {
-        // The worker with the fewest tasks in flight, among those with room.
+        // Among the workers with room for this kind of task, the one with the fewest of
+        // that kind in flight (then the fewest in all). Concurrent tasks run side by side
+        // in a worker and have their own limit; the others run one after another.
+        bool const concurrent = m_queue.front().concurrent;
+        std::size_t const cap = concurrent ? most_concurrent : limit;
         std::size_t best = m_workers.size();
+        std::size_t best_load = 0;
         for (std::size_t i = 0; i < m_workers.size(); ++i) {
             auto const& w = m_workers[i];
-            if (!w.alive || !w.accepting || w.inflight.size() >= limit || exhausted(i)) continue;
-            if (best == m_workers.size() || w.inflight.size() < m_workers[best].inflight.size()) best = i;
+            if (!w.alive || !w.accepting || exhausted(i)) continue;
+            std::size_t const load = concurrent ? w.concurrent : w.inflight.size() - w.concurrent;
+            if (load >= cap) continue;
+            if (best == m_workers.size() || load < best_load ||
+                (load == best_load && w.inflight.size() < m_workers[best].inflight.size())) {
+                best = i;
+                best_load = load;
+            }
         }
         if (best == m_workers.size()) return;
         auto& w = m_workers[best];
@@ -77,19 +89,23 @@ void Scheduler::assign(std::vector<std::pair<std::size_t, SharedBytes>>& out) {
         }
         ++t.attempts;
         w.items_started += t.count;
+        if (t.concurrent) ++w.concurrent;
         out.emplace_back(best, t.frame);
         w.inflight.push_back(std::move(t));
     }
 }
 
 std::optional<Task> Scheduler::complete(std::size_t worker, std::uint64_t task_id, std::int64_t elapsed_ns) {
-    auto& q = m_workers.at(worker).inflight;
-    // Results come back in order, so this is almost always the front.
+    auto& w = m_workers.at(worker);
+    auto& q = w.inflight;
+    // Results come back in order (concurrent tasks aside), so this is almost always the front.
     auto it = std::find_if(q.begin(), q.end(), [&](Task const& t) { return t.id == task_id; });
     if (it == q.end()) return std::nullopt;
     Task t = std::move(*it);
     q.erase(it);
-    if (elapsed_ns > 0) {
+    if (t.concurrent) {
+        --w.concurrent;  // its time is mostly waiting, not work: it does not steer the limit
+    } else if (elapsed_ns > 0) {
         double per_task = static_cast<double>(elapsed_ns);
         m_task_ns = m_task_ns <= 0 ? per_task : 0.8 * m_task_ns + 0.2 * per_task;
     }
@@ -99,9 +115,16 @@ std::optional<Task> Scheduler::complete(std::size_t worker, std::uint64_t task_i
 std::vector<Task> Scheduler::worker_died(std::size_t worker) {
     auto& w = m_workers.at(worker);
     std::vector<Task> failed;
-    // A worker runs its tasks in order: the oldest was running when it died; the rest were
-    // waiting in its ring and did not run, so their attempt does not count.
-    for (std::size_t i = 1; i < w.inflight.size(); ++i) --w.inflight[i].attempts;
+    // A worker runs its plain tasks in order: the oldest was running when it died; the others
+    // were waiting in its ring and did not run, so their attempt does not count. Concurrent
+    // tasks run side by side: any of them may have been running (or be the culprit), so
+    // each is charged.
+    bool oldest = true;
+    for (auto& t : w.inflight) {
+        if (t.concurrent) continue;
+        if (!oldest) --t.attempts;
+        oldest = false;
+    }
     // Re-queue at the front in the original order.
     for (auto it = w.inflight.rbegin(); it != w.inflight.rend(); ++it) {
         if (it->attempts > m_options.retries) failed.push_back(std::move(*it));
@@ -109,6 +132,7 @@ std::vector<Task> Scheduler::worker_died(std::size_t worker) {
     }
     std::reverse(failed.begin(), failed.end());
     w.inflight.clear();
+    w.concurrent = 0;
     w.known_functions.clear();
     w.control.clear();
     w.alive = false;

@@ -23,22 +23,49 @@ WorkerChannel::WorkerChannel(WorkerSpec const& spec, Fd memfd, Fd doorbell)
                           EventFd(std::move(doorbell)));
 }
 
+WorkerChannel::~WorkerChannel() {
+    if (!m_watch) return;
+    {
+        std::lock_guard lock(m_watch->mutex);
+        m_watch->stop = true;
+        m_watch->kick.store(true, std::memory_order_seq_cst);
+    }
+    m_tasks.interrupt_consumer();
+    m_watch->cv.notify_all();
+    m_watch->thread.join();
+}
+
+void WorkerChannel::check_owner() const {
+    if (m_watch && m_watch->owned.load(std::memory_order_acquire))
+        throw std::logic_error("WorkerChannel: the task ring is armed (the watcher owns it)");
+}
+
+WorkerChannel::Poll WorkerChannel::try_recv(Bytes& out) {
+    check_owner();
+    bool producer_waiting = false;
+    auto st = m_reader.poll(m_tasks, producer_waiting);
+    // The driver sleeps on its doorbell, not on our ring's futex: tell it there is room.
+    if (producer_waiting) m_doorbell.ring();
+    switch (st) {
+        case MessageReader::Status::message:
+            out.swap(m_reader.message());
+            return Poll::message;
+        case MessageReader::Status::empty:
+            return Poll::empty;
+        case MessageReader::Status::corrupt:
+        case MessageReader::Status::too_large:
+            break;
+    }
+    return Poll::corrupt;
+}
+
 bool WorkerChannel::recv(Bytes& out, std::int64_t timeout_ns) {
     std::int64_t start = now_ns();
     for (;;) {
-        bool producer_waiting = false;
-        auto st = m_reader.poll(m_tasks, producer_waiting);
-        // The driver sleeps on its doorbell, not on our ring's futex: tell it there is room.
-        if (producer_waiting) m_doorbell.ring();
-        switch (st) {
-            case MessageReader::Status::message:
-                out.swap(m_reader.message());
-                return true;
-            case MessageReader::Status::corrupt:
-            case MessageReader::Status::too_large:
-                return false;
-            case MessageReader::Status::empty:
-                break;
+        switch (try_recv(out)) {
+            case Poll::message: return true;
+            case Poll::corrupt: return false;
+            case Poll::empty: break;
         }
         std::int64_t left = -1;
         if (timeout_ns >= 0) {
@@ -61,6 +88,74 @@ void WorkerChannel::send(std::span<std::byte const> message) {
         offset += n;
     } while (offset < message.size());
     m_doorbell.ring();
+}
+
+// ---------------------------------------------------------------- the watcher
+
+int WorkerChannel::watch_fd() {
+    if (!m_watch) {
+        m_watch = std::make_unique<Watcher>();
+        m_watch->thread = std::thread([this] { watch_loop(); });
+    }
+    return m_watch->event.fd();
+}
+
+bool WorkerChannel::armed() const noexcept {
+    return m_watch && m_watch->owned.load(std::memory_order_acquire);
+}
+
+bool WorkerChannel::arm() {
+    watch_fd();
+    check_owner();
+    m_watch->event.drain();
+    if (!m_tasks.empty()) return false;  // the watcher checks again: nothing that comes later is missed
+    {
+        std::lock_guard lock(m_watch->mutex);
+        m_watch->armed = true;
+        m_watch->owned.store(true, std::memory_order_release);
+    }
+    m_watch->cv.notify_one();
+    return true;
+}
+
+void WorkerChannel::disarm() {
+    if (!m_watch) return;
+    std::unique_lock lock(m_watch->mutex);
+    if (m_watch->armed) {
+        m_watch->kick.store(true, std::memory_order_seq_cst);
+        m_tasks.interrupt_consumer();
+        m_watch->cv.wait(lock, [&] { return !m_watch->armed; });
+        m_watch->kick.store(false, std::memory_order_relaxed);  // the watcher is back in its wait
+    }
+    m_watch->event.drain();
+}
+
+bool WorkerChannel::watch_ring() {
+    for (;;) {
+        if (!m_tasks.consumer_sleep_begin()) return true;  // a record is there
+        if (m_watch->kick.load(std::memory_order_seq_cst)) {
+            m_tasks.consumer_sleep_end();
+            return false;
+        }
+        m_tasks.consumer_sleep(-1);
+        m_tasks.consumer_sleep_end();
+    }
+}
+
+void WorkerChannel::watch_loop() {
+    Watcher& w = *m_watch;
+    std::unique_lock lock(w.mutex);
+    for (;;) {
+        w.cv.wait(lock, [&] { return w.armed || w.stop; });
+        if (w.stop) return;
+        lock.unlock();
+        bool const message = watch_ring();  // the ring is ours until we hand it back below
+        lock.lock();
+        w.armed = false;
+        w.owned.store(false, std::memory_order_release);
+        if (message) w.event.signal();
+        w.cv.notify_all();  // a disarm() may be waiting for us
+    }
 }
 
 }  // namespace shoal

@@ -10,6 +10,7 @@ import time
 import weakref
 
 from ._arena import DEFAULT_THRESHOLD, unshare
+from ._aio import is_coroutine_function
 from ._errors import RemoteTraceback
 from ._pickle import iter_items
 from ._thread import SerialBackend, ThreadBackend
@@ -40,10 +41,15 @@ class Executor(concurrent.futures.Executor):
     ``backend="process"`` (default) forks workers from a zygote process started once per
     driver process; ``"thread"`` uses threads; ``"serial"`` runs each task in the caller
     at submit time, so ``pdb`` and tracebacks work as in a plain loop.
+
+    A coroutine function (``async def``) given to ``submit``/``map``/``starmap`` runs in the
+    worker's own event loop; ``concurrency=K`` lets each worker run up to K such tasks at
+    once (plain functions still run one at a time per worker).
     """
 
     def __init__(self, max_workers=None, backend="process", *, initializer=None, initargs=(),
-                 retries=2, preload=(), max_tasks_per_worker=None, buffer_threshold=DEFAULT_THRESHOLD):
+                 retries=2, preload=(), max_tasks_per_worker=None, buffer_threshold=DEFAULT_THRESHOLD,
+                 concurrency=1):
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
@@ -58,27 +64,32 @@ class Executor(concurrent.futures.Executor):
         if buffer_threshold is not None and (not isinstance(buffer_threshold, int)
                                              or isinstance(buffer_threshold, bool) or buffer_threshold < 0):
             raise ValueError(f"buffer_threshold must be an int >= 0 (bytes) or None, not {buffer_threshold!r}")
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or not 1 <= concurrency < 2**31:
+            raise ValueError(f"concurrency must be a positive int, not {concurrency!r}")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be callable")
         if isinstance(preload, str):
             preload = (preload,)
         self.max_workers = max_workers
         self.backend = backend
+        self.concurrency = concurrency
         self._shutdown = False
         self._lock = threading.Lock()
         if backend == "process":
             from ._process import ProcessBackend
             self._backend = ProcessBackend(max_workers, initializer, initargs, retries,
-                                           tuple(preload), max_tasks_per_worker, buffer_threshold)
+                                           tuple(preload), max_tasks_per_worker, buffer_threshold,
+                                           concurrency=concurrency)
         elif backend == "thread":
-            self._backend = ThreadBackend(max_workers, initializer, initargs)
+            self._backend = ThreadBackend(max_workers, initializer, initargs, concurrency)
         else:
             self._backend = SerialBackend(max_workers, initializer, initargs)
         _live.add(self)
 
     def __repr__(self):
         state = "shut down" if self._shutdown else "running"
-        return f"<shoal.Executor backend={self.backend!r} max_workers={self.max_workers} {state}>"
+        conc = f" concurrency={self.concurrency}" if self.concurrency != 1 else ""
+        return f"<shoal.Executor backend={self.backend!r} max_workers={self.max_workers}{conc} {state}>"
 
     # ------------------------------------------------------------------ tasks
 
@@ -87,8 +98,9 @@ class Executor(concurrent.futures.Executor):
             raise RuntimeError("cannot schedule new tasks after shutdown")
 
     def submit(self, fn, /, *args, **kwargs):
-        """Schedules ``fn(*args, **kwargs)``; returns a :class:`shoal.Future`. Arguments
-        that cannot be pickled raise here, in the caller."""
+        """Schedules ``fn(*args, **kwargs)``; returns a :class:`shoal.Future` (which can also
+        be awaited). Arguments that cannot be pickled raise here, in the caller. A coroutine
+        function runs in the worker's event loop, up to ``concurrency`` at once per worker."""
         self._check_open()
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
@@ -101,7 +113,9 @@ class Executor(concurrent.futures.Executor):
     def map(self, fn, *iterables, timeout=None, chunksize=None, ordered=True):
         """Lazy ``map``: reads the inputs only as far as needed to keep the workers busy,
         so it works on endless iterators with bounded memory. ``ordered=False`` yields
-        results as they complete. ``chunksize=None`` adapts chunks to ~1 ms of work."""
+        results as they complete. ``chunksize=None`` adapts chunks to ~1 ms of work.
+        With a coroutine function, each chunk's items are awaited one after another in the
+        worker's event loop and up to ``concurrency`` chunks run at once per worker."""
         self._check_open()
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
@@ -114,7 +128,7 @@ class Executor(concurrent.futures.Executor):
         args = zip(*iterables)
         if self.backend == "serial":
             self._backend.check()
-            return _serial_map(fn, args, timeout)
+            return _serial_map(self._backend, fn, args, timeout)
         if len(iterables) == 1:  # items travel bare, not as 1-tuples: called as fn(x)
             return _MapIterator(self, fn, iterables[0], timeout, chunksize, ordered, star=False)
         return _MapIterator(self, fn, args, timeout, chunksize, ordered)
@@ -126,7 +140,7 @@ class Executor(concurrent.futures.Executor):
             iterable = (tuple(map(unshare, a)) for a in iterable)
         if self.backend == "serial":
             self._backend.check()
-            return _serial_map(fn, (tuple(a) for a in iterable), timeout)
+            return _serial_map(self._backend, fn, (tuple(a) for a in iterable), timeout)
         return _MapIterator(self, fn, (tuple(a) for a in iterable), timeout, chunksize, ordered)
 
     def worker_pids(self):
@@ -158,14 +172,15 @@ class Executor(concurrent.futures.Executor):
         return False
 
 
-def _serial_map(fn, args, timeout=None):
+def _serial_map(backend, fn, args, timeout=None):
     """Runs each item when it is asked for, in the caller. `timeout` is checked between
     items (a running item cannot be interrupted in the caller's own thread)."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    call = backend.call
     for a in args:
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError()
-        yield fn(*a)
+        yield call(fn, a, {})
 
 
 def _raise_chunk_error(err):
@@ -188,6 +203,9 @@ class _MapWindow:
         self._size = chunksize or 1
         self._ordered = ordered
         self._window = 4 * executor.max_workers
+        if executor.concurrency > 1 and is_coroutine_function(fn):
+            # Enough chunks to keep `concurrency` running in every worker, and as many queued.
+            self._window = max(self._window, 2 * executor.concurrency * executor.max_workers)
         self._pending = collections.deque()   # ordered: futures in input order
         self._done = queue.SimpleQueue()       # unordered: futures as they finish
         self._outstanding = 0

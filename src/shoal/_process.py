@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 
 from . import _core
+from ._aio import is_coroutine_function
 from ._arena import Buffers, arena
 from ._errors import InitializerError, RemoteTraceback, WorkerCrashedError
 from ._future import Future
@@ -239,7 +240,8 @@ class ProcessBackend:
     name = "process"
 
     def __init__(self, max_workers, initializer, initargs, retries, preload, max_tasks_per_worker,
-                 buffer_threshold, spin_us=100, task_ring_bytes=1 << 18, result_ring_bytes=1 << 18):
+                 buffer_threshold, spin_us=100, task_ring_bytes=1 << 18, result_ring_bytes=1 << 18,
+                 concurrency=1):
         preload = list(dict.fromkeys(preload))
         warm = []  # see docs/design.md: a background import competed with the first tasks
         threshold = buffer_threshold
@@ -249,7 +251,7 @@ class ProcessBackend:
         self._threshold = threshold
         self._pool = _core.Pool(zygote(), max_workers, retries, max_tasks_per_worker or 0, preload,
                                 int(spin_us * 1000), task_ring_bytes, result_ring_bytes, init, warm,
-                                self._arena)
+                                self._arena, concurrency)
         self._state = _State(self._pool, retries)
         self._functions = self._state.functions = _FunctionTable(self._pool)
         self._ids = itertools.count(1)
@@ -273,7 +275,8 @@ class ProcessBackend:
         refs = bufs.refs if bufs is not None and bufs.refs else None
         # The arguments' arena buffers live until the task completes (the entry is dropped).
         self._state.futures[task_id] = (fut, fn_id, bufs.keep if refs else None, mode != CALL)
-        self._pool.submit(task_id, fn_id, count, payload, refs)
+        # A coroutine task counts against the per-worker `concurrency`, not the adaptive limit.
+        self._pool.submit(task_id, fn_id, count, payload, refs, is_coroutine_function(fn))
         return fut
 
     def submit(self, fn, args, kwargs):

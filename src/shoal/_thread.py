@@ -3,7 +3,9 @@ import queue
 import threading
 import time
 import traceback
+from types import CoroutineType
 
+from . import _aio
 from ._chunk import call_items
 from ._errors import InitializerError, RemoteTraceback
 from ._future import Future
@@ -22,13 +24,26 @@ def _run_chunk(fn, items, star=True):
     return (False, results), err, time.perf_counter() - start, None
 
 
+async def _run_chunk_async(fn, items, star=True):
+    """_run_chunk for a coroutine function: the items are awaited one after another."""
+    start = time.perf_counter()
+    results, exc = await _aio.await_items(fn, items, star)
+    if exc is not None and not isinstance(exc, Exception):
+        raise exc  # as call_items(..., Exception) lets it through
+    err = None if exc is None else (exc, _traceback_text(exc))
+    return (False, results), err, time.perf_counter() - start
+
+
 class ThreadBackend:
-    """A pool of threads fed from one queue; the initializer runs once in each thread."""
+    """A pool of threads fed from one queue; the initializer runs once in each thread.
+    Coroutine tasks run in each thread's own event loop, up to `concurrency` at once."""
 
     name = "thread"
 
-    def __init__(self, max_workers, initializer, initargs, **_):
+    def __init__(self, max_workers, initializer, initargs, concurrency=1, **_):
         self._queue = queue.SimpleQueue()
+        self._wakers = set()  # event loops of threads running coroutines, with room for more
+        self._concurrency = concurrency
         self._init_error = None
         self._threads = []
         for i in range(max_workers):
@@ -45,34 +60,65 @@ class ThreadBackend:
                 err = InitializerError("the executor's initializer failed in a thread")
                 err.__cause__ = exc
                 self._init_error = err
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            fut, fn, args, kwargs = item
-            if self._init_error is not None:
-                fut._fail(self._init_error)
-                continue
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:  # noqa: BLE001
-                if exc.__cause__ is None:
-                    exc.__cause__ = RemoteTraceback(_traceback_text(exc))
-                fut._fail(exc)
-            else:
-                fut._resolve(result)
-            del fut, fn, args, kwargs, item
+        coroutines = None
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                started = self._run_item(item)
+                del item
+                if started is not None:  # a coroutine: this thread's event loop takes over
+                    if coroutines is None:
+                        coroutines = _aio.ThreadCoroutines(self._queue, self._wakers,
+                                                           self._concurrency, self._run_item)
+                    coroutines.start(*started)
+                    del started
+                    if coroutines.serve():
+                        return
+        finally:
+            if coroutines is not None:
+                coroutines.close()
+
+    def _run_item(self, item):
+        """Runs one queued task; returns (coroutine, future) when it is a coroutine still to
+        be run by the thread's event loop, else None."""
+        fut, fn, args, kwargs = item
+        if self._init_error is not None:
+            fut._fail(self._init_error)
+            return None
+        if not fut.set_running_or_notify_cancel():
+            return None
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001
+            if exc.__cause__ is None:
+                exc.__cause__ = RemoteTraceback(_traceback_text(exc))
+            fut._fail(exc)
+        else:
+            if type(result) is CoroutineType:
+                return result, fut
+            fut._resolve(result)
+        return None
+
+    def _put(self, item):
+        self._queue.put(item)
+        if self._wakers:
+            for wake in list(self._wakers):
+                try:
+                    wake()
+                except RuntimeError:  # that loop has just closed
+                    pass
 
     def submit(self, fn, args, kwargs):
         fut = Future()
-        self._queue.put((fut, fn, args, kwargs))
+        self._put((fut, fn, args, kwargs))
         return fut
 
     def submit_chunk(self, fn, items, star=True):
         fut = Future()
-        self._queue.put((fut, _run_chunk, (fn, items, star), {}))
+        run = _run_chunk_async if _aio.is_coroutine_function(fn) else _run_chunk
+        self._put((fut, run, (fn, items, star), {}))
         return fut
 
     def worker_pids(self):
@@ -91,7 +137,7 @@ class ThreadBackend:
         if kill:
             self.cancel_all()
         for _ in self._threads:
-            self._queue.put(None)
+            self._put(None)
         if wait:
             for t in self._threads:
                 while t.is_alive():
@@ -99,12 +145,15 @@ class ThreadBackend:
 
 
 class SerialBackend:
-    """Runs each task in the caller at submit time: pdb and tracebacks work as in plain Python."""
+    """Runs each task in the caller at submit time: pdb and tracebacks work as in plain Python.
+    A coroutine task runs to completion on the executor's own event loop (see
+    _aio.SerialCoroutines for a caller that is itself inside a running loop)."""
 
     name = "serial"
 
     def __init__(self, max_workers, initializer, initargs, **_):
         self._init_error = None
+        self._coroutines = None
         if initializer is not None:
             try:
                 initializer(*initargs)
@@ -113,6 +162,15 @@ class SerialBackend:
                 err.__cause__ = exc
                 self._init_error = err
 
+    def call(self, fn, args, kwargs):
+        """fn(*args, **kwargs), awaited on the executor's loop when it returns a coroutine."""
+        result = fn(*args, **kwargs)
+        if type(result) is CoroutineType:
+            if self._coroutines is None:
+                self._coroutines = _aio.SerialCoroutines()
+            result = self._coroutines.run(result)
+        return result
+
     def submit(self, fn, args, kwargs):
         fut = Future()
         fut.set_running_or_notify_cancel()
@@ -120,7 +178,7 @@ class SerialBackend:
             fut._fail(self._init_error)
             return fut
         try:
-            result = fn(*args, **kwargs)
+            result = self.call(fn, args, kwargs)
         except Exception as exc:  # KeyboardInterrupt and SystemExit stop the caller, as in a loop
             fut._fail(exc)
         else:
@@ -128,7 +186,8 @@ class SerialBackend:
         return fut
 
     def submit_chunk(self, fn, items, star=True):
-        return self.submit(_run_chunk, (fn, items, star), {})
+        run = _run_chunk_async if _aio.is_coroutine_function(fn) else _run_chunk
+        return self.submit(run, (fn, items, star), {})
 
     def worker_pids(self):
         return []
@@ -141,4 +200,5 @@ class SerialBackend:
             raise self._init_error
 
     def shutdown(self, wait, kill=False):
-        pass
+        if self._coroutines is not None:
+            self._coroutines.close()

@@ -4,12 +4,14 @@ A worker is forked from the zygote. It waits on its task ring in C++ with the GI
 released, runs each task under the GIL, and writes the result to its result ring.
 It leaves with os._exit so nothing inherited from the zygote runs at exit.
 """
+import functools
 import io
 import os
 import sys
 import time
+from types import CoroutineType
 
-from . import _core
+from . import _aio, _core
 from ._chunk import call_items
 from ._arena import DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_arena
 from ._pickle import dumps, dumps_exception, iter_items, pack_items, loads
@@ -118,21 +120,33 @@ def run(channel, arena=None):
     """Serves tasks until a shutdown frame; never returns."""
     if arena is not None:
         set_worker_arena(arena)
-    view = None if arena is None else arena.view  # args: a fresh copy is writable, a shared one not
     sys.stdout = _Forward(channel, 1)
     sys.stderr = _Forward(channel, 2)
+    coroutines = _aio.WorkerCoroutines(channel, functools.partial(_coroutine_done, channel, arena))
+    handle = _frame_handler(channel, arena, coroutines)
+    recv = channel.recv
+    while True:
+        frame = recv(-1.0)
+        if frame is None:
+            os._exit(70)  # the task stream is corrupt: let the driver replace us
+        handle(frame)
+        if coroutines.running:
+            coroutines.serve(handle)  # the event loop, until no coroutine task is left
+
+
+def _frame_handler(channel, arena, coroutines):
+    """handle(frame): runs a task (or starts it in the event loop if it is a coroutine),
+    records a function, or shuts down."""
+    view = None if arena is None else arena.view  # args: a fresh copy is writable, a shared one not
     functions = _Functions()
     send = channel.send
-    recv = channel.recv
     RESULT, TASK, FUNCTION, FORGET, SHUTDOWN = (_core.FRAME_RESULT, _core.FRAME_TASK,
                                                 _core.FRAME_FUNCTION, _core.FRAME_FORGET,
                                                 _core.FRAME_SHUTDOWN)
     ERROR = _core.FLAG_ERROR
     clock = time.perf_counter_ns
-    while True:
-        frame = recv(-1.0)
-        if frame is None:
-            os._exit(70)  # the task stream is corrupt: let the driver replace us
+
+    def handle(frame):
         kind, _flags, task_id, aux, count, payload, refs = frame
         if kind == TASK:
             start = clock()
@@ -143,7 +157,14 @@ def run(channel, arena=None):
                 views = None if refs is None else [view(o, n & LENGTH, n >= READ_ONLY) for o, n in refs]
                 mode, data = loads(payload, views)
                 if mode == CALL:
-                    out = dumps(fn(*data[0], **data[1]), bufs)
+                    out = fn(*data[0], **data[1])
+                    if type(out) is CoroutineType:  # the arguments' blocks live until it answers
+                        coroutines.start(out, (task_id, count, start, mode))
+                        return
+                    out = dumps(out, bufs)
+                elif _aio.is_coroutine_function(fn):
+                    _start_coroutine_chunk(coroutines, fn, data, mode, views, (task_id, count, start, mode))
+                    return
                 else:
                     results, exc = _run_chunk(fn, data, mode == CHUNK, views)
                     out = _dump_chunk(results, exc, (clock() - start) / 1e9, bufs)
@@ -170,3 +191,43 @@ def run(channel, arena=None):
         elif kind == SHUTDOWN:
             _flush_streams()
             os._exit(0)
+
+    return handle
+
+
+# ---- coroutine tasks (the event loop itself is _aio.WorkerCoroutines)
+
+def _start_coroutine_chunk(coroutines, fn, packed, mode, views, token):
+    """A chunk of a coroutine function: its items are awaited one after another."""
+    items = iter_items(packed, views) if packed[0] else packed[1]
+    coroutines.start(_aio.await_items(fn, items, mode == CHUNK), token)
+
+
+def _coroutine_done(channel, arena, token, failed, value):
+    """Sends a coroutine task's result (as the plain path does for a plain task)."""
+    task_id, count, start, mode = token
+    flags = 0
+    bufs = None if arena is None else Buffers(arena, _threshold, by_ref=False)
+    try:
+        if failed:
+            flags = _core.FLAG_ERROR
+            out = dumps_exception(value)
+        elif mode == CALL:
+            out = dumps(value, bufs)
+        else:
+            results, exc = value
+            out = _dump_chunk(results, exc, (time.perf_counter_ns() - start) / 1e9, bufs)
+    except BaseException as exc:  # noqa: BLE001 - a result that cannot be pickled
+        flags = _core.FLAG_ERROR
+        if bufs is not None:
+            bufs.truncate(0)
+        out = dumps_exception(exc)
+    value = None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    elapsed = time.perf_counter_ns() - start
+    if bufs is not None and bufs.refs:
+        channel.send(_core.FRAME_RESULT, flags, task_id, elapsed, count, out, bufs.refs)
+        bufs.detach()
+    else:
+        channel.send(_core.FRAME_RESULT, flags, task_id, elapsed, count, out)

@@ -390,3 +390,100 @@ TEST(Scheduler, InflightLimitNeverExceedsAMaxInflightOfOne) {
     s.complete(0, 1, 1'000'000);  // 1 ms: 2 ms / 1 ms = 2, above the maximum
     EXPECT_LE(s.inflight_limit(), 1u) << "after measuring 1 ms tasks";
 }
+
+// ---------------------------------------------------------------- concurrent (coroutine) tasks
+
+namespace {
+Task async_task(std::uint64_t id) {
+    Task t = task(id);
+    t.concurrent = true;
+    return t;
+}
+}  // namespace
+
+TEST(Scheduler, ConcurrentTasksFillKPerWorkerWhateverTheAdaptiveLimit) {
+    SchedulerOptions o;
+    o.concurrency = 5;
+    auto s = started(2, o);
+    // Long plain tasks measured: the adaptive limit is 1.
+    s.submit(task(100));
+    assign(s);
+    s.complete(0, 100, 50'000'000);
+    ASSERT_EQ(s.inflight_limit(), 1u);
+    for (int i = 1; i <= 12; ++i) s.submit(async_task(static_cast<std::uint64_t>(i)));
+    auto out = assign(s);
+    ASSERT_EQ(out.size(), 10u);  // 5 on each worker, spread evenly
+    EXPECT_EQ(out[0], "0:t1");
+    EXPECT_EQ(out[1], "1:t2");
+    EXPECT_EQ(out[2], "0:t3");
+    EXPECT_EQ(s.queued(), 2u);  // exceeding K queues
+    EXPECT_EQ(assign(s), V{});
+    ASSERT_TRUE(s.complete(1, 4, 0));  // results of concurrent tasks come in any order
+    EXPECT_EQ(assign(s), V{"1:t11"});
+    // Their (waiting) time does not steer the adaptive limit.
+    ASSERT_TRUE(s.complete(0, 3, 5'000));
+    EXPECT_EQ(s.inflight_limit(), 1u);
+    EXPECT_EQ(assign(s), V{"0:t12"});
+}
+
+TEST(Scheduler, PlainTasksKeepTheirOwnLimitBesideConcurrentOnes) {
+    SchedulerOptions o;
+    o.concurrency = 3;
+    auto s = started(1, o);
+    for (int i = 1; i <= 3; ++i) s.submit(async_task(static_cast<std::uint64_t>(i)));
+    for (int i = 4; i <= 6; ++i) s.submit(task(static_cast<std::uint64_t>(i)));
+    // Three coroutines and two plain tasks (the unmeasured plain limit) are in flight.
+    EXPECT_EQ(assign(s), (V{"0:t1", "0:t2", "0:t3", "0:t4", "0:t5"}));
+    EXPECT_EQ(s.queued(), 1u);
+    ASSERT_TRUE(s.complete(0, 2, 0));  // a coroutine slot frees no plain room
+    EXPECT_EQ(assign(s), V{});
+    ASSERT_TRUE(s.complete(0, 4, 0));
+    EXPECT_EQ(assign(s), V{"0:t6"});
+}
+
+TEST(Scheduler, ConcurrencyOfOneRunsOneCoroutineAtATime) {
+    auto s = started(1);
+    for (int i = 1; i <= 3; ++i) s.submit(async_task(static_cast<std::uint64_t>(i)));
+    EXPECT_EQ(assign(s), V{"0:t1"});
+    ASSERT_TRUE(s.complete(0, 1, 0));
+    EXPECT_EQ(assign(s), V{"0:t2"});
+}
+
+TEST(Scheduler, EveryConcurrentTaskInFlightIsChargedWhenItsWorkerDies) {
+    SchedulerOptions o;
+    o.concurrency = 3;
+    o.retries = 1;
+    auto s = started(1, o);
+    for (int i = 1; i <= 3; ++i) s.submit(async_task(static_cast<std::uint64_t>(i)));
+    s.submit(task(4));
+    s.submit(task(5));
+    ASSERT_EQ(assign(s).size(), 5u);
+    // All three coroutines may have been running; of the plain tasks only the oldest.
+    EXPECT_TRUE(s.worker_died(0).empty());
+    s.worker_started(0);
+    EXPECT_EQ(assign(s), (V{"0:t1", "0:t2", "0:t3", "0:t4", "0:t5"}));  // original order
+    auto failed = s.worker_died(0);
+    ASSERT_EQ(failed.size(), 4u);  // t1..t4 used their retry; t5 never ran
+    EXPECT_EQ(failed[0].id, 1u);
+    EXPECT_EQ(failed[3].id, 4u);
+    EXPECT_EQ(failed[0].attempts, 2u);
+    EXPECT_EQ(s.cancel_all(), (std::vector<std::uint64_t>{5}));
+    s.worker_started(0);
+    // The slot's concurrent count was reset with it.
+    for (int i = 6; i <= 9; ++i) s.submit(async_task(static_cast<std::uint64_t>(i)));
+    EXPECT_EQ(assign(s).size(), 3u);
+}
+
+TEST(Scheduler, ConcurrentTasksAreRetriedUntilTheirRetriesAreUsed) {
+    SchedulerOptions o;
+    o.concurrency = 2;
+    o.retries = 0;
+    auto s = started(2, o);
+    for (int i = 1; i <= 4; ++i) s.submit(async_task(static_cast<std::uint64_t>(i)));
+    EXPECT_EQ(assign(s), (V{"0:t1", "1:t2", "0:t3", "1:t4"}));
+    auto failed = s.worker_died(1);  // both of its coroutines fail at once
+    ASSERT_EQ(failed.size(), 2u);
+    EXPECT_EQ(failed[0].id, 2u);
+    EXPECT_EQ(failed[1].id, 4u);
+    EXPECT_EQ(s.inflight(), 2u);  // worker 0 is untouched
+}

@@ -81,8 +81,11 @@ public:
     /// Queues a task and hands it to a worker at once if one has room. Thread-safe; never
     /// blocks on workers. After close() or when broken, completes the task as `broken`.
     /// `refs` point into the arena; the caller keeps those buffers alive until the task completes.
+    /// A `concurrent` task (a coroutine) counts against the per-worker concurrency limit
+    /// (SchedulerOptions::concurrency), not the adaptive one.
     void submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
-                std::span<std::byte const> payload, std::span<BufferRef const> refs = {});
+                std::span<std::byte const> payload, std::span<BufferRef const> refs = {},
+                bool concurrent = false);
     /// Drops a task not yet handed to a worker; true if it was dropped.
     bool cancel(std::uint64_t task_id);
     /// Drops every queued task; returns their ids.

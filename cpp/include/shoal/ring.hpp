@@ -89,6 +89,14 @@ public:
     void consumer_sleep_end() noexcept;
     /// Blocks (spin, then futex) until a record is readable or timeout. False on timeout.
     bool wait_readable(std::int64_t spin_ns, std::int64_t timeout_ns) noexcept;
+    /// After consumer_sleep_begin() returned true: sleeps until a producer wakes the
+    /// consumer, interrupt_consumer() is called, or the timeout passes (< 0: none); then
+    /// call consumer_sleep_end(). Spurious returns are possible: check again.
+    void consumer_sleep(std::int64_t timeout_ns) noexcept;
+    /// Any thread: ends a consumer_sleep() now or makes the next one return at once. To
+    /// stop a consumer for good, set a flag (seq_cst) first and have the consumer check
+    /// it between consumer_sleep_begin() and consumer_sleep(): no wake-up is lost.
+    void interrupt_consumer() noexcept;
 
 private:
     bool fits(std::uint64_t head, std::uint64_t tail, std::size_t payload_bytes) const noexcept;

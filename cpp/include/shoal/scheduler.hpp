@@ -23,6 +23,7 @@ struct Task {
     std::uint32_t count = 1;   // items in the chunk
     std::uint32_t attempts = 0;
     SharedBytes frame;
+    bool concurrent = false;   // a coroutine task: runs beside others in the worker's event loop
 };
 
 struct SchedulerOptions {
@@ -30,6 +31,7 @@ struct SchedulerOptions {
     std::uint64_t max_items_per_worker = 0;  // 0: no limit
     std::int64_t target_inflight_ns = 2'000'000;  // keep about this much work queued per worker
     std::uint32_t max_inflight = 64;         // tasks per worker at most
+    std::uint32_t concurrency = 1;           // concurrent tasks in flight per worker at most
 };
 
 class Scheduler {
@@ -52,8 +54,10 @@ public:
     /// A result for `task_id` came from `worker`. Returns the task if it was in flight there.
     std::optional<Task> complete(std::size_t worker, std::uint64_t task_id, std::int64_t elapsed_ns);
     /// `worker` died: its in-flight tasks go back to the front of the queue, except those
-    /// that used up their retries, which are returned. Only the oldest in-flight task (the
-    /// one running) is charged an attempt. The slot forgets its functions.
+    /// that used up their retries, which are returned. Only the tasks that may have been
+    /// running are charged an attempt: every concurrent task in flight (they run side by
+    /// side) and the oldest other task (those run one at a time, in order). The slot
+    /// forgets its functions.
     std::vector<Task> worker_died(std::size_t worker);
     /// A process now serves `worker` (fresh: knows no function, has run nothing).
     void worker_started(std::size_t worker);
@@ -67,9 +71,10 @@ public:
     std::size_t queued() const noexcept { return m_queue.size(); }
     std::size_t inflight() const noexcept;
     std::size_t workers() const noexcept { return m_workers.size(); }
-    /// Current per-worker in-flight limit (adapts to measured task time).
+    /// Current per-worker in-flight limit for tasks that are not concurrent (adapts to
+    /// measured task time). Concurrent tasks have their own: `concurrency` per worker.
     std::uint32_t inflight_limit() const noexcept;
-    /// Moving average of one task's run time in ns; 0 before any was measured.
+    /// Moving average of one (not concurrent) task's run time in ns; 0 before any was measured.
     double task_ns() const noexcept { return m_task_ns; }
 
 private:
@@ -77,6 +82,7 @@ private:
         bool alive = false;
         bool accepting = false;
         std::deque<Task> inflight;
+        std::uint32_t concurrent = 0;  // how many of `inflight` are concurrent
         std::unordered_set<std::uint64_t> known_functions;
         std::vector<SharedBytes> control;  // forget frames to send before any task
         std::uint64_t items_started = 0;

@@ -125,6 +125,10 @@ def targets(records, sizes=None):
         out[(w, "second_pool_ms")] = verdict([
             (second <= spawn / 10, f"{second:.0f} ms vs mp_pool[spawn]/10 = {spawn / 10:.0f} ms")
             if second is not None else (None, "shoal has no result")])
+    w = "io_bound"
+    x = shoal(w, "x_ideal")
+    out[(w, "x_ideal")] = verdict([(x <= 1.5, f"{x:.2f}x the ideal (need <=1.5x)")
+                                   if x is not None else (None, "shoal has no result")])
     w = "worker_memory"
     uss = shoal(w, "uss_mb_per_worker")
     out[(w, "uss_mb_per_worker")] = verdict([(uss <= 2, f"{uss:.1f} MB (need <=2 MB)")

@@ -3,7 +3,7 @@
 # Systems in table order. A name with brackets is a variant of its peer shown beside
 # the default (the fairness rules in shoal/bench/runner.py say when one is added).
 PEERS = ("serial", "mp_pool", "mp_pool[spawn]", "cf_process", "cf_process[chunked]",
-         "cf_thread", "joblib", "mpire", "ray", "dask")
+         "cf_thread", "asyncio", "joblib", "mpire", "ray", "dask")
 SHOAL = ("shoal", "shoal[thread]", "shoal[direct]")
 ALL_SYSTEMS = PEERS + SHOAL
 
@@ -20,6 +20,9 @@ SYSTEMS = {
     "startup": ("serial", "mp_pool", "mp_pool[spawn]") + _CORE[2:],
     "worker_memory": _CORE,
     "seed_map": _CORE[:3] + ("cf_thread",) + _CORE[3:] + ("shoal[thread]",),
+    # threads vs coroutines vs shoal's coroutine tasks (process pools: one of them measured)
+    "io_bound": ("mp_pool", "cf_process", "cf_thread", "asyncio", "joblib", "mpire", "ray", "dask",
+                 "shoal", "shoal[thread]"),
 }
 WORKLOADS = tuple(SYSTEMS)
 
@@ -37,6 +40,7 @@ METRICS = {
     "worker_memory": [("uss_mb_per_worker", "MB", True), ("pss_mb_per_worker", "MB", True),
                       ("tree_uss_mb", "MB", True), ("tree_pss_mb", "MB", True)],
     "seed_map": [("s_total", "s", True)],
+    "io_bound": [("ms_total", "ms", True), ("x_ideal", "x", True)],
 }
 
 # Sizes: full is BENCHMARKS.md's shape; quick shrinks counts so that every system
@@ -52,6 +56,7 @@ SIZES = {
         "startup": {},
         "worker_memory": {},
         "seed_map": {"items": 64, "range": 10_000_000},
+        "io_bound": {"requests": 500, "delay_ms": 20, "inflight": 100},
     },
     "quick": {
         "round_trip": {"calls": 200},
@@ -63,6 +68,7 @@ SIZES = {
         "startup": {},
         "worker_memory": {},
         "seed_map": {"items": 8, "range": 2_000_000},
+        "io_bound": {"requests": 500, "delay_ms": 20, "inflight": 100},
     },
 }
 

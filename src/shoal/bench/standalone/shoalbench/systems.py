@@ -79,6 +79,15 @@ class System:
         pids = self.submit_all(tasks.numpy_worker_pid, [(sleep_s,)] * (3 * self.workers))
         return sorted(set(pids))
 
+    def fetch_all(self, urls, inflight):
+        """io_bound: the GET of every URL (tasks.fetch / tasks.afetch), about `inflight` at
+        once where the system can; returns the answers in order."""
+        raise Unsupported(f"{self.name} has no way to keep many I/O waits in flight")
+
+    def io_how(self, inflight):
+        """io_bound: how this system ran the requests (for the note)."""
+        return ""
+
 
 class Serial(System):
     name = "serial"
@@ -127,6 +136,10 @@ class MpPool(System):
     def map(self, fn, items):
         return self.pool.map(fn, items)
 
+    def fetch_all(self, urls, inflight):
+        raise Unsupported("a process pool runs one blocking task per worker (W requests in "
+                          "flight): the same shape as cf_process, which is measured")
+
 
 class MpPoolSpawn(MpPool):
     name = "mp_pool[spawn]"
@@ -171,6 +184,14 @@ class CfProcess(_FuturesSystem):
         return list(self.ex.map(fn, items))
 
 
+    def fetch_all(self, urls, inflight):
+        return list(self.ex.map(tasks.fetch, urls))
+
+    def io_how(self, inflight):
+        return (f"ProcessPoolExecutor({self.workers}).map(fetch): one blocking request per "
+                f"worker process, {self.workers} in flight")
+
+
 class CfProcessChunked(CfProcess):
     name = "cf_process[chunked]"
     chunked = True
@@ -186,6 +207,55 @@ class CfThread(_FuturesSystem):
         from concurrent.futures import ThreadPoolExecutor
 
         self.ex = ThreadPoolExecutor(self.workers)
+        self.io = None
+
+    def close(self):
+        super().close()
+        if self.io is not None:
+            self.io.shutdown(wait=True)
+
+    def fetch_all(self, urls, inflight):
+        # I/O waits: as many threads as requests in flight (made in the untimed warm-up).
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self.io is None:
+            self.io = ThreadPoolExecutor(inflight)
+        return list(self.io.map(tasks.fetch, urls))
+
+    def io_how(self, inflight):
+        return f"ThreadPoolExecutor({inflight}).map(fetch) in the driver, blocking sockets"
+
+
+class Asyncio(System):
+    """Plain coroutines in the driver: asyncio.gather with a semaphore (io_bound)."""
+
+    imports = ("asyncio",)
+    name = "asyncio"
+
+    def start(self, **options):
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+
+    def close(self):
+        self.loop.close()
+
+    def fetch_all(self, urls, inflight):
+        import asyncio
+
+        async def run():
+            gate = asyncio.Semaphore(inflight)
+
+            async def one(url):
+                async with gate:
+                    return await tasks.afetch(url)
+
+            return await asyncio.gather(*(one(u) for u in urls))
+
+        return self.loop.run_until_complete(run())
+
+    def io_how(self, inflight):
+        return f"asyncio.gather of afetch in the driver, Semaphore({inflight})"
 
 
 class Joblib(System):
@@ -234,6 +304,10 @@ class Joblib(System):
         pids = self.parallel(self.delayed(tasks.numpy_worker_pid)(sleep_s)
                              for _ in range(3 * self.workers))
         return sorted(set(pids))
+
+    def fetch_all(self, urls, inflight):
+        raise Unsupported("loky runs one blocking task per worker process (W requests in "
+                          "flight): the same shape as cf_process, which is measured")
 
 
 class Mpire(System):
@@ -287,6 +361,10 @@ class Mpire(System):
                    for _ in range(3 * self.workers)]
         return sorted({h.get() for h in handles})
 
+    def fetch_all(self, urls, inflight):
+        raise Unsupported("mpire runs one blocking task per worker process (W requests in "
+                          "flight): the same shape as cf_process, which is measured")
+
 
 class Ray(System):
     """Ray tasks on a local ray.init(num_cpus=W); ray.put for large inputs; tiny tasks batched."""
@@ -329,6 +407,24 @@ class Ray(System):
     def map_shared(self, fn, shared, n):
         rf = self._r(fn)
         return self.ray.get([rf.remote(shared, i) for i in range(n)])
+
+    def fetch_all(self, urls, inflight):
+        # Ray's AsyncIO actors: async methods run concurrently in the actor's event loop, up
+        # to max_concurrency. One actor per worker, made in the untimed warm-up.
+        per = max(1, inflight // self.workers)
+        if getattr(self, "_fetchers", None) is None:
+            @self.ray.remote(max_concurrency=per)
+            class Fetcher:
+                async def fetch(self, url):
+                    return await tasks.afetch(url)
+
+            self._fetchers = [Fetcher.remote() for _ in range(self.workers)]
+        actors = self._fetchers
+        return self.ray.get([actors[i % len(actors)].fetch.remote(u) for i, u in enumerate(urls)])
+
+    def io_how(self, inflight):
+        return (f"{self.workers} async actors (max_concurrency={max(1, inflight // self.workers)}) "
+                f"awaiting afetch")
 
 
 class Dask(System):
@@ -376,6 +472,11 @@ class Dask(System):
         del futures
         return out
 
+    def fetch_all(self, urls, inflight):
+        raise Unsupported("dask runs each task in one of a worker's thread slots "
+                          "(threads_per_worker=1 here: W requests in flight); coroutine tasks "
+                          "are not a documented task type")
+
 
 class Shoal(_FuturesSystem):
     """shoal.Executor(max_workers=W): the process backend (`shoal[thread]`: backend="thread")."""
@@ -407,6 +508,21 @@ class Shoal(_FuturesSystem):
 
         return shoal.share(obj)  # placed in the shared arena once; tasks get read-only views
 
+    def fetch_all(self, urls, inflight):
+        # Coroutine tasks, `inflight / W` at once per worker: an executor made for it in the
+        # untimed warm-up (the default one, concurrency=1, is shut down first).
+        import shoal
+
+        per = max(1, inflight // self.workers)
+        if self.ex.concurrency != per:
+            self.ex.shutdown(wait=True)
+            self.ex = shoal.Executor(max_workers=self.workers, backend=self.backend, concurrency=per)
+        return list(self.ex.map(tasks.afetch, urls))
+
+    def io_how(self, inflight):
+        return (f"Executor({self.workers}, backend={self.backend!r}, "
+                f"concurrency={max(1, inflight // self.workers)}).map(afetch)")
+
     def worker_pids(self, sleep_s=0.3):
         super().worker_pids(sleep_s)  # same warm-up as the peers
         pids = self.ex.worker_pids()
@@ -430,7 +546,8 @@ class ShoalDirect(Shoal):
 
 
 BY_NAME = {cls.name: cls for cls in (Serial, MpPool, MpPoolSpawn, CfProcess, CfProcessChunked,
-                                     CfThread, Joblib, Mpire, Ray, Dask, Shoal, ShoalThread, ShoalDirect)}
+                                     CfThread, Asyncio, Joblib, Mpire, Ray, Dask, Shoal, ShoalThread,
+                                     ShoalDirect)}
 
 
 def make(name, workers):

@@ -53,3 +53,60 @@ def numpy_worker_pid(sleep_s):
 def apply_chunk(fn, chunk):
     """Runs ``fn`` over a chunk of items: the batching Ray's docs recommend for tiny tasks."""
     return [fn(x) for x in chunk]
+
+
+# ---- io_bound: one GET of http://host:port/n/<i> (answer: i*i), a fresh connection each.
+# The blocking and the coroutine version send the same bytes and parse the answer with the
+# same code (stdlib only), so threads, process pools and coroutines run the same request.
+
+def _request(url):
+    """(host, port, request bytes) for a GET of ``url`` (``http://host:port/path``)."""
+    if not url.startswith("http://"):
+        raise ValueError(f"not an http:// URL: {url!r}")
+    hostport, _, path = url[len("http://"):].partition("/")
+    host, _, port = hostport.partition(":")
+    request = f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+    return host, int(port or 80), request.encode("ascii")
+
+
+def _parse(data):
+    """The integer body of a complete ``200`` answer; anything else raises."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    if not sep or len(status) < 2 or status[1] != b"200":
+        raise OSError(f"bad HTTP answer: {data[:80]!r}")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and int(value) != len(body):
+            raise OSError(f"truncated HTTP answer: {len(body)} of {int(value)} bytes")
+    return int(body)
+
+
+def fetch(url):
+    """io_bound (threads, process pools): one GET with a blocking socket."""
+    import socket
+
+    host, port, request = _request(url)
+    with socket.create_connection((host, port), timeout=60) as s:
+        s.sendall(request)
+        chunks = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return _parse(b"".join(chunks))
+
+
+async def afetch(url):
+    """io_bound (coroutines): the same GET with asyncio streams."""
+    import asyncio
+
+    host, port, request = _request(url)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        data = await reader.read()  # to EOF: the server closes after its answer
+    finally:
+        writer.close()
+    return _parse(data)

@@ -182,3 +182,30 @@ def measure_worker_memory(make_system, repeats):
         out["tree_pss_mb"].append(snap.pss / MB)
     return out, (f"idle workers after importing numpy ({min(found)}-{max(found)} found); tree = every "
                  f"process the system started (scheduler, nanny, raylet, zygote... included)")
+
+
+def measure_io_bound(system, size, repeats):
+    from . import ioserver
+
+    n, delay_ms, inflight = size["requests"], size["delay_ms"], size["inflight"]
+    ideal_ms = n * delay_ms / inflight
+    expected = [i * i for i in range(n)]
+    out = {"ms_total": [], "x_ideal": []}
+    peaks = []
+    with ioserver.running(delay_ms) as base:
+        urls = [f"{base}/n/{i}" for i in range(n)]
+        res = system.fetch_all(urls[: max(2 * inflight, n // 10)], inflight)  # warm-up
+        _check(res == expected[: len(res)], "fetch (warm-up)")
+        for _ in range(repeats):
+            ioserver.peak(base)  # resets the server's count
+            t0 = time.perf_counter()
+            res = system.fetch_all(urls, inflight)
+            dt = time.perf_counter() - t0
+            peaks.append(ioserver.peak(base))
+            _check(res == expected, "fetch")
+            out["ms_total"].append(dt * 1e3)
+            out["x_ideal"].append(dt * 1e3 / ideal_ms)
+    return out, (f"{n} GETs to a local stdlib-asyncio HTTP server (own process) answering after "
+                 f"{delay_ms} ms, a fresh connection each; ideal {ideal_ms:.0f} ms with {inflight} "
+                 f"in flight (x_ideal = time / ideal); the server held at most {max(peaks)} at once; "
+                 f"{system.io_how(inflight)}")

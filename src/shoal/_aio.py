@@ -1,0 +1,312 @@
+"""Coroutine tasks: how a worker process, a worker thread and the serial backend run them.
+
+A task whose function is a coroutine function (``async def``) runs in an asyncio event loop
+that belongs to the worker: one per worker process (created at its first coroutine task),
+one per worker thread, one per serial executor. ``Executor(concurrency=K)`` lets each worker
+run up to K coroutine tasks at once; plain functions still run one at a time, on the same
+thread as the loop (a plain task holds the worker's coroutines while it runs).
+
+asyncio is imported only when a coroutine task first runs (it costs ~30 ms).
+"""
+import functools
+import threading
+from types import CoroutineType, FunctionType
+
+__all__ = ["is_coroutine_function", "await_items", "WorkerCoroutines", "ThreadCoroutines",
+           "SerialCoroutines"]
+
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
+
+
+def is_coroutine_function(fn):
+    """True for an ``async def`` function, a method or ``functools.partial`` of one, or an
+    object whose ``__call__`` is one. (A plain function that returns a coroutine also has it
+    awaited by the worker, but counts as a plain task for ``concurrency``.)"""
+    if type(fn) is FunctionType:  # the common case, fast: submit() asks for every task
+        return bool(fn.__code__.co_flags & _CO_COROUTINE)
+    for _ in range(100):  # partials of partials; a cycle cannot loop forever
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif hasattr(fn, "__func__"):  # bound method
+            fn = fn.__func__
+        else:
+            break
+    code = getattr(fn, "__code__", None)
+    if code is None and not isinstance(fn, type):
+        call = getattr(type(fn), "__call__", None)
+        code = getattr(getattr(call, "__func__", call), "__code__", None)
+    return code is not None and bool(getattr(code, "co_flags", 0) & _CO_COROUTINE)
+
+
+async def await_items(fn, items, star):
+    """The coroutine version of _chunk.call_items: awaits fn on each item, one after another
+    (a chunk is one task: it takes one of the worker's `concurrency` slots). Returns
+    (results, None) or the results before the first failure and its exception."""
+    results = []
+    append = results.append
+    try:
+        for item in items:
+            value = fn(*item) if star else fn(item)
+            if type(value) is CoroutineType:
+                value = await value
+            append(value)
+    except BaseException as exc:  # noqa: BLE001 - raised again at its item, in the caller
+        return results, exc
+    return results, None
+
+
+async def _guarded(coro):
+    """(False, value) or (True, exception): a task's failure, whatever it is, never leaves
+    the loop (asyncio re-raises SystemExit and KeyboardInterrupt out of run_forever)."""
+    try:
+        return False, await coro
+    except BaseException as exc:  # noqa: BLE001 - the task's failure, reported to the caller
+        return True, exc
+
+
+def _new_loop():
+    import asyncio
+
+    return asyncio.new_event_loop()
+
+
+# ---------------------------------------------------------------- worker process
+
+
+class WorkerCoroutines:
+    """A worker process's event loop and its coroutine tasks.
+
+    The worker normally blocks in ``channel.recv`` (C++, GIL released: no added latency for
+    plain tasks). When a task turns out to be a coroutine, the worker calls :meth:`serve`,
+    which runs the loop until no coroutine is left. Meanwhile new frames must still be taken:
+    the channel's watcher thread sleeps on the task ring's futex in the loop's place and makes
+    ``channel.watch_fd()`` readable when a frame arrives (``channel.arm()``); the loop reads
+    that descriptor, takes every frame there is with ``try_recv`` and arms again. An idle
+    worker with coroutines waiting on I/O therefore sleeps in epoll, not in a spin loop.
+    """
+
+    def __init__(self, channel, finish):
+        self.channel = channel
+        self.finish = finish  # finish(token, failed, value): sends the task's result
+        self.tasks = set()  # the loop holds tasks weakly: an awaited stream could lose them
+        self.loop = None
+
+    @property
+    def running(self):
+        return len(self.tasks)
+
+    def start(self, coro, token):
+        """Schedules one coroutine task; it runs when :meth:`serve` runs the loop."""
+        loop = self.loop
+        if loop is None:
+            import asyncio
+
+            loop = self.loop = _new_loop()
+            asyncio.set_event_loop(loop)
+        task = loop.create_task(_guarded(coro))
+        self.tasks.add(task)
+        task.add_done_callback(functools.partial(self._done, token))
+
+    def _done(self, token, task):
+        self.tasks.discard(task)
+        failed, value = task.result()
+        del task
+        self.finish(token, failed, value)
+        if self.running == 0:
+            self.loop.stop()  # serve() goes round again if a frame started another meanwhile
+
+    def serve(self, handle):
+        """Runs the loop until no coroutine task is left; `handle(frame)` takes each frame
+        that arrives meanwhile (a plain task runs inside it, holding the loop)."""
+        loop = self.loop
+        channel = self.channel
+        fd = channel.watch_fd()
+        loop.add_reader(fd, self._take_frames, handle)
+        try:
+            while self.running:
+                self._take_frames(handle)
+                if self.running:
+                    loop.run_forever()
+        finally:
+            loop.remove_reader(fd)
+            channel.disarm()  # the ring is the blocking recv's again
+
+    def _take_frames(self, handle):
+        channel = self.channel
+        if channel.armed:
+            return  # the watcher still owns the ring (a stale wake-up of the descriptor)
+        try:
+            try_recv = channel.try_recv
+            while True:
+                frame = try_recv()
+                if frame is not None:
+                    handle(frame)
+                elif self.running == 0:
+                    if self.loop.is_running():
+                        self.loop.stop()
+                    return
+                elif channel.arm():
+                    return
+        except BaseException:  # noqa: BLE001 - a corrupt stream: the driver replaces us
+            import os
+            import traceback
+
+            traceback.print_exc()
+            import sys
+
+            sys.stderr.flush()
+            os._exit(70)
+
+
+# ---------------------------------------------------------------- worker thread
+
+
+class ThreadCoroutines:
+    """One worker thread's event loop: runs up to `limit` coroutine tasks at once and keeps
+    taking items from the backend's queue while they run.
+
+    The queue is the backend's ``queue.SimpleQueue``. A thread with coroutines running and
+    room for more registers a waker in `wakers`; ``submit`` calls every waker after putting an
+    item, and the loop then takes what it can with ``get_nowait``. A thread with no coroutine
+    left leaves the loop and blocks in ``queue.get()`` again.
+    """
+
+    def __init__(self, queue, wakers, limit, run_item):
+        self.queue = queue
+        self.wakers = wakers  # set of callables, shared by the backend's threads
+        self.limit = limit
+        self.run_item = run_item  # run_item(item) -> None, or a coroutine still to run
+        self.tasks = set()  # the loop holds tasks weakly: an awaited stream could lose them
+        self.closing = False  # took the shutdown sentinel: finish what runs, then leave
+        self.loop = _new_loop()
+        self._waker = functools.partial(self.loop.call_soon_threadsafe, self._take)
+        self._listening = False
+
+    @property
+    def running(self):
+        return len(self.tasks)
+
+    def start(self, coro, fut):
+        task = self.loop.create_task(_guarded(coro))
+        self.tasks.add(task)
+        task.add_done_callback(functools.partial(self._done, fut))
+
+    def _done(self, fut, task):
+        self.tasks.discard(task)
+        failed, value = task.result()
+        del task
+        if failed:
+            _fail_with_traceback(fut, value)
+        else:
+            fut._resolve(value)
+        del fut, value
+        self._take()
+
+    def _listen(self, on):
+        if on != self._listening:
+            self._listening = on
+            if on:
+                self.wakers.add(self._waker)
+            else:
+                self.wakers.discard(self._waker)
+
+    def _take(self):
+        """Takes items while there is room; leaves the loop when nothing runs."""
+        import queue as queue_module
+
+        while not self.closing and self.running < self.limit:
+            self._listen(True)  # before looking: an item put after the look wakes us
+            try:
+                item = self.queue.get_nowait()
+            except queue_module.Empty:
+                break
+            if item is None:
+                self.closing = True
+                break
+            coro = self.run_item(item)
+            if coro is not None:
+                self.start(coro[0], coro[1])
+        if self.closing or self.running >= self.limit:
+            self._listen(False)
+        if self.running == 0:
+            self._listen(False)
+            if self.loop.is_running():
+                self.loop.stop()
+
+    def serve(self):
+        """Runs the loop until no coroutine is left. True when the thread must exit."""
+        try:
+            while True:
+                self._take()
+                if not self.running:
+                    break
+                # stop() may come with items taken in the same turn: then go round again.
+                self.loop.run_forever()
+        finally:
+            self._listen(False)
+        return self.closing
+
+    def close(self):
+        self._listen(False)
+        self.loop.close()
+
+
+def _fail_with_traceback(fut, exc):
+    from ._thread import _traceback_text
+    from ._errors import RemoteTraceback
+
+    if exc.__cause__ is None:
+        exc.__cause__ = RemoteTraceback(_traceback_text(exc))
+    fut._fail(exc)
+
+
+# ---------------------------------------------------------------- serial backend
+
+
+class SerialCoroutines:
+    """The serial backend's event loop: a coroutine task runs to completion at submit time,
+    in the caller's thread on the executor's own loop. When the caller's thread is already
+    running an event loop (``await ex.submit(...)`` inside ``async def``), a loop cannot run
+    inside it: the task runs on the executor's helper thread instead, and the caller blocks
+    until it is done, as it does for any serial task. Either way the task never runs on the
+    caller's own loop."""
+
+    def __init__(self):
+        self._loop = None
+        self._helper = None  # (thread, loop) for callers inside a running loop
+        self._lock = threading.Lock()
+
+    def run(self, coro):
+        import asyncio
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            if self._loop is None:
+                self._loop = _new_loop()
+            return self._loop.run_until_complete(coro)
+        return asyncio.run_coroutine_threadsafe(coro, self._helper_loop()).result()
+
+    def _helper_loop(self):
+        with self._lock:
+            if self._helper is None:
+                loop = _new_loop()
+                thread = threading.Thread(target=loop.run_forever, name="shoal-serial-loop",
+                                          daemon=True)
+                thread.start()
+                self._helper = (thread, loop)
+            return self._helper[1]
+
+    def close(self):
+        if self._loop is not None and not self._loop.is_running():
+            self._loop.close()
+            self._loop = None
+        with self._lock:
+            helper, self._helper = self._helper, None
+        if helper is not None:
+            thread, loop = helper
+            loop.call_soon_threadsafe(loop.stop)
+            if thread is not threading.current_thread():
+                thread.join(5.0)
+            if not thread.is_alive():
+                loop.close()
