@@ -62,6 +62,8 @@ void bind_worker(nb::module_& m) {
         .def("arm", &WorkerChannel::arm)
         .def("disarm", &WorkerChannel::disarm, nb::call_guard<nb::gil_scoped_release>())
         .def_prop_ro("armed", &WorkerChannel::armed)
+        .def("clear_watch", &WorkerChannel::clear_watch)
+        .def("pending", &WorkerChannel::pending)
         .def("send",
              [](WorkerChannel& ch, int kind, std::uint32_t flags, std::uint64_t task_id, std::uint64_t aux,
                 std::uint32_t count, nb::bytes payload, nb::handle refs) {

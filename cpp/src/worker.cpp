@@ -100,6 +100,15 @@ int WorkerChannel::watch_fd() {
     return m_watch->event.fd();
 }
 
+void WorkerChannel::clear_watch() noexcept {
+    if (m_watch) m_watch->event.drain();
+}
+
+bool WorkerChannel::pending() const {
+    check_owner();
+    return !m_tasks.empty();
+}
+
 bool WorkerChannel::armed() const noexcept {
     return m_watch && m_watch->owned.load(std::memory_order_acquire);
 }

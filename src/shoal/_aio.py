@@ -78,11 +78,13 @@ class WorkerCoroutines:
 
     The worker normally blocks in ``channel.recv`` (C++, GIL released: no added latency for
     plain tasks). When a task turns out to be a coroutine, the worker calls :meth:`serve`,
-    which runs the loop until no coroutine is left. Meanwhile new frames must still be taken:
-    the channel's watcher thread sleeps on the task ring's futex in the loop's place and makes
-    ``channel.watch_fd()`` readable when a frame arrives (``channel.arm()``); the loop reads
-    that descriptor, takes every frame there is with ``try_recv`` and arms again. An idle
-    worker with coroutines waiting on I/O therefore sleeps in epoll, not in a spin loop.
+    which runs the loop until no coroutine is left. Meanwhile new frames must still be taken.
+    The loop's selector (:class:`_RingSelector`) looks at the task ring before each select:
+    a waiting frame is reported as ready at once; when the loop is about to sleep, the
+    channel's watcher thread is armed to sleep on the ring's futex in the loop's place, and
+    it makes ``channel.watch_fd()`` readable when a frame arrives. An idle worker with
+    coroutines waiting on I/O therefore sleeps in epoll, never in a spin loop, and a loop
+    that never sleeps costs no thread hand-over at all.
     """
 
     def __init__(self, channel, finish):
@@ -90,6 +92,7 @@ class WorkerCoroutines:
         self.finish = finish  # finish(token, failed, value): sends the task's result
         self.tasks = set()  # the loop holds tasks weakly: an awaited stream could lose them
         self.loop = None
+        self.handle = None  # the worker's frame handler, while serve() runs
 
     @property
     def running(self):
@@ -101,8 +104,10 @@ class WorkerCoroutines:
         if loop is None:
             import asyncio
 
-            loop = self.loop = _new_loop()
+            selector = _ring_selector(self.channel)
+            loop = self.loop = asyncio.SelectorEventLoop(selector)
             asyncio.set_event_loop(loop)
+            loop.add_reader(selector.watch_fd, self._take_frames)
         task = loop.create_task(_guarded(coro))
         self.tasks.add(task)
         task.add_done_callback(functools.partial(self._done, token))
@@ -118,44 +123,58 @@ class WorkerCoroutines:
     def serve(self, handle):
         """Runs the loop until no coroutine task is left; `handle(frame)` takes each frame
         that arrives meanwhile (a plain task runs inside it, holding the loop)."""
-        loop = self.loop
-        channel = self.channel
-        fd = channel.watch_fd()
-        loop.add_reader(fd, self._take_frames, handle)
+        self.handle = handle
         try:
             while self.running:
-                self._take_frames(handle)
-                if self.running:
-                    loop.run_forever()
+                self.loop.run_forever()
         finally:
-            loop.remove_reader(fd)
-            channel.disarm()  # the ring is the blocking recv's again
+            self.handle = None
+            self.channel.disarm()  # the ring is the blocking recv's again
 
-    def _take_frames(self, handle):
+    def _take_frames(self):
         channel = self.channel
         if channel.armed:
             return  # the watcher still owns the ring (a stale wake-up of the descriptor)
         try:
+            channel.clear_watch()
+            handle = self.handle
             try_recv = channel.try_recv
             while True:
                 frame = try_recv()
-                if frame is not None:
-                    handle(frame)
-                elif self.running == 0:
-                    if self.loop.is_running():
-                        self.loop.stop()
-                    return
-                elif channel.arm():
-                    return
+                if frame is None:
+                    break
+                handle(frame)
         except BaseException:  # noqa: BLE001 - a corrupt stream: the driver replaces us
-            import os
             import traceback
 
             traceback.print_exc()
+            import os
             import sys
 
             sys.stderr.flush()
             os._exit(70)
+        if self.running == 0 and self.loop.is_running():
+            self.loop.stop()
+
+
+def _ring_selector(channel):
+    """The worker loop's selector: epoll, plus the task ring (see WorkerCoroutines)."""
+    import selectors
+
+    class _RingSelector(selectors.DefaultSelector):
+        def __init__(self):
+            super().__init__()
+            self.watch_fd = channel.watch_fd()
+
+        def select(self, timeout=None):
+            if not channel.armed:
+                # A frame waits (or arrives as we arm): report the descriptor without sleeping.
+                if channel.pending() or ((timeout is None or timeout > 0) and not channel.arm()):
+                    ready = super().select(0)
+                    return ready + [(self.get_key(self.watch_fd), selectors.EVENT_READ)]
+            return super().select(timeout)
+
+    return _RingSelector()
 
 
 # ---------------------------------------------------------------- worker thread

@@ -126,6 +126,23 @@ TEST(WorkerChannel, ArmedWatcherMakesTheFdReadableWhenAFrameArrives) {
     rig.channel->disarm();
 }
 
+TEST(WorkerChannel, PendingAndClearWatch) {
+    Rig rig;
+    int fd = rig.channel->watch_fd();
+    EXPECT_FALSE(rig.channel->pending());
+    ASSERT_TRUE(rig.channel->arm());
+    EXPECT_THROW((void)rig.channel->pending(), std::logic_error);  // the watcher owns the ring
+    ASSERT_TRUE(rig.push(5));
+    ASSERT_TRUE(readable(fd, 5000));
+    EXPECT_TRUE(rig.channel->pending());
+    rig.channel->clear_watch();
+    EXPECT_FALSE(readable(fd, 0));
+    EXPECT_TRUE(rig.channel->pending());  // clearing the descriptor leaves the frame
+    Bytes msg;
+    ASSERT_EQ(rig.channel->try_recv(msg), WorkerChannel::Poll::message);
+    EXPECT_FALSE(rig.channel->pending());
+}
+
 TEST(WorkerChannel, ArmRefusesWhenAFrameIsAlreadyThere) {
     Rig rig;
     rig.channel->watch_fd();

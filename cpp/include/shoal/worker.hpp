@@ -52,6 +52,11 @@ public:
     void disarm();
     /// True while the watcher owns the ring.
     bool armed() const noexcept;
+    /// Clears watch_fd() (after its wake-up was handled). Never blocks.
+    void clear_watch() noexcept;
+    /// True when a record waits in the task ring (a frame, or part of one). Never blocks;
+    /// the owner of the ring only.
+    bool pending() const;
 
 private:
     struct Watcher {
