@@ -463,3 +463,17 @@ def test_as_completed_with_coroutine_tasks(make):
     futs = {ex.submit(nap, 0.05 * (i % 3), i): i for i in range(15)}
     seen = sorted(f.result()[0] for f in cf.as_completed(futs, timeout=30))
     assert seen == list(range(15))
+
+
+@pytest.mark.timeout(120)
+def test_the_io_bound_example_runs():
+    import pathlib
+
+    from helpers import run_python_file
+
+    example = pathlib.Path(__file__).resolve().parents[2] / "examples" / "io_bound.py"
+    proc = run_python_file(example, "60", timeout=100)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("60 requests")
+    assert len(lines) == 4 and all(" ms  (" in ln for ln in lines[1:]), proc.stdout
