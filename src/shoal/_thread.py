@@ -31,7 +31,7 @@ async def _run_chunk_async(fn, items, star=True):
     if exc is not None and not isinstance(exc, Exception):
         raise exc  # as call_items(..., Exception) lets it through
     err = None if exc is None else (exc, _traceback_text(exc))
-    return (False, results), err, time.perf_counter() - start
+    return (False, results), err, time.perf_counter() - start, None
 
 
 class ThreadBackend:

@@ -477,3 +477,26 @@ def test_the_io_bound_example_runs():
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("60 requests")
     assert len(lines) == 4 and all(" ms  (" in ln for ln in lines[1:]), proc.stdout
+
+
+async def big_in_big_out(array, i):
+    await asyncio.sleep(0.05)  # the argument's shared-memory block must outlive the wait
+    total = float(array.sum())
+    await asyncio.sleep(0)
+    import numpy as np
+
+    return total, np.full(200_000, float(i))
+
+
+@pytest.mark.timeout(60)
+def test_coroutine_tasks_with_large_arguments_and_results(make):
+    np = pytest.importorskip("numpy")
+    ex = make(workers=2, concurrency=3)
+    arrays = [np.full(300_000, float(i)) for i in range(8)]  # 2.4 MB each: above the threshold
+    futs = [ex.submit(big_in_big_out, a, i) for i, a in enumerate(arrays)]
+    for i, f in enumerate(futs):
+        total, out = f.result(timeout=30)
+        assert total == 300_000.0 * i
+        assert out.shape == (200_000,) and out[0] == i and out[-1] == i
+    res = list(ex.map(big_in_big_out, arrays, range(8), timeout=30))
+    assert [r[0] for r in res] == [300_000.0 * i for i in range(8)]
