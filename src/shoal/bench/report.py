@@ -125,6 +125,10 @@ def targets(records, sizes=None):
         out[(w, "second_pool_ms")] = verdict([
             (second <= spawn / 10, f"{second:.0f} ms vs mp_pool[spawn]/10 = {spawn / 10:.0f} ms")
             if second is not None else (None, "shoal has no result")])
+    w = "sweep"
+    best, _ = best_peer(records, w, "s_total")
+    out[(w, "s_total")] = verdict([vs(w, "s_total", best, 1)] if best
+                                  else [(None, "no peer result")])
     w = "worker_memory"
     uss = shoal(w, "uss_mb_per_worker")
     out[(w, "uss_mb_per_worker")] = verdict([(uss <= 2, f"{uss:.1f} MB (need <=2 MB)")

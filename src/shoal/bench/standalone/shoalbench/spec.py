@@ -20,6 +20,7 @@ SYSTEMS = {
     "startup": ("serial", "mp_pool", "mp_pool[spawn]") + _CORE[2:],
     "worker_memory": _CORE,
     "seed_map": _CORE[:3] + ("cf_thread",) + _CORE[3:] + ("shoal[thread]",),
+    "sweep": _CORE,
 }
 WORKLOADS = tuple(SYSTEMS)
 
@@ -37,6 +38,7 @@ METRICS = {
     "worker_memory": [("uss_mb_per_worker", "MB", True), ("pss_mb_per_worker", "MB", True),
                       ("tree_uss_mb", "MB", True), ("tree_pss_mb", "MB", True)],
     "seed_map": [("s_total", "s", True)],
+    "sweep": [("s_total", "s", True)],
 }
 
 # Sizes: full is BENCHMARKS.md's shape; quick shrinks counts so that every system
@@ -52,6 +54,7 @@ SIZES = {
         "startup": {},
         "worker_memory": {},
         "seed_map": {"items": 64, "range": 10_000_000},
+        "sweep": {"sets": 8, "runs": 25, "steps": 500, "table_mb": 50},
     },
     "quick": {
         "round_trip": {"calls": 200},
@@ -63,6 +66,7 @@ SIZES = {
         "startup": {},
         "worker_memory": {},
         "seed_map": {"items": 8, "range": 2_000_000},
+        "sweep": {"sets": 4, "runs": 10, "steps": 500, "table_mb": 50},
     },
 }
 
