@@ -305,3 +305,16 @@ def test_progress_accepts_the_callers_bar(executor):
     bar = Counter()
     list(executor.sweep(walk, PARAMS, runs=2, seed=1, progress=bar, stream=True))
     assert bar.n == 12
+
+
+def table_sum(table, k, rng):
+    return {"total": float(table[:k].sum()), "writable": bool(table.flags.writeable)}
+
+
+@pytest.mark.timeout(60)
+def test_a_shared_handle_as_a_parameter_value(executor):
+    table = np.arange(100_000, dtype=np.float64)
+    handle = shoal.share(table)
+    rows = executor.sweep(table_sum, {"table": [handle], "k": [10, 1000]}, seed=0).to_dict("records")
+    assert [r["total"] for r in rows] == [float(table[:10].sum()), float(table[:1000].sum())]
+    assert not any(r["writable"] for r in rows)  # read-only views of the arena (or h.value)
