@@ -4,7 +4,8 @@ PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.shoal-deps
-PYDEPS  := nanobind scikit-build-core cloudpickle numpy pandas psutil pytest pytest-timeout ninja cmake
+PYDEPS  := nanobind scikit-build-core cloudpickle numpy pandas psutil pytest pytest-timeout ninja cmake \
+           joblib tqdm
 BUILD   := build/py
 JOBS    ?= 2
 

@@ -217,12 +217,15 @@ void ZygoteServer::imported(Action const& action, bool ok, std::string const& er
 ZygoteClient::ZygoteClient(std::vector<std::string> const& argv) {
     auto [ours, theirs] = socket_pair();
     m_pid = spawn_process(argv, theirs.get());
+    m_owner = ::getpid();
     m_control = std::move(ours);
 }
 
 ZygoteClient::~ZygoteClient() {
     m_control.reset();  // EOF: the zygote kills its workers and exits
-    if (m_pid > 0) reap_or_kill(m_pid, 2'000'000'000);
+    // A forked copy of the driver (os.fork, a multiprocessing worker) closes only its copy
+    // of the socket: the zygote is not its child, and it must not kill the original's.
+    if (m_pid > 0 && ::getpid() == m_owner) reap_or_kill(m_pid, 2'000'000'000);
 }
 
 Fd ZygoteClient::open_executor() {
@@ -236,7 +239,7 @@ Fd ZygoteClient::open_executor() {
 }
 
 bool ZygoteClient::alive() const noexcept {
-    if (m_pid <= 0) return false;
+    if (m_pid <= 0 || ::getpid() != m_owner) return false;
     siginfo_t info{};
     // WNOWAIT: look without reaping, so the destructor still reaps.
     if (::waitid(P_PID, static_cast<id_t>(m_pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0) return false;

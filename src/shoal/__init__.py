@@ -5,7 +5,7 @@ worker processes forked from a zygote, with a C++ core moving tasks through
 shared-memory rings.
 """
 __all__ = ["Executor", "Future", "WorkerCrashedError", "InitializerError", "RemoteTraceback",
-           "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats"]
+           "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats", "Progress"]
 __version__ = "0.1.0"
 
 # The names load on first use, so that a worker process (which imports shoal._worker)
@@ -21,6 +21,7 @@ _where = {
     "set_arena_limit": "._arena",
     "arena_stats": "._arena",
     "ArenaFull": "._core",
+    "Progress": "._progress",
 }
 
 

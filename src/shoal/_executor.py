@@ -110,12 +110,14 @@ class Executor(concurrent.futures.Executor):
                 kwargs = {k: unshare(v) for k, v in kwargs.items()}
         return self._backend.submit(fn, args, kwargs)
 
-    def map(self, fn, *iterables, timeout=None, chunksize=None, ordered=True):
+    def map(self, fn, *iterables, timeout=None, chunksize=None, ordered=True, progress=False):
         """Lazy ``map``: reads the inputs only as far as needed to keep the workers busy,
         so it works on endless iterators with bounded memory. ``ordered=False`` yields
         results as they complete. ``chunksize=None`` adapts chunks to ~1 ms of work.
         With a coroutine function, each chunk's items are awaited one after another in the
-        worker's event loop and up to ``concurrency`` chunks run at once per worker."""
+        worker's event loop and up to ``concurrency`` chunks run at once per worker.
+        ``progress=True`` shows a bar (count, rate, time left) while the results are read;
+        ``progress`` may also be the caller's own bar (anything with ``update(n)``)."""
         self._check_open()
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
@@ -123,25 +125,53 @@ class Executor(concurrent.futures.Executor):
             raise ValueError(f"chunksize must be a positive int or None, not {chunksize!r}")
         if not iterables:
             raise TypeError("map() needs at least one iterable")
+        bar = None
+        if progress is not False:
+            bar = _progress_for(progress, iterables, "map")
         if self.backend != "process":
             iterables = [map(unshare, it) for it in iterables]
         args = zip(*iterables)
         if self.backend == "serial":
             self._backend.check()
-            return _serial_map(self._backend, fn, args, timeout)
+            return _serial_map(self._backend, fn, args, timeout, bar)
         if len(iterables) == 1:  # items travel bare, not as 1-tuples: called as fn(x)
-            return _MapIterator(self, fn, iterables[0], timeout, chunksize, ordered, star=False)
-        return _MapIterator(self, fn, args, timeout, chunksize, ordered)
+            return _MapIterator(self, fn, iterables[0], timeout, chunksize, ordered, star=False, bar=bar)
+        return _MapIterator(self, fn, args, timeout, chunksize, ordered, bar=bar)
 
-    def starmap(self, fn, iterable, timeout=None, chunksize=None, ordered=True):
+    def starmap(self, fn, iterable, timeout=None, chunksize=None, ordered=True, progress=False):
         """Like :meth:`map`, with each item of ``iterable`` unpacked as the arguments."""
         self._check_open()
+        bar = None
+        if progress is not False:
+            bar = _progress_for(progress, (iterable,), "starmap")
         if self.backend != "process":
             iterable = (tuple(map(unshare, a)) for a in iterable)
         if self.backend == "serial":
             self._backend.check()
-            return _serial_map(self._backend, fn, (tuple(a) for a in iterable), timeout)
-        return _MapIterator(self, fn, (tuple(a) for a in iterable), timeout, chunksize, ordered)
+            return _serial_map(self._backend, fn, (tuple(a) for a in iterable), timeout, bar)
+        return _MapIterator(self, fn, (tuple(a) for a in iterable), timeout, chunksize, ordered, bar=bar)
+
+    def sweep(self, fn, params, runs=1, seed=None, product=True, progress=False, errors="raise",
+              stream=False):
+        """Runs ``fn`` over a parameter grid times ``runs`` Monte Carlo runs, reproducibly.
+
+        ``params`` is a dict of lists: their cartesian product (``product=True``) or the
+        lists zipped (``product=False``, equal lengths) gives the parameter sets, each run
+        ``runs`` times. Task ``i`` calls ``fn(**parameters, rng=rng)`` where ``rng`` is a
+        ``numpy.random.Generator`` seeded from ``SeedSequence(seed)`` and ``i`` alone, so the
+        results are the same on every backend and for any number of workers. ``fn`` returns
+        a dict (its keys become columns) or any other value (column ``result``).
+
+        Returns the rows (parameters, ``run``, returned values) in task order: a pandas
+        DataFrame when pandas is importable, else a list of dicts. ``stream=True`` returns
+        an iterator of row dicts in completion order instead. ``errors="keep"`` turns a
+        failed task into a row with an ``error`` column instead of raising.
+        See docs/api.md for the details."""
+        self._check_open()
+        from ._sweep import sweep
+
+        return sweep(self, fn, params, runs=runs, seed=seed, product=product, progress=progress,
+                     errors=errors, stream=stream)
 
     def worker_pids(self):
         """Process ids of the live workers (process backend; empty otherwise)."""
@@ -172,15 +202,28 @@ class Executor(concurrent.futures.Executor):
         return False
 
 
-def _serial_map(backend, fn, args, timeout=None):
+def _progress_for(progress, iterables, desc):
+    from ._progress import known_length, progress_for
+
+    return progress_for(progress, known_length(*iterables), desc)
+
+
+def _serial_map(backend, fn, args, timeout=None, bar=None):
     """Runs each item when it is asked for, in the caller. `timeout` is checked between
     items (a running item cannot be interrupted in the caller's own thread)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     call = backend.call
-    for a in args:
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError()
-        yield call(fn, a, {})
+    try:
+        for a in args:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError()
+            y = call(fn, a, {})
+            if bar is not None:
+                bar.update(1)
+            yield y
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _raise_chunk_error(err):
@@ -193,10 +236,11 @@ def _raise_chunk_error(err):
 class _MapWindow:
     """Keeps a bounded window of chunks in flight for one map() call."""
 
-    def __init__(self, executor, fn, args, timeout, chunksize, ordered, star=True):
+    def __init__(self, executor, fn, args, timeout, chunksize, ordered, star=True, bar=None):
         self._backend = executor._backend
         self._fn = fn
         self._star = star
+        self._bar = bar
         self._args = iter(args)
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._fixed = chunksize
@@ -226,7 +270,7 @@ class _MapWindow:
                 self._exhausted = True
                 break
             fut = self._backend.submit_chunk(self._fn, items, self._star)
-            fut._shoal_n = len(items)
+            fut._shoal_items = items
             self._outstanding += 1
             if self._ordered:
                 self._pending.append(fut)
@@ -243,9 +287,9 @@ class _MapWindow:
             raise TimeoutError()
         return left
 
-    def _next_chunk(self):
-        """The next finished chunk's (packed results, error or None, arena buffers), or None
-        at the end."""
+    def _next_done(self):
+        """The next finished chunk's future (its items in ``fut._shoal_items``), taken out
+        of the window, or None at the end. Its result may still be an exception."""
         if self._outstanding == 0:
             self._fill()
             if self._outstanding == 0:
@@ -253,15 +297,23 @@ class _MapWindow:
         try:
             if self._ordered:
                 fut = self._pending[0]
-                results, err, elapsed, buffers = fut.result(self._remaining())
+                fut.exception(self._remaining())  # waits; raises only on timeout or cancel
                 self._pending.popleft()
             else:
                 fut = self._done.get(timeout=self._remaining())
-                results, err, elapsed, buffers = fut.result()
         except (concurrent.futures.TimeoutError, queue.Empty):
             raise TimeoutError() from None
         self._outstanding -= 1
-        self._learn(fut._shoal_n, elapsed)
+        return fut
+
+    def _next_chunk(self):
+        """The next finished chunk's (packed results, error or None, arena buffers), or None
+        at the end."""
+        fut = self._next_done()
+        if fut is None:
+            return None
+        results, err, elapsed, buffers = fut.result()
+        self._learn(len(fut._shoal_items), elapsed)
         self._fill()
         return results, err, buffers
 
@@ -273,6 +325,11 @@ class _MapWindow:
         self._pending.clear()
 
     def __iter__(self):
+        if self._bar is not None:
+            return self._iter_counted(self._bar)
+        return self._iter()
+
+    def _iter(self):
         # A generator: each chunk's items are yielded with `yield from`, at C speed.
         try:
             while True:
@@ -290,6 +347,26 @@ class _MapWindow:
         finally:
             self.close()
 
+    def _iter_counted(self, bar):
+        # The same, counting each chunk's items on the bar as the chunk arrives.
+        try:
+            while True:
+                chunk = self._next_chunk()
+                if chunk is None:
+                    return
+                results, err, buffers = chunk
+                per_item, data = results
+                bar.update(len(data))
+                if per_item:
+                    yield from iter_items(results, buffers)
+                else:
+                    yield from data
+                if err is not None:
+                    _raise_chunk_error(err)
+        finally:
+            bar.close()
+            self.close()
 
-def _MapIterator(executor, fn, args, timeout, chunksize, ordered, star=True):
-    return iter(_MapWindow(executor, fn, args, timeout, chunksize, ordered, star))
+
+def _MapIterator(executor, fn, args, timeout, chunksize, ordered, star=True, bar=None):
+    return iter(_MapWindow(executor, fn, args, timeout, chunksize, ordered, star, bar))

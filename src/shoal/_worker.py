@@ -20,6 +20,8 @@ CALL = 0   # payload: (args, kwargs) -> result
 CHUNK = 1  # payload: packed [args, ...] -> (packed results, None or (exc, tb), seconds)
 CHUNK1 = 2  # the same with one argument per item: packed [x, ...], each called as fn(x)
 
+in_worker = False  # True in a worker process (e.g. for joblib: no nested process pools)
+
 
 class _Forward(io.TextIOBase):
     """sys.stdout / sys.stderr of a worker: text goes to the driver, line by line."""
@@ -118,6 +120,8 @@ def _dump_chunk(results, exc, elapsed, bufs):
 
 def run(channel, arena=None):
     """Serves tasks until a shutdown frame; never returns."""
+    global in_worker
+    in_worker = True
     if arena is not None:
         set_worker_arena(arena)
     sys.stdout = _Forward(channel, 1)

@@ -467,3 +467,25 @@ TEST(ZygoteClient, AliveTurnsFalseWhenTheZygoteExits) {
     EXPECT_FALSE(client.alive());  // looking does not reap
     EXPECT_THROW(client.open_executor(), std::system_error);
 }
+
+TEST(ZygoteClient, AForkedCopyLeavesTheOriginalsZygoteAlone) {
+    // A forked copy of the driver that drops its inherited client must neither wait for
+    // nor kill the zygote (it is the original's), and must not fail.
+    ZygoteClient client({"/bin/sh", "-c", "exec cat <&3 >/dev/null"});
+    ASSERT_TRUE(client.alive());
+    std::int64_t start = now_ns();
+    pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        bool seen_alive = client.alive();
+        client.~ZygoteClient();  // what dropping the inherited object does
+        ::_exit(seen_alive ? 3 : 0);  // the copy sees no zygote of its own
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status)) << "the child died: " << status;
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+    EXPECT_LT(now_ns() - start, 1'000 * k_ms) << "the copy waited for the zygote";
+    EXPECT_TRUE(client.alive()) << "the copy killed the original's zygote";
+    EXPECT_NO_THROW(client.open_executor());
+}

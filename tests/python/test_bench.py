@@ -61,3 +61,20 @@ def test_unknown_workload_is_refused(tmp_path):
                           capture_output=True, text=True, timeout=50, env=env)
     assert proc.returncode != 0
     assert "unknown workload" in proc.stderr
+
+
+@pytest.mark.timeout(300)
+def test_quick_sweep_checks_rows_and_worker_counts(tmp_path):
+    # The sweep cell fails unless every system's rows equal the serial loop's, and shoal's
+    # also with 1, 2 and 4 workers.
+    proc, records, table = _run_bench(tmp_path, "--quick", "--only", "sweep", "--workers", "2",
+                                      "--systems", "serial,shoal", "--repeats", "1")
+    by_system = {r["system"]: r for r in records}
+    assert set(by_system) == {"serial", "shoal"}
+    assert by_system["serial"]["status"] == "ok", by_system["serial"]["note"]
+    shoal_record = by_system["shoal"]
+    assert shoal_record["status"] == "ok", shoal_record["note"]
+    assert "identical to the serial loop and with 1, 2 and 4 workers" in shoal_record["note"]
+    assert shoal_record["metric"] == "s_total" and shoal_record["value"] > 0
+    assert "| sweep | s_total | s |" in table
+    assert proc.returncode == 0, proc.stderr[-3000:]

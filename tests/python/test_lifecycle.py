@@ -294,3 +294,33 @@ def test_process_executor_in_this_process_cleans_up():
         pids = wait_for_workers(ex, 2)
     assert wait_until(lambda: not any(is_alive(p) for p in pids), timeout=2), \
         f"workers alive after shutdown(): {[p for p in pids if is_alive(p)]}"
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_copy_of_the_driver_can_start_its_own_pool():
+    # A driver forks (os.fork, or a multiprocessing "fork" worker) while its executor is
+    # alive; the child starts an executor of its own. The child must not wait for, kill or
+    # reap the parent's zygote, and both must keep working.
+    proc = run_python("""
+        import os, sys
+        import shoal
+
+        def double(x):
+            return 2 * x
+
+        with shoal.Executor(2) as ex:
+            assert ex.submit(double, 1).result(timeout=20) == 2
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    with shoal.Executor(2) as child_ex:
+                        ok = list(child_ex.map(double, range(5))) == [0, 2, 4, 6, 8]
+                finally:
+                    pass
+                os._exit(0 if ok else 3)
+            _, status = os.waitpid(pid, 0)
+            print("child", os.waitstatus_to_exitcode(status))
+            print("parent", ex.submit(double, 21).result(timeout=20))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "child 0" in proc.stdout and "parent 42" in proc.stdout, proc.stdout + proc.stderr

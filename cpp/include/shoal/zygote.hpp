@@ -104,20 +104,23 @@ class ZygoteClient {
 public:
     /// Starts the zygote: `argv` runs with the control socket as fd 3. Throws.
     explicit ZygoteClient(std::vector<std::string> const& argv);
-    ~ZygoteClient();  ///< Closes the control socket (the zygote exits) and reaps it.
+    /// Closes the control socket (the zygote exits) and reaps it. In a forked copy of the
+    /// driver it only closes that copy's descriptor: the zygote is the original's.
+    ~ZygoteClient();
     ZygoteClient(ZygoteClient const&) = delete;
     ZygoteClient& operator=(ZygoteClient const&) = delete;
 
     /// A new socket for one executor. Throws if the zygote is gone.
     Fd open_executor();
     pid_t pid() const noexcept { return m_pid; }
-    /// False once the zygote has exited.
+    /// False once the zygote has exited, and in a forked copy of the driver.
     bool alive() const noexcept;
 
 private:
     std::mutex m_mutex;
     Fd m_control;
     pid_t m_pid = -1;
+    pid_t m_owner = -1;  // the process that started the zygote
 };
 
 }  // namespace shoal

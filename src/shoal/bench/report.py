@@ -129,6 +129,10 @@ def targets(records, sizes=None):
     x = shoal(w, "x_ideal")
     out[(w, "x_ideal")] = verdict([(x <= 1.5, f"{x:.2f}x the ideal (need <=1.5x)")
                                    if x is not None else (None, "shoal has no result")])
+    w = "sweep"
+    best, _ = best_peer(records, w, "s_total")
+    out[(w, "s_total")] = verdict([vs(w, "s_total", best, 1)] if best
+                                  else [(None, "no peer result")])
     w = "worker_memory"
     uss = shoal(w, "uss_mb_per_worker")
     out[(w, "uss_mb_per_worker")] = verdict([(uss <= 2, f"{uss:.1f} MB (need <=2 MB)")

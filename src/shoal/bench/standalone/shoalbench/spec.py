@@ -23,6 +23,7 @@ SYSTEMS = {
     # threads vs coroutines vs shoal's coroutine tasks (process pools: one of them measured)
     "io_bound": ("mp_pool", "cf_process", "cf_thread", "asyncio", "joblib", "mpire", "ray", "dask",
                  "shoal", "shoal[thread]"),
+    "sweep": _CORE,
 }
 WORKLOADS = tuple(SYSTEMS)
 
@@ -41,6 +42,7 @@ METRICS = {
                       ("tree_uss_mb", "MB", True), ("tree_pss_mb", "MB", True)],
     "seed_map": [("s_total", "s", True)],
     "io_bound": [("ms_total", "ms", True), ("x_ideal", "x", True)],
+    "sweep": [("s_total", "s", True)],
 }
 
 # Sizes: full is BENCHMARKS.md's shape; quick shrinks counts so that every system
@@ -57,6 +59,7 @@ SIZES = {
         "worker_memory": {},
         "seed_map": {"items": 64, "range": 10_000_000},
         "io_bound": {"requests": 500, "delay_ms": 20, "inflight": 100},
+        "sweep": {"sets": 8, "runs": 25, "steps": 500, "table_mb": 50},
     },
     "quick": {
         "round_trip": {"calls": 200},
@@ -69,6 +72,7 @@ SIZES = {
         "worker_memory": {},
         "seed_map": {"items": 8, "range": 2_000_000},
         "io_bound": {"requests": 500, "delay_ms": 20, "inflight": 100},
+        "sweep": {"sets": 4, "runs": 10, "steps": 500, "table_mb": 50},
     },
 }
 

@@ -18,6 +18,34 @@ def _chunks(items, n_chunks):
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def _pool_for_table(system, table, make):
+    """The pool that holds ``table`` for the sweep workload, made on first use and kept for
+    later calls with the same table (closed with the system)."""
+    held = getattr(system, "_table_pool", None)
+    if held is not None and held[0] is table:
+        return held[1]
+    if held is not None:
+        _close_pool(held[1])
+    pool = make()
+    system._table_pool = (table, pool)
+    return pool
+
+
+def _close_pool(pool):
+    if hasattr(pool, "shutdown"):
+        pool.shutdown(wait=True)
+    else:
+        pool.close()
+        pool.join()
+
+
+def _close_table_pool(system):
+    held = getattr(system, "_table_pool", None)
+    if held is not None:
+        system._table_pool = None
+        _close_pool(held[1])
+
+
 class System:
     name = "?"
     library = None  # distribution name whose version is reported
@@ -74,6 +102,12 @@ class System:
         """[fn(shared, i) for i in range(n)], ``shared`` being what ``share`` returned."""
         return self.submit_all(fn, [(shared, i) for i in range(n)])
 
+    def sweep(self, table, grid, runs, seed, steps):
+        """The sweep workload: task i runs sweep_model on parameter set grid[i // runs] with
+        the generator sweep_rng(seed, i), reading ``table`` shared the recommended way.
+        Returns the results (dicts) in task order."""
+        raise Unsupported(f"{self.name} has no sweep adapter")
+
     def worker_pids(self, sleep_s=0.3):
         """Pids of the workers, each made to import numpy (by running numpy_worker_pid)."""
         pids = self.submit_all(tasks.numpy_worker_pid, [(sleep_s,)] * (3 * self.workers))
@@ -104,6 +138,10 @@ class Serial(System):
     def map_shared(self, fn, shared, n):
         return [fn(shared, i) for i in range(n)]
 
+    def sweep(self, table, grid, runs, seed, steps):
+        return [tasks.sweep_task(table, *grid[i // runs], seed, i, steps)
+                for i in range(len(grid) * runs)]
+
     def worker_pids(self, sleep_s=0.3):
         raise Unsupported("serial runs in the caller: it has no pool and no workers")
 
@@ -123,6 +161,7 @@ class MpPool(System):
         self.pool = ctx.Pool(self.workers)
 
     def close(self):
+        _close_table_pool(self)
         self.pool.close()
         self.pool.join()
 
@@ -139,6 +178,19 @@ class MpPool(System):
     def fetch_all(self, urls, inflight):
         raise Unsupported("a process pool runs one blocking task per worker (W requests in "
                           "flight): the same shape as cf_process, which is measured")
+    def sweep(self, table, grid, runs, seed, steps):
+        # "Better to inherit than pickle/unpickle" (multiprocessing's programming guidelines):
+        # a pool whose initializer keeps the table, inherited by the forked workers; made
+        # once per table (in the untimed warm-up) and reused, as a script would.
+        pool = _pool_for_table(self, table, lambda: self.pool_class()(
+            self.workers, initializer=tasks.set_sweep_table, initargs=(table,)))
+        args = [(*grid[i // runs], seed, i, steps) for i in range(len(grid) * runs)]
+        return pool.starmap(tasks.sweep_task_global, args)
+
+    def pool_class(self):
+        import multiprocessing as mp
+
+        return mp.get_context(self.context).Pool
 
 
 class MpPoolSpawn(MpPool):
@@ -182,6 +234,21 @@ class CfProcess(_FuturesSystem):
             chunksize = max(1, math.ceil(len(items) / (4 * self.workers)))
             return list(self.ex.map(fn, items, chunksize=chunksize))
         return list(self.ex.map(fn, items))
+
+    def sweep(self, table, grid, runs, seed, steps):
+        # As for mp_pool: an initializer keeps the table in each (forked) worker.
+        from concurrent.futures import ProcessPoolExecutor
+
+        ex = _pool_for_table(self, table, lambda: ProcessPoolExecutor(
+            self.workers, initializer=tasks.set_sweep_table, initargs=(table,)))
+        n = len(grid) * runs
+        futures = [ex.submit(tasks.sweep_task_global, *grid[i // runs], seed, i, steps)
+                   for i in range(n)]
+        return [f.result() for f in futures]
+
+    def close(self):
+        _close_table_pool(self)
+        super().close()
 
 
     def fetch_all(self, urls, inflight):
@@ -300,6 +367,11 @@ class Joblib(System):
         # numpy arrays over max_nbytes are memmapped automatically, once per call
         return self.parallel(self.delayed(fn)(shared, i) for i in range(n))
 
+    def sweep(self, table, grid, runs, seed, steps):
+        # the table is memmapped automatically (max_nbytes="1M"), once per call
+        return self.parallel(self.delayed(tasks.sweep_task)(table, *grid[i // runs], seed, i, steps)
+                             for i in range(len(grid) * runs))
+
     def worker_pids(self, sleep_s=0.3):
         pids = self.parallel(self.delayed(tasks.numpy_worker_pid)(sleep_s)
                              for _ in range(3 * self.workers))
@@ -355,6 +427,19 @@ class Mpire(System):
             self.shared_pool = WorkerPool(n_jobs=self.workers, shared_objects=shared, keep_alive=True)
             self.shared = shared
         return self.shared_pool.map(fn, range(n))
+
+    def sweep(self, table, grid, runs, seed, steps):
+        # shared_objects: the table is passed to each task as its first argument,
+        # inherited copy-on-write by the forked workers (one pool per table, as map_shared).
+        from mpire import WorkerPool
+
+        if self.shared is not table:
+            if self.shared_pool is not None:
+                self.shared_pool.stop_and_join()
+            self.shared_pool = WorkerPool(n_jobs=self.workers, shared_objects=table, keep_alive=True)
+            self.shared = table
+        args = [(*grid[i // runs], seed, i, steps) for i in range(len(grid) * runs)]
+        return self.shared_pool.map(tasks.sweep_task, args)
 
     def worker_pids(self, sleep_s=0.3):
         handles = [self.pool.apply_async(tasks.numpy_worker_pid, (sleep_s,))
@@ -425,6 +510,13 @@ class Ray(System):
     def io_how(self, inflight):
         return (f"{self.workers} async actors (max_concurrency={max(1, inflight // self.workers)}) "
                 f"awaiting afetch")
+    def sweep(self, table, grid, runs, seed, steps):
+        # ray.put once per table (kept for later calls): workers read it zero-copy.
+        if getattr(self, "_table", None) is not table:
+            self._table, self._table_ref = table, self.ray.put(table)
+        rf = self._r(tasks.sweep_task)
+        return self.ray.get([rf.remote(self._table_ref, *grid[i // runs], seed, i, steps)
+                             for i in range(len(grid) * runs)])
 
 
 class Dask(System):
@@ -476,6 +568,15 @@ class Dask(System):
         raise Unsupported("dask runs each task in one of a worker's thread slots "
                           "(threads_per_worker=1 here: W requests in flight); coroutine tasks "
                           "are not a documented task type")
+    def sweep(self, table, grid, runs, seed, steps):
+        # client.scatter(broadcast=True) once per table (kept for later calls).
+        if getattr(self, "_table", None) is not table:
+            [self._table_future] = self.client.scatter([table], broadcast=True)
+            self._table = table
+        n = len(grid) * runs
+        futures = [self.client.submit(tasks.sweep_task, self._table_future, *grid[i // runs],
+                                      seed, i, steps, pure=False) for i in range(n)]
+        return self.client.gather(futures)
 
 
 class Shoal(_FuturesSystem):
@@ -507,6 +608,30 @@ class Shoal(_FuturesSystem):
         import shoal
 
         return shoal.share(obj)  # placed in the shared arena once; tasks get read-only views
+    def sweep(self, table, grid, runs, seed, steps, executor=None):
+        # ex.sweep with the table bound into the function: it travels once to each worker
+        # (the function is registered once per executor) and stays there for later sweeps.
+        # TODO(shoal.share): bind shoal.share(table) instead, so workers map it zero-copy.
+        import functools
+
+        if getattr(self, "_model_key", None) != (id(table), steps):
+            self._table, self._model_key = table, (id(table), steps)
+            self._model = functools.partial(tasks.sweep_model, table, steps=steps)
+        alphas = list(dict.fromkeys(a for a, _ in grid))
+        betas = list(dict.fromkeys(b for _, b in grid))
+        assert [(a, b) for a in alphas for b in betas] == list(grid)
+        rows = (executor or self.ex).sweep(self._model, {"alpha": alphas, "beta": betas},
+                                           runs=runs, seed=seed)
+        if not isinstance(rows, list):  # a pandas DataFrame
+            rows = rows.to_dict("records")
+        return [{k: r[k] for k in ("price", "stock", "cash")} for r in rows]
+
+    def sweep_with_workers(self, workers, table, grid, runs, seed, steps):
+        """The same sweep on a fresh executor of ``workers`` workers (the identity check)."""
+        import shoal
+
+        with shoal.Executor(max_workers=workers, backend=self.backend) as ex:
+            return self.sweep(table, grid, runs, seed, steps, executor=ex)
 
     def fetch_all(self, urls, inflight):
         # Coroutine tasks, `inflight / W` at once per worker: an executor made for it in the

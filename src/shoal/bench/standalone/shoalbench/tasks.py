@@ -110,3 +110,57 @@ async def afetch(url):
     finally:
         writer.close()
     return _parse(data)
+
+# --- sweep: a cadCAD-style stochastic state-update model over a large shared table ------
+
+
+def sweep_table(nbytes, seed=12345):
+    """The shared read-only table of the sweep workload: demand profiles, ``nbytes`` of float64."""
+    import numpy as np
+
+    return np.random.Generator(np.random.PCG64(seed)).uniform(0.0, 3.0, nbytes // 8)
+
+
+def sweep_model(table, alpha, beta, rng, steps=500):
+    """One Monte Carlo run: ``steps`` state updates of a small market (price, stock, cash).
+    Each step the policies read 64 random entries of ``table`` (demand) and draw a price
+    shock from ``rng``; the state update functions apply them. Returns the final state."""
+    n = table.shape[0]
+    price, stock, cash = 1.0, 100.0, 0.0
+    for _ in range(steps):
+        # policies: demand from the shared table, a price shock, a restocking order
+        demand = alpha * float(table[rng.integers(0, n, size=64)].sum())
+        shock = beta * float(rng.standard_normal())
+        order = max(0.0, 120.0 - stock)
+        # state updates
+        sold = min(stock, demand)
+        stock = stock - sold + order
+        cash += price * sold - 0.8 * order
+        price = max(0.1, price * (1.0 + 0.002 * (demand - 96.0) + 0.01 * shock))
+    return {"price": price, "stock": stock, "cash": cash}
+
+
+def sweep_rng(seed, index):
+    """Task ``index``'s generator: SeedSequence(seed).spawn(n)[index], as shoal's sweep derives it."""
+    import numpy as np
+
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(index,))))
+
+
+def sweep_task(table, alpha, beta, seed, index, steps):
+    """One sweep task for the peers: the same model, the same generator as shoal's task ``index``."""
+    return sweep_model(table, alpha, beta, sweep_rng(seed, index), steps)
+
+
+_SWEEP_TABLE = None
+
+
+def set_sweep_table(table):
+    """Pool initializer (multiprocessing, concurrent.futures): the table, inherited by fork."""
+    global _SWEEP_TABLE
+    _SWEEP_TABLE = table
+
+
+def sweep_task_global(alpha, beta, seed, index, steps):
+    """sweep_task reading the table that set_sweep_table left in this worker."""
+    return sweep_model(_SWEEP_TABLE, alpha, beta, sweep_rng(seed, index), steps)

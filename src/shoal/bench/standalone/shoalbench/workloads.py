@@ -158,6 +158,37 @@ def measure_seed_map(system, size, repeats):
     return out, f"map(sum, [range({length:_})] * {count})"
 
 
+def measure_sweep(system, size, repeats):
+    """Parameter sets x Monte Carlo runs of tasks.sweep_model over one shared table. Every
+    system's results must equal the serial loop's, bit for bit (same seeds per task); shoal's
+    must also be the same with 1, 2 and 4 workers."""
+    sets, runs, steps = size["sets"], size["runs"], size["steps"]
+    alphas = [0.8 + 0.1 * k for k in range(max(1, sets // 2))]
+    betas = [0.5, 1.0][: max(1, min(2, sets))]
+    grid = [(a, b) for a in alphas for b in betas]
+    seed = 20240611
+    table = tasks.sweep_table(size["table_mb"] * MB)
+    reference = [tasks.sweep_task(table, *grid[i // runs], seed, i, steps)
+                 for i in range(len(grid) * runs)]  # serial, untimed: what every system must return
+    system.sweep(table, grid, runs, seed, steps)  # warm-up: pools and shared tables made here
+    out = {"s_total": []}
+    for _ in range(repeats):
+        gc.collect()
+        t0 = time.perf_counter()
+        res = system.sweep(table, grid, runs, seed, steps)
+        dt = time.perf_counter() - t0
+        _check(res == reference, "sweep rows differ from the serial loop's")
+        out["s_total"].append(dt)
+    note = (f"{len(grid)} parameter sets x {runs} runs x {steps} steps, a {size['table_mb']} MB "
+            f"shared table; results identical to the serial loop")
+    if hasattr(system, "sweep_with_workers"):
+        for w in (1, 2, 4):
+            _check(system.sweep_with_workers(w, table, grid, runs, seed, steps) == reference,
+                   f"sweep rows with {w} workers")
+        note += " and with 1, 2 and 4 workers"
+    return out, note
+
+
 def measure_worker_memory(make_system, repeats):
     """Each repeat starts a fresh pool (numpy preloaded where the system offers it), lets it idle, measures."""
     out = {"uss_mb_per_worker": [], "pss_mb_per_worker": [], "tree_uss_mb": [], "tree_pss_mb": []}

@@ -1,0 +1,264 @@
+"""A joblib parallel backend named ``"shoal"``: joblib's ``Parallel`` running on shoal workers.
+
+    import joblib
+    import shoal.joblib  # registers the backend
+
+    with joblib.parallel_config(backend="shoal", n_jobs=4):
+        ys = joblib.Parallel()(joblib.delayed(f)(x) for x in xs)
+
+joblib keeps doing what it does (auto-batching, ``return_as="generator"`` and
+``"generator_unordered"``, ``timeout``, pre-dispatch, error propagation); shoal runs the
+batches. Keyword arguments given to ``parallel_config`` / ``Parallel`` beyond joblib's own
+(for example ``preload=("numpy",)`` or ``retries=0``) go to :class:`shoal.Executor`; for the
+thread backend pass an instance: ``parallel_config(backend=ShoalBackend(backend="thread"))``.
+
+Like loky's, the executor is kept between ``Parallel`` calls with the same ``n_jobs`` and
+options (its workers are reused), and shut down at interpreter exit.
+"""
+import collections
+import os
+import sys
+import threading
+import warnings
+
+import joblib
+from joblib._parallel_backends import (
+    AutoBatchingMixin,
+    FallbackToBackend,
+    ParallelBackendBase,
+    SequentialBackend,
+)
+from joblib.parallel import cpu_count
+
+from ._executor import Executor
+from ._future import Future
+from ._pickle import dumps, loads
+
+__all__ = ["ShoalBackend", "register"]
+
+# What Parallel passes to every backend's configure(); they concern loky's memmapping and
+# multiprocessing's context, not shoal.
+_JOBLIB_OPTIONS = frozenset({"max_nbytes", "temp_folder", "mmap_mode", "verbose", "context",
+                             "idle_worker_timeout"})
+
+_lock = threading.Lock()
+_idle = None  # (n_jobs, options, Executor) that no Parallel call is using: the next one takes it
+
+
+def _forget_after_fork():
+    """A forked child (e.g. a multiprocessing worker) must not use its parent's executor."""
+    global _idle, _lock
+    _idle = None
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _in_shoal_worker():
+    worker = sys.modules.get("shoal._worker")
+    return worker is not None and worker.in_worker
+
+
+def _run_batch(batch):
+    """Runs one of joblib's batches (a BatchedCalls) in the worker. The batch travels as the
+    task's argument, so the function registered with the executor is this one, once."""
+    return batch()
+
+
+def _worker_setup(authkey, user_init):
+    """Runs first in each worker: takes the driver's multiprocessing authkey, so that
+    multiprocessing Manager proxies passed as arguments can connect (loky's workers
+    inherit it the same way), then the user's initializer. That one travels pickled, to be
+    loaded once the authkey is set (its arguments may be such proxies)."""
+    import multiprocessing
+
+    multiprocessing.current_process().authkey = authkey
+    if user_init is not None:
+        initializer, initargs = loads(user_init)
+        initializer(*initargs)
+
+
+def _new_executor(n_jobs, options):
+    import multiprocessing
+
+    options = dict(options)
+    initializer = options.pop("initializer", None)
+    initargs = tuple(options.pop("initargs", ()))
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be callable")
+    authkey = bytes(multiprocessing.current_process().authkey)
+    user_init = None if initializer is None else dumps((initializer, initargs))
+    # Every batch unpickles into joblib objects: the zygote imports joblib once, so workers
+    # (also those that replace workers killed by an abort) start with it.
+    preload = options.pop("preload", ())
+    preload = (preload,) if isinstance(preload, str) else tuple(preload)
+    preload = tuple(dict.fromkeys(preload + ("shoal.joblib",)))
+    return Executor(max_workers=n_jobs, initializer=_worker_setup,
+                    initargs=(authkey, user_init), preload=preload, **options)
+
+
+def _acquire(n_jobs, options):
+    """An executor for one Parallel call: the idle one when it matches (its workers are
+    reused, as loky reuses its executor), else a new one. Calls running at the same time
+    never share an executor, so aborting one never touches the other."""
+    global _idle
+    with _lock:
+        idle, _idle = _idle, None
+    if idle is not None:
+        idle_n, idle_options, ex = idle
+        if idle_n == n_jobs and idle_options == options and not ex._shutdown:
+            return ex
+        ex.shutdown(wait=False)
+    return _new_executor(n_jobs, options)
+
+
+def _release(n_jobs, options, ex):
+    """The call is over: ``ex`` becomes the idle executor (a previous idle one is closed)."""
+    global _idle
+    with _lock:
+        old, _idle = _idle, (n_jobs, dict(options), ex)
+    if old is not None:
+        old[2].shutdown(wait=False)
+
+
+class _Dispatch:
+    """Hands joblib's batches to one executor, at most ``limit`` (= n_jobs) at a time; the rest
+    wait here, in order. A batch is thus started only when a worker is free, never queued in
+    the ring of a worker still busy with a long batch (loky's queue is as short): with
+    ``return_as="generator_unordered"`` the quick batches come back while a slow one runs.
+    joblib's auto-batching makes batches long enough (0.2-2 s) that the hop per batch does
+    not matter."""
+
+    def __init__(self, executor, limit):
+        self.executor = executor
+        self.limit = limit
+        self.running = 0
+        self.waiting = collections.deque()
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def submit(self, batch, outer):
+        with self.lock:
+            if self.running >= self.limit:
+                self.waiting.append((batch, outer))
+                return
+            self.running += 1
+        self._start(batch, outer)
+
+    def _start(self, batch, outer):
+        try:
+            inner = self.executor.submit(_run_batch, batch)
+        except BaseException as exc:  # noqa: BLE001 - e.g. a batch that cannot be pickled
+            self._finished(None, outer, exc)
+            return
+        inner.add_done_callback(lambda f: self._finished(f, outer))
+
+    def _finished(self, inner, outer, error=None):
+        with self.lock:
+            if self.waiting and not self.closed:
+                following = self.waiting.popleft()
+            else:
+                following = None
+                self.running -= 1
+        if following is not None:
+            self._start(*following)  # first: the free worker gets its next batch at once
+        if inner is not None:
+            if inner.cancelled():
+                outer.cancel()
+                return
+            error = inner.exception()
+        if error is not None:
+            outer._fail(error)
+        else:
+            outer._resolve(inner.result())
+
+    def close(self):
+        """Cancels the batches that never started."""
+        with self.lock:
+            self.closed = True
+            waiting, self.waiting = list(self.waiting), collections.deque()
+        for _, outer in waiting:
+            outer.cancel()
+
+
+class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
+    """joblib backend running each batch as one shoal task. Options (``backend``,
+    ``preload``, ``retries``, ``initializer``, ...) are passed to :class:`shoal.Executor`."""
+
+    supports_retrieve_callback = True  # results and timeouts through future callbacks
+    uses_threads = False
+    supports_sharedmem = False
+
+    def __init__(self, nesting_level=None, inner_max_num_threads=None, **executor_options):
+        super().__init__(nesting_level=nesting_level,
+                         inner_max_num_threads=inner_max_num_threads, **executor_options)
+        self._workers = None
+        self.parallel = None
+
+    def effective_n_jobs(self, n_jobs):
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        if n_jobs is None:
+            return 1
+        if _in_shoal_worker():
+            if n_jobs != 1:
+                warnings.warn("shoal-backed parallel loops cannot be nested in a shoal worker "
+                              "(it would start a pool per worker), setting n_jobs=1",
+                              stacklevel=3)
+            return 1
+        if n_jobs < 0:
+            return max(cpu_count() + 1 + n_jobs, 1)
+        return n_jobs
+
+    def configure(self, n_jobs=1, parallel=None, prefer=None, require=None, **backend_kwargs):
+        n_jobs = self.effective_n_jobs(n_jobs)
+        if n_jobs == 1:
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
+        options = {k: v for k, v in {**self.backend_kwargs, **backend_kwargs}.items()
+                   if k not in _JOBLIB_OPTIONS}
+        if self._workers is not None:  # configured again without terminate: keep one executor
+            _release(*self._workers_key, self._workers)
+        self._workers = _acquire(n_jobs, options)
+        self._workers_key = (n_jobs, options)
+        self._dispatch = _Dispatch(self._workers, n_jobs)
+        self.parallel = parallel
+        return n_jobs
+
+    def submit(self, func, callback=None):
+        future = Future()
+        if callback is not None:
+            future.add_done_callback(callback)
+        self._dispatch.submit(func, future)
+        return future
+
+    def retrieve_result_callback(self, future):
+        return future.result()
+
+    def terminate(self):
+        # The executor stays alive for the next Parallel call (loky does the same).
+        if self._workers is not None:
+            self._dispatch.close()
+            _release(*self._workers_key, self._workers)
+            self._workers = None
+        self.reset_batch_stats()
+
+    def abort_everything(self, ensure_ready=True):
+        """An exception or a timeout ended the call: the running batches are killed with
+        their workers (this call's executor only), and (``ensure_ready``) a fresh executor
+        takes over."""
+        if self._workers is not None:
+            self._dispatch.close()
+            self._workers._terminate()
+            self._workers = None
+        if ensure_ready:
+            self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel,
+                           **self.parallel._backend_kwargs)
+
+
+def register():
+    """Registers ``ShoalBackend`` with joblib under the name ``"shoal"`` (done on import)."""
+    joblib.register_parallel_backend("shoal", ShoalBackend)
+
+
+register()
