@@ -64,6 +64,7 @@ class Executor(concurrent.futures.Executor):
             preload = (preload,)
         self.max_workers = max_workers
         self.backend = backend
+        self._max_tasks_per_worker = max_tasks_per_worker
         self._shutdown = False
         self._lock = threading.Lock()
         if backend == "process":
@@ -128,6 +129,16 @@ class Executor(concurrent.futures.Executor):
             self._backend.check()
             return _serial_map(fn, (tuple(a) for a in iterable), timeout)
         return _MapIterator(self, fn, (tuple(a) for a in iterable), timeout, chunksize, ordered)
+
+    def agents(self, cls, init_args, *, checkpoint=False):
+        """Builds one ``cls`` agent per item of ``init_args`` (a dict: keyword arguments, a
+        tuple: positional ones, anything else: the one argument) inside the workers, spread
+        evenly and kept in place; returns a :class:`shoal.AgentGroup` to call them in parallel.
+        ``checkpoint=True`` saves each agent's state after every call so that agents whose
+        worker dies are rebuilt on its replacement (process backend). See docs/api.md."""
+        from ._agents import AgentGroup
+
+        return AgentGroup(self, cls, init_args, checkpoint=checkpoint)
 
     def worker_pids(self):
         """Process ids of the live workers (process backend; empty otherwise)."""

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from . import _core
+from . import _agent_worker, _core
 from ._chunk import call_items
 from ._arena import DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_arena
 from ._pickle import dumps, dumps_exception, iter_items, pack_items, loads
@@ -17,6 +17,7 @@ from ._pickle import dumps, dumps_exception, iter_items, pack_items, loads
 CALL = 0   # payload: (args, kwargs) -> result
 CHUNK = 1  # payload: packed [args, ...] -> (packed results, None or (exc, tb), seconds)
 CHUNK1 = 2  # the same with one argument per item: packed [x, ...], each called as fn(x)
+AGENT = 3  # an operation on this worker's agents; fn is the agent class (see _agent_worker)
 
 
 class _Forward(io.TextIOBase):
@@ -144,6 +145,8 @@ def run(channel, arena=None):
                 mode, data = loads(payload, views)
                 if mode == CALL:
                     out = dumps(fn(*data[0], **data[1]), bufs)
+                elif mode == AGENT:
+                    out = _agent_worker.serve(fn, data, payload, views, bufs, dumps, dumps_exception)
                 else:
                     results, exc = _run_chunk(fn, data, mode == CHUNK, views)
                     out = _dump_chunk(results, exc, (clock() - start) / 1e9, bufs)

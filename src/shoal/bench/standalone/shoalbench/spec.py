@@ -20,6 +20,7 @@ SYSTEMS = {
     "startup": ("serial", "mp_pool", "mp_pool[spawn]") + _CORE[2:],
     "worker_memory": _CORE,
     "seed_map": _CORE[:3] + ("cf_thread",) + _CORE[3:] + ("shoal[thread]",),
+    "agents": ("serial", "joblib", "ray", "shoal"),
 }
 WORKLOADS = tuple(SYSTEMS)
 
@@ -37,6 +38,8 @@ METRICS = {
     "worker_memory": [("uss_mb_per_worker", "MB", True), ("pss_mb_per_worker", "MB", True),
                       ("tree_uss_mb", "MB", True), ("tree_pss_mb", "MB", True)],
     "seed_map": [("s_total", "s", True)],
+    "agents": [("s_per_step", "s", True), ("s_per_step_heavy", "s", True),
+               ("s_per_step_light", "s", True), ("mem_mb", "MB", True)],
 }
 
 # Sizes: full is BENCHMARKS.md's shape; quick shrinks counts so that every system
@@ -52,6 +55,12 @@ SIZES = {
         "startup": {},
         "worker_memory": {},
         "seed_map": {"items": 64, "range": 10_000_000},
+        # agents: BENCHMARKS.md's 10,000 agents x 20 hours at ~100 us, plus issue 5's heavy
+        # (~1 ms per agent) and light (~10 us) steps. The runner adds iterations (calibrated
+        # to task_us) and the plain loop's digests.
+        "agents": {"agents": 10000, "steps": 20, "task_us": 100,
+                   "heavy_agents": 2000, "heavy_steps": 5, "heavy_task_us": 1000,
+                   "light_agents": 10000, "light_steps": 20, "light_task_us": 10},
     },
     "quick": {
         "round_trip": {"calls": 200},
@@ -63,6 +72,9 @@ SIZES = {
         "startup": {},
         "worker_memory": {},
         "seed_map": {"items": 8, "range": 2_000_000},
+        "agents": {"agents": 2000, "steps": 5, "task_us": 100,
+                   "heavy_agents": 400, "heavy_steps": 3, "heavy_task_us": 1000,
+                   "light_agents": 2000, "light_steps": 5, "light_task_us": 10},
     },
 }
 
