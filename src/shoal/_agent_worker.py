@@ -15,6 +15,7 @@ driver and the same bytes in every worker's frame. ``pickle.loads`` stops at the
 STOP opcode, so the header loads without looking at the tail.
 """
 import pickle
+import sys
 
 # Operations (op); `extra` holds what each needs.
 INIT = 0     # extra: [init arg per agent]            -> results: None each
@@ -29,6 +30,7 @@ RESTORE = 7  # extra: [pickled state per agent]: rebuilds the block unless this 
 # Reply status
 OK = 0
 MISSING = 1  # this worker does not hold the block (it replaced one that died)
+STACKED = 2  # OK, and the results are the rows of one numpy array (see _stack)
 
 MUTATING = frozenset({INIT, CALL, EACH, SET})  # after these, a checkpointing group saves state
 
@@ -138,6 +140,30 @@ def serve(cls, data, payload, dumps, dumps_exception):
     return _reply(block, op, results, errors, dumps, dumps_exception)
 
 
+def _stack(results):
+    """Results that are all plain C-contiguous numpy arrays of one shape and dtype (a bid curve
+    per agent) travel as one array: a pickle per array costs ~3 us at each end, the stacked
+    array's one memcpy. The driver gives each agent its own copy of its row (unstack), so
+    nothing is shared between results. None if the results are not like that."""
+    np = sys.modules.get("numpy")  # never imported here for it
+    if np is None or len(results) < 8 or type(results[0]) is not np.ndarray:
+        return None
+    first = results[0]
+    shape, dtype = first.shape, first.dtype
+    if dtype.hasobject or not first.flags.c_contiguous:
+        return None
+    ndarray = np.ndarray
+    for r in results:
+        if type(r) is not ndarray or r.shape != shape or r.dtype != dtype or not r.flags.c_contiguous:
+            return None
+    return np.stack(results)
+
+
+def unstack(stacked):
+    """The results of a STACKED reply: one independent array per agent."""
+    return [row.copy() for row in stacked]
+
+
 def _reply(block, op, results, errors, dumps, dumps_exception):
     packed = None if not errors else {pos: dumps_exception(exc) for pos, exc in errors.items()}
     states = None
@@ -152,6 +178,10 @@ def _reply(block, op, results, errors, dumps, dumps_exception):
                     packed = {}
                 packed.setdefault(pos, dumps_exception(exc))
                 results[pos] = None
+    if not packed:
+        stacked = _stack(results)
+        if stacked is not None:
+            return dumps((STACKED, stacked, None, states))
     try:
         return dumps((OK, results, packed, states))
     except BaseException:  # noqa: BLE001 - find the results that do not pickle; fail those only

@@ -482,6 +482,8 @@ class _ProcessTransport:
 
     def outcome(self, fut):
         status, results, errors, states = fut.result()  # raises WorkerCrashedError, BrokenExecutor...
+        if status == _aw.STACKED:
+            status, results = _aw.OK, _aw.unstack(results)
         if errors:
             errors = {pos: _load_error(blob) for pos, blob in errors.items()}
         return status, results, errors, states
