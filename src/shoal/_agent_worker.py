@@ -150,7 +150,7 @@ def _stack(results):
         return None
     first = results[0]
     shape, dtype = first.shape, first.dtype
-    if dtype.hasobject or not first.flags.c_contiguous:
+    if dtype.hasobject or first.ndim == 0 or not first.flags.c_contiguous:
         return None
     ndarray = np.ndarray
     for r in results:

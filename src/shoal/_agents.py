@@ -457,17 +457,21 @@ class _ProcessTransport:
     def __init__(self, group, backend):
         self.group = group
         self.backend = backend
+        from ._worker import AGENT  # the worker's task mode for agent frames
+
         self.retries = backend._state.retries
         self.blocks = _blocks(group._n, backend.slots)
+        self.mode = AGENT
+        # Close frames of groups dropped without close(), sent by the next operation of any
+        # group of this executor (a finalizer may run inside a lock; it only appends here).
+        self.dropped = backend.__dict__.setdefault("_shoal_dropped_agents", collections.deque())
 
     def _payload(self, b, op, name, extra, ntail):
         _, start, stop = self.blocks[b]
         sub = extra[start:stop] if extra is not None else None
         group = self.group
         header = (op, group._id, start, stop, name, sub, group._checkpoint, ntail)
-        from ._worker import AGENT
-
-        return dumps((AGENT, header))
+        return dumps((self.mode, header))
 
     def prepare(self, operation, extra, args, kwargs):
         op = operation.op
@@ -477,6 +481,10 @@ class _ProcessTransport:
                 for b in range(len(self.blocks))]
 
     def launch(self, operation, b):
+        dropped = self.dropped
+        while dropped:
+            cls, payload, count, slot = dropped.popleft()
+            self.backend.submit_pinned(cls, payload, count, slot)
         slot, start, stop = self.blocks[b]
         return self.backend.submit_pinned(self.group._cls, operation.prepared[b], stop - start, slot)
 
@@ -497,27 +505,16 @@ class _ProcessTransport:
         self.backend.submit_pinned(self.group._cls, payload, stop - start, slot)
 
     def finalizer(self):
-        """Frees the agents in the workers if the group is dropped without close()."""
-        payloads = [(slot, stop - start, self._payload(b, _aw.CLOSE, "", None, 0))
-                    for b, (slot, start, stop) in enumerate(self.blocks)]
-        f = weakref.finalize(self.group, _close_blocks, weakref.ref(self.group._executor),
-                             self.backend, self.group._cls, payloads)
+        """Frees the agents in the workers if the group is dropped without close(): the close
+        frames go out with the executor's next agent operation."""
+        frames = [(self.group._cls, self._payload(b, _aw.CLOSE, "", None, 0), stop - start, slot)
+                  for b, (slot, start, stop) in enumerate(self.blocks)]
+        f = weakref.finalize(self.group, self.dropped.extend, frames)
         f.atexit = False
         return f
 
     def discard(self):
         pass
-
-
-def _close_blocks(executor_ref, backend, cls, payloads):
-    ex = executor_ref()
-    if ex is None or ex._shutdown:
-        return
-    for slot, count, payload in payloads:
-        try:
-            backend.submit_pinned(cls, payload, count, slot)
-        except Exception:
-            return
 
 
 def _load_error(blob):

@@ -342,6 +342,20 @@ def test_close_frees_the_workers_store(make_process_executor):
     probe.close()
 
 
+def test_a_dropped_group_is_freed_in_the_worker(make_process_executor):
+    import gc
+
+    ex = make_process_executor(max_workers=1)
+    group = ex.agents(Counter, [dict(index=i) for i in range(3)])
+    gid = group._id
+    assert ex.submit(_store_has, gid).result(timeout=30) is True
+    del group
+    gc.collect()
+    other = ex.agents(Counter, [dict(index=0)])  # the next agent operation sends the close
+    assert ex.submit(_store_has, gid).result(timeout=30) is False
+    other.close()
+
+
 def _store_has(gid):
     from shoal import _agent_worker as aw
 
