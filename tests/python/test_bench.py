@@ -95,7 +95,7 @@ def test_agents_workload_reproduces_the_plain_loop(name, monkeypatch):
     finally:
         system.close()
         system.teardown()
-    for metric in ("s_per_step", "s_per_step_heavy", "s_per_step_light", "mem_mb"):
+    for metric in ("s_per_step", "s_per_step_heavy", "s_per_step_light", "mem_mb", "tree_mb"):
         assert len(out[metric]) == 1, metric
     assert all(v > 0 for v in out["s_per_step"] + out["s_per_step_light"])
     assert "bit-identical" in note

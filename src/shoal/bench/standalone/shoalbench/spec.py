@@ -39,7 +39,7 @@ METRICS = {
                       ("tree_uss_mb", "MB", True), ("tree_pss_mb", "MB", True)],
     "seed_map": [("s_total", "s", True)],
     "agents": [("s_per_step", "s", True), ("s_per_step_heavy", "s", True),
-               ("s_per_step_light", "s", True), ("mem_mb", "MB", True)],
+               ("s_per_step_light", "s", True), ("mem_mb", "MB", True), ("tree_mb", "MB", True)],
 }
 
 # Sizes: full is BENCHMARKS.md's shape; quick shrinks counts so that every system

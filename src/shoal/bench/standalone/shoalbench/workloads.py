@@ -206,6 +206,7 @@ def measure_agents(system, size, repeats):
     base = memory.snapshot(memory.tree())
     out = {metric: [] for _, metric, _ in AGENT_VARIANTS}
     out["mem_mb"] = []
+    out["tree_mb"] = []
     for _ in range(repeats):
         for variant, metric, key in AGENT_VARIANTS:
             n, steps, iterations = size[key + "agents"], size[key + "steps"], size[key + "iterations"]
@@ -220,13 +221,16 @@ def measure_agents(system, size, repeats):
                 if variant == "standard":
                     gc.collect()
                     time.sleep(0.3)
-                    out["mem_mb"].append(memory.snapshot(memory.tree()).footprint_above(base) / MB)
+                    snap = memory.snapshot(memory.tree())
+                    out["mem_mb"].append(snap.footprint_above(base) / MB)
+                    out["tree_mb"].append(snap.pss / MB)
             finally:
                 system.agents_stop()
             gc.collect()
     note = "; ".join(f"{variant}: {size[key + 'agents']} agents x {size[key + 'steps']} hours, "
                      f"~{size[key + 'task_us']:g} us each ({size[key + 'iterations']} iterations)"
                      for variant, _, key in AGENT_VARIANTS)
-    return out, (f"{note}; state ~11 KB per agent; bids bit-identical to the plain loop's; memory = "
+    return out, (f"{note}; state ~11 KB per agent; bids bit-identical to the plain loop's; mem_mb = "
                  f"process tree with {size['agents']} agents alive above the idle pool (PSS plus "
-                 f"unmapped shared memory)")
+                 f"unmapped shared memory); tree_mb = the whole tree's PSS then (driver, workers, "
+                 f"daemons)")
