@@ -277,8 +277,9 @@ class _Operation:
     def _launch(self, b):
         try:
             fut = self.group._transport.launch(self, b)
-        except Exception as exc:  # noqa: BLE001 - e.g. the executor is shutting down
+        except Exception as exc:  # noqa: BLE001 - e.g. the executor was shut down
             fut = Future()
+            fut.set_running_or_notify_cancel()
             fut._fail(exc)
         with self._lock:
             self.inner[b] = fut
@@ -550,7 +551,12 @@ class _LocalTransport:
             fut.set_running_or_notify_cancel()
             fut._resolve(_run_local(*call))  # an agent's exception is caught per agent
             return fut
-        return self.backend.submit(_run_local, call, {})
+        executor = self.group._executor
+        with executor._lock:  # shutdown() sets the flag under it, then stops the threads
+            if executor._shutdown:
+                raise concurrent.futures.BrokenExecutor(
+                    "shoal: the executor was shut down before this agent operation started")
+            return self.backend.submit(_run_local, call, {})
 
     def outcome(self, fut):
         return fut.result()

@@ -255,6 +255,23 @@ def test_operations_after_shutdown_raise(backend):
     group.close()  # nothing left to free: no error
 
 
+def test_operations_queued_at_shutdown_end_without_hanging(backend):
+    import concurrent.futures as cf
+
+    ex = shoal.Executor(2, backend=backend)
+    group = ex.agents(Counter, [dict(index=i) for i in range(4)])
+    futs = [group.call_async("sleep", 0.2) for _ in range(3)]
+    ex.shutdown(wait=True)
+    outcomes = []
+    for f in futs:
+        try:
+            outcomes.append(f.result(timeout=20))
+        except cf.BrokenExecutor:
+            outcomes.append("broken")
+    assert outcomes[0] == [0, 1, 2, 3]  # it was running: shutdown lets it finish
+    assert all(o in ([0, 1, 2, 3], "broken") for o in outcomes)
+
+
 def test_checkpoint_flag_is_accepted_everywhere(executor, backend):
     group = executor.agents(Counter, [dict(index=i) for i in range(4)], checkpoint=True)
     assert group.checkpoint == (backend == "process")  # elsewhere agents cannot be lost
