@@ -11,11 +11,14 @@ Frame payload of an agent task (the task's function id is the agent class):
     pickle((AGENT, (op, group, start, stop, name, extra, checkpoint, ntail)))  +  tail
 
 ``tail`` (the last ``ntail`` bytes) is the call's shared ``(args, kwargs)``, pickled once by the
-driver and the same bytes in every worker's frame. ``pickle.loads`` stops at the first pickle's
-STOP opcode, so the header loads without looking at the tail.
+driver and the same bytes in every worker's frame; its large buffers are in the arena once, and
+every frame refers to them (read-only). ``pickle.loads`` stops at the first pickle's STOP opcode,
+so the header loads without looking at the tail.
 """
 import pickle
 import sys
+
+from ._pickle import dumps, dumps_exception, loads
 
 # Operations (op); `extra` holds what each needs.
 INIT = 0     # extra: [init arg per agent]            -> results: None each
@@ -112,15 +115,16 @@ def run_block(agents, op, name, extra, args=(), kwargs=None, cls=None, catch=Exc
 # ------------------------------------------------------------------ process workers
 
 
-def serve(cls, data, payload, dumps, dumps_exception):
-    """Runs one agent frame in a worker; returns the pickled reply
-    ``(status, results, {position: pickled (exc, traceback)} or None, [state or None] or None)``."""
+def serve(cls, data, payload, views, bufs):
+    """Runs one agent frame in a worker; returns the reply pickled with ``bufs`` (its large
+    buffers go to the arena): ``(status, results, {position: pickled (exc, traceback)} or None,
+    [pickled state or None] or None)``. ``views`` are the frame's arena buffers."""
     op, group, start, stop, name, extra, checkpoint, ntail = data
     if op == INIT:
         # A failed construction leaves None in its place; the driver then closes the group.
         results, errors, agents = run_block(None, INIT, name, extra, cls=cls, catch=BaseException)
         block = _store[group] = _Block(start, agents, checkpoint)
-        return _reply(block, op, results, errors, dumps, dumps_exception)
+        return _reply(block, op, results, errors, bufs)
     if op == CLOSE:
         _store.pop(group, None)
         return dumps((OK, None, None, None))
@@ -133,11 +137,11 @@ def serve(cls, data, payload, dumps, dumps_exception):
     if not here:
         return dumps((MISSING, None, None, None))
     if ntail:
-        args, kwargs = pickle.loads(memoryview(payload)[len(payload) - ntail:])
+        args, kwargs = loads(memoryview(payload)[len(payload) - ntail:], views)
     else:
         args, kwargs = (), None
     results, errors, _ = run_block(block.agents, op, name, extra, args, kwargs, catch=BaseException)
-    return _reply(block, op, results, errors, dumps, dumps_exception)
+    return _reply(block, op, results, errors, bufs)
 
 
 def _stack(results):
@@ -164,7 +168,7 @@ def unstack(stacked):
     return [row.copy() for row in stacked]
 
 
-def _reply(block, op, results, errors, dumps, dumps_exception):
+def _reply(block, op, results, errors, bufs):
     packed = None if not errors else {pos: dumps_exception(exc) for pos, exc in errors.items()}
     states = None
     if block.checkpoint and op in MUTATING and not (op == INIT and errors):
@@ -181,10 +185,12 @@ def _reply(block, op, results, errors, dumps, dumps_exception):
     if not packed:
         stacked = _stack(results)
         if stacked is not None:
-            return dumps((STACKED, stacked, None, states))
+            return dumps((STACKED, stacked, None, states), bufs)
     try:
-        return dumps((OK, results, packed, states))
+        return dumps((OK, results, packed, states), bufs)
     except BaseException:  # noqa: BLE001 - find the results that do not pickle; fail those only
+        if bufs is not None:
+            bufs.truncate(0)
         for pos, r in enumerate(results):
             try:
                 dumps(r)
@@ -193,4 +199,4 @@ def _reply(block, op, results, errors, dumps, dumps_exception):
                 if packed is None:
                     packed = {}
                 packed[pos] = dumps_exception(exc)
-        return dumps((OK, results, packed, states))
+        return dumps((OK, results, packed, states), bufs)

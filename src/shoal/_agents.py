@@ -30,6 +30,7 @@ import time
 import weakref
 
 from . import _agent_worker as _aw
+from ._arena import READ_ONLY as _READ_ONLY, unshare
 from ._errors import AgentError, AgentsLostError, RemoteTraceback, WorkerCrashedError
 from ._future import Future
 from ._pickle import dumps, loads
@@ -467,18 +468,35 @@ class _ProcessTransport:
         # group of this executor (a finalizer may run inside a lock; it only appends here).
         self.dropped = backend.__dict__.setdefault("_shoal_dropped_agents", collections.deque())
 
-    def _payload(self, b, op, name, extra, ntail):
+    def _frame(self, b, op, name, extra, ntail=0):
+        """(payload, arena refs, what keeps them alive) of block b's header. Per-agent values
+        (init arguments, call_each arguments, set values, states) have their large buffers
+        placed in the arena for this block's frame only."""
         _, start, stop = self.blocks[b]
-        sub = extra[start:stop] if extra is not None else None
         group = self.group
-        header = (op, group._id, start, stop, name, sub, group._checkpoint, ntail)
-        return dumps((self.mode, header))
+        if extra is None:
+            return dumps((self.mode, (op, group._id, start, stop, name, None, group._checkpoint, ntail))), None, None
+        header = (op, group._id, start, stop, name, extra[start:stop], group._checkpoint, ntail)
+        bufs = self.backend.buffers()
+        payload = dumps((self.mode, header), bufs)
+        if bufs is None or not bufs.refs:
+            return payload, None, None
+        return payload, bufs.refs, bufs.keep
 
     def prepare(self, operation, extra, args, kwargs):
         op = operation.op
-        tail = dumps((args, kwargs)) if op == _aw.CALL else b""
-        # The shared arguments: pickled once, the same bytes behind every block's header.
-        return [self._payload(b, op, operation.name, extra, len(tail)) + tail
+        if op != _aw.CALL:
+            return [self._frame(b, op, operation.name, extra) for b in range(len(self.blocks))]
+        # The shared arguments: pickled once; the same bytes follow every block's header, and
+        # their large buffers are in the arena once, read-only for every worker (they are
+        # shared, as the same objects are shared by the agents on the other backends).
+        bufs = self.backend.buffers()
+        tail = dumps((args, kwargs), bufs)
+        refs = keep = None
+        if bufs is not None and bufs.refs:
+            refs = [(offset, length | _READ_ONLY) for offset, length in bufs.refs]
+            keep = bufs.keep
+        return [(self._frame(b, op, operation.name, None, len(tail))[0] + tail, refs, keep)
                 for b in range(len(self.blocks))]
 
     def launch(self, operation, b):
@@ -487,7 +505,8 @@ class _ProcessTransport:
             cls, payload, count, slot = dropped.popleft()
             self.backend.submit_pinned(cls, payload, count, slot)
         slot, start, stop = self.blocks[b]
-        return self.backend.submit_pinned(self.group._cls, operation.prepared[b], stop - start, slot)
+        payload, refs, keep = operation.prepared[b]
+        return self.backend.submit_pinned(self.group._cls, payload, stop - start, slot, refs, keep)
 
     def outcome(self, fut):
         status, results, errors, states = fut.result()  # raises WorkerCrashedError, BrokenExecutor...
@@ -500,15 +519,14 @@ class _ProcessTransport:
     def restore(self, b):
         """Rebuilds block b from its saved states on the slot's (new) worker; the next frame
         pinned to the slot runs after it."""
-        _, start, stop = self.blocks[b]
-        payload = self._payload(b, _aw.RESTORE, "", self.group._states, 0)
-        slot = self.blocks[b][0]
-        self.backend.submit_pinned(self.group._cls, payload, stop - start, slot)
+        slot, start, stop = self.blocks[b]
+        payload, refs, keep = self._frame(b, _aw.RESTORE, "", self.group._states)
+        self.backend.submit_pinned(self.group._cls, payload, stop - start, slot, refs, keep)
 
     def finalizer(self):
         """Frees the agents in the workers if the group is dropped without close(): the close
         frames go out with the executor's next agent operation."""
-        frames = [(self.group._cls, self._payload(b, _aw.CLOSE, "", None, 0), stop - start, slot)
+        frames = [(self.group._cls, self._frame(b, _aw.CLOSE, "", None)[0], stop - start, slot)
                   for b, (slot, start, stop) in enumerate(self.blocks)]
         f = weakref.finalize(self.group, self.dropped.extend, frames)
         f.atexit = False
@@ -540,6 +558,13 @@ class _LocalTransport:
         self.agents = [None] * group._n
 
     def prepare(self, operation, extra, args, kwargs):
+        # Objects, not frames: a shoal.share handle stands for its value (as in submit).
+        args = tuple(map(unshare, args))
+        kwargs = {k: unshare(v) for k, v in kwargs.items()}
+        if extra is not None and operation.op in (_aw.EACH, _aw.INIT):
+            extra = [_unshare_arg(a) for a in extra]
+        elif extra is not None:
+            extra = list(map(unshare, extra))
         return extra, args, kwargs
 
     def launch(self, operation, b):
@@ -569,6 +594,16 @@ class _LocalTransport:
 
     def discard(self):
         self.agents = [None] * self.group._n
+
+
+def _unshare_arg(a):
+    """unshare inside an init or call_each argument (a tuple, a dict, or one value)."""
+    t = type(a)
+    if t is tuple:
+        return tuple(map(unshare, a))
+    if t is dict:
+        return {k: unshare(v) for k, v in a.items()}
+    return unshare(a)
 
 
 def _run_local(agents, start, stop, op, name, prepared, cls):

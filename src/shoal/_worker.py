@@ -146,7 +146,7 @@ def run(channel, arena=None):
                 if mode == CALL:
                     out = dumps(fn(*data[0], **data[1]), bufs)
                 elif mode == AGENT:
-                    out = _agent_worker.serve(fn, data, payload, views, bufs, dumps, dumps_exception)
+                    out = _agent_worker.serve(fn, data, payload, views, bufs)
                 else:
                     results, exc = _run_chunk(fn, data, mode == CHUNK, views)
                     out = _dump_chunk(results, exc, (clock() - start) / 1e9, bufs)

@@ -53,6 +53,18 @@ class Counter:
         time.sleep(seconds)
         return self.index
 
+    def fill(self, array):
+        array[:] = self.index
+        return None
+
+    def total_of(self, array):
+        return float(array.sum()) + self.index
+
+    def curve(self, n):
+        import numpy as np
+
+        return np.full(n, float(self.index))
+
 
 class AgentFailure(Exception):
     pass
@@ -272,6 +284,27 @@ def test_operations_queued_at_shutdown_end_without_hanging(backend):
     assert all(o in ([0, 1, 2, 3], "broken") for o in outcomes)
 
 
+def test_large_arguments_results_and_values(executor):
+    np = pytest.importorskip("numpy")
+    group = executor.agents(Counter, [dict(index=i) for i in range(20)])
+    big = np.ones(200_000)  # 1.6 MB: through the arena on the process backend, once per call
+    assert group.call("total_of", big) == [200_000.0 + i for i in range(20)]
+    handle = shoal.share(np.arange(100_000, dtype=np.float64))
+    expected = float(np.arange(100_000).sum())
+    assert group.call("total_of", handle) == [expected + i for i in range(20)]
+    # Results: one array per agent, each its own (large enough together to use the arena).
+    curves = group.call("curve", 2000)
+    assert [c.tolist() == [float(i)] * 2000 for i, c in enumerate(curves)] == [True] * 20
+    curves[0][:] = -1
+    assert curves[1][0] == 1.0 and all(c.flags.writeable for c in curves)
+    # Per-agent values, each large.
+    group.set("total", [np.full(20_000, float(i)) for i in range(20)])
+    assert [float(t.sum()) for t in group.get("total")] == [20_000.0 * i for i in range(20)]
+    out = group.call_each("total_of", [np.full(20_000, 1.0)] * 20)
+    assert out == [20_000.0 + i for i in range(20)]
+    group.close()
+
+
 def test_checkpoint_flag_is_accepted_everywhere(executor, backend):
     group = executor.agents(Counter, [dict(index=i) for i in range(4)], checkpoint=True)
     assert group.checkpoint == (backend == "process")  # elsewhere agents cannot be lost
@@ -304,6 +337,20 @@ def test_one_frame_per_worker_per_call(make_process_executor):
     ids = group.call("arg_id", payload)
     # Every agent of a worker sees the same unpickled argument: it arrived in one frame.
     assert len(set(ids[:20])) == 1 and len(set(ids[20:])) == 1
+    group.close()
+
+
+def test_large_shared_argument_arrives_read_only_once_per_worker(make_process_executor):
+    np = pytest.importorskip("numpy")
+    ex = make_process_executor(max_workers=2)
+    group = ex.agents(Counter, [dict(index=i) for i in range(10)])
+    big = np.ones(100_000)
+    flags = group.call("arg_id", big)
+    assert len(set(flags[:5])) == 1 and len(set(flags[5:])) == 1
+    with pytest.raises(shoal.AgentError) as info:
+        group.call("fill", big)  # shared by every worker: read-only there
+    assert isinstance(info.value.errors[0], ValueError) and "read-only" in str(info.value.errors[0])
+    assert big[0] == 1.0
     group.close()
 
 
