@@ -119,6 +119,11 @@ def serve(cls, data, payload, views, bufs):
     """Runs one agent frame in a worker; returns the reply pickled with ``bufs`` (its large
     buffers go to the arena): ``(status, results, {position: pickled (exc, traceback)} or None,
     [pickled state or None] or None)``. ``views`` are the frame's arena buffers."""
+    if views:
+        own = _own(views)
+        if own is not views:  # load again, onto this worker's own copies
+            data = loads(payload, own)[1]
+            views = own
     op, group, start, stop, name, extra, checkpoint, ntail = data
     if op == INIT:
         # A failed construction leaves None in its place; the driver then closes the group.
@@ -166,6 +171,16 @@ def _stack(results):
 def unstack(stacked):
     """The results of a STACKED reply: one independent array per agent."""
     return [row.copy() for row in stacked]
+
+
+def _own(views):
+    """Agents keep what they are given, but an argument's arena copy lives only as long as the
+    task (the driver frees it when the reply arrives): such buffers (the writable ones) are
+    copied into this worker's memory, once per frame. Read-only ones are memory the driver
+    keeps (a shoal.share handle): they stay views, with no copy."""
+    if all(memoryview(v).readonly for v in views):
+        return views
+    return [v if memoryview(v).readonly else bytearray(v) for v in views]
 
 
 def _reply(block, op, results, errors, bufs):

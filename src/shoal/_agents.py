@@ -30,7 +30,7 @@ import time
 import weakref
 
 from . import _agent_worker as _aw
-from ._arena import READ_ONLY as _READ_ONLY, unshare
+from ._arena import unshare
 from ._errors import AgentError, AgentsLostError, RemoteTraceback, WorkerCrashedError
 from ._future import Future
 from ._pickle import dumps, loads
@@ -488,14 +488,13 @@ class _ProcessTransport:
         if op != _aw.CALL:
             return [self._frame(b, op, operation.name, extra) for b in range(len(self.blocks))]
         # The shared arguments: pickled once; the same bytes follow every block's header, and
-        # their large buffers are in the arena once, read-only for every worker (they are
-        # shared, as the same objects are shared by the agents on the other backends).
+        # their large buffers are in the arena once for all the workers (each worker takes
+        # one copy of its own for its agents: see _agent_worker._own).
         bufs = self.backend.buffers()
         tail = dumps((args, kwargs), bufs)
         refs = keep = None
         if bufs is not None and bufs.refs:
-            refs = [(offset, length | _READ_ONLY) for offset, length in bufs.refs]
-            keep = bufs.keep
+            refs, keep = bufs.refs, bufs.keep
         return [(self._frame(b, op, operation.name, None, len(tail))[0] + tail, refs, keep)
                 for b in range(len(self.blocks))]
 

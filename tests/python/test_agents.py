@@ -340,18 +340,53 @@ def test_one_frame_per_worker_per_call(make_process_executor):
     group.close()
 
 
-def test_large_shared_argument_arrives_read_only_once_per_worker(make_process_executor):
+def test_large_arguments_travel_once_and_each_worker_gets_its_own_copy(make_process_executor):
     np = pytest.importorskip("numpy")
     ex = make_process_executor(max_workers=2)
     group = ex.agents(Counter, [dict(index=i) for i in range(10)])
     big = np.ones(100_000)
-    flags = group.call("arg_id", big)
-    assert len(set(flags[:5])) == 1 and len(set(flags[5:])) == 1
+    ids = group.call("arg_id", big)
+    assert len(set(ids[:5])) == 1 and len(set(ids[5:])) == 1  # one object per worker
+    assert group.call("fill", big) == [None] * 10  # the worker's own copy: writable
+    assert big[0] == 1.0  # the caller's array is untouched
+    handle = shoal.share(np.ones(100_000))
     with pytest.raises(shoal.AgentError) as info:
-        group.call("fill", big)  # shared by every worker: read-only there
+        group.call("fill", handle)  # memory the caller keeps: read-only views, no copy
     assert isinstance(info.value.errors[0], ValueError) and "read-only" in str(info.value.errors[0])
-    assert big[0] == 1.0
     group.close()
+
+
+def test_agents_keep_what_they_are_given(make_process_executor):
+    """Arrays an agent keeps from its arguments stay valid after the call (in the arena, an
+    argument's copy lives only as long as its task)."""
+    np = pytest.importorskip("numpy")
+    ex = make_process_executor(max_workers=2)
+    group = ex.agents(Keeper, [(np.full(50_000, float(i)),) for i in range(6)])
+    group.call("keep", np.full(100_000, 7.0))
+    group.call_each("keep_each", [np.full(30_000, float(i)) for i in range(6)])
+    group.set("also", [np.full(20_000, 3.0)] * 6)
+    for _ in range(5):  # other large arguments and results reuse the arena's pages meanwhile
+        group.call("churn", np.full(200_000, -1.0))
+    assert group.call("sums") == [(50_000.0 * i, 700_000.0, 30_000.0 * i, 60_000.0) for i in range(6)]
+    group.close()
+
+
+class Keeper:
+    def __init__(self, initial):
+        self.initial = initial
+
+    def keep(self, array):
+        self.kept = array
+
+    def keep_each(self, array):
+        self.each = array
+
+    def churn(self, array):
+        return array * 2
+
+    def sums(self):
+        return (float(self.initial.sum()), float(self.kept.sum()), float(self.each.sum()),
+                float(self.also.sum()))
 
 
 def test_shared_arguments_are_pickled_once_per_call(make_process_executor):
