@@ -61,16 +61,16 @@ void bind_pool(nb::module_& m) {
         .def("forget_function", &Pool::forget_function)
         .def("submit",
              [](Pool& p, std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count, nb::bytes payload,
-                nb::handle refs, bool concurrent) {
+                nb::handle refs, bool concurrent, std::int64_t worker) {
                  if (refs.is_none()) {
-                     p.submit(task_id, fn_id, count, view(payload), {}, concurrent);
+                     p.submit(task_id, fn_id, count, view(payload), {}, concurrent, worker);
                  } else {
                      auto r = buffer_refs(refs);
-                     p.submit(task_id, fn_id, count, view(payload), r, concurrent);
+                     p.submit(task_id, fn_id, count, view(payload), r, concurrent, worker);
                  }
              },
              nb::arg("task_id"), nb::arg("fn_id"), nb::arg("count"), nb::arg("payload"),
-             nb::arg("refs") = nb::none(), nb::arg("concurrent") = false)
+             nb::arg("refs") = nb::none(), nb::arg("concurrent") = false, nb::arg("worker") = -1)
         .def("cancel", &Pool::cancel)
         .def("cancel_all", &Pool::cancel_all)
         .def("take",
@@ -112,6 +112,7 @@ void bind_pool(nb::module_& m) {
              [](Pool& p, double timeout) { p.join(static_cast<std::int64_t>(timeout * 1e9)); },
              nb::arg("timeout"), nb::call_guard<nb::gil_scoped_release>())
         .def("worker_pids", &Pool::worker_pids)
+        .def_prop_ro("workers", &Pool::workers)
         .def_prop_ro("queued", &Pool::queued)
         .def_prop_ro("inflight", &Pool::inflight);
 

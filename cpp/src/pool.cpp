@@ -144,7 +144,11 @@ void Pool::forget_function(std::uint64_t fn_id) {
 }
 
 void Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
-                  std::span<std::byte const> payload, std::span<BufferRef const> refs, bool concurrent) {
+                  std::span<std::byte const> payload, std::span<BufferRef const> refs, bool concurrent,
+                  std::int64_t worker) {
+    if (worker < -1 || worker >= static_cast<std::int64_t>(m_slots.size()))
+        throw std::out_of_range("Pool::submit: no worker slot " + std::to_string(worker) + " (the pool has " +
+                                std::to_string(m_slots.size()) + ")");
     auto frame = std::make_shared<Bytes const>(encode_frame(FrameKind::task, 0, task_id, fn_id, count, payload, refs));
     std::lock_guard lock(m_mutex);
     if (m_broken || m_closing) {
@@ -153,7 +157,7 @@ void Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t coun
         m_ready_cv.notify_all();
         return;
     }
-    m_scheduler.submit(Task{task_id, fn_id, count, 0, std::move(frame), concurrent});
+    m_scheduler.submit(Task{task_id, fn_id, count, 0, std::move(frame), concurrent, worker});
     // Results drained here free in-flight room; the completions wait for a taker.
     if (drain_locked()) wake_dispatcher();
     pump_locked();

@@ -3,25 +3,54 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
+#include <string>
 
 namespace shoal {
 
 Scheduler::Scheduler(std::size_t workers, SchedulerOptions options)
     : m_options(options), m_workers(workers) {}
 
-void Scheduler::submit(Task task) { m_queue.push_back(std::move(task)); }
+void Scheduler::submit(Task task) {
+    if (task.worker < 0) {
+        m_queue.push_back(std::move(task));
+        return;
+    }
+    auto const slot = static_cast<std::size_t>(task.worker);
+    if (slot >= m_workers.size())
+        throw std::out_of_range("Scheduler::submit: task pinned to slot " + std::to_string(slot) + " of " +
+                                std::to_string(m_workers.size()));
+    m_workers[slot].pinned.push_back(std::move(task));
+    ++m_pinned_queued;
+}
 
 bool Scheduler::cancel(std::uint64_t task_id) {
-    auto it = std::find_if(m_queue.begin(), m_queue.end(), [&](Task const& t) { return t.id == task_id; });
-    if (it == m_queue.end()) return false;
-    m_queue.erase(it);
-    return true;
+    auto same = [&](Task const& t) { return t.id == task_id; };
+    auto it = std::find_if(m_queue.begin(), m_queue.end(), same);
+    if (it != m_queue.end()) {
+        m_queue.erase(it);
+        return true;
+    }
+    for (auto& w : m_workers) {
+        auto p = std::find_if(w.pinned.begin(), w.pinned.end(), same);
+        if (p != w.pinned.end()) {
+            w.pinned.erase(p);
+            --m_pinned_queued;
+            return true;
+        }
+    }
+    return false;
 }
 
 std::vector<std::uint64_t> Scheduler::cancel_all() {
     std::vector<std::uint64_t> ids;
     for (auto const& t : m_queue) ids.push_back(t.id);
     m_queue.clear();
+    for (auto& w : m_workers) {
+        for (auto const& t : w.pinned) ids.push_back(t.id);
+        w.pinned.clear();
+    }
+    m_pinned_queued = 0;
     return ids;
 }
 
@@ -49,6 +78,31 @@ bool Scheduler::exhausted(std::size_t worker) const {
     return m_options.max_items_per_worker && w.items_started >= m_options.max_items_per_worker;
 }
 
+bool Scheduler::has_room(std::size_t worker, std::uint32_t limit, bool concurrent) const {
+    // Concurrent tasks run side by side in a worker and have their own limit; the others
+    // run one after another under the adaptive one.
+    auto const& w = m_workers[worker];
+    std::size_t const load = concurrent ? w.concurrent : w.inflight.size() - w.concurrent;
+    std::size_t const cap = concurrent ? std::max<std::uint32_t>(1, m_options.concurrency) : limit;
+    return w.alive && w.accepting && load < cap && !exhausted(worker);
+}
+
+void Scheduler::send(std::size_t worker, Task t, std::vector<std::pair<std::size_t, SharedBytes>>& out) {
+    auto& w = m_workers[worker];
+    if (t.fn_id && !w.known_functions.count(t.fn_id)) {
+        auto f = m_functions.find(t.fn_id);
+        if (f != m_functions.end()) {
+            out.emplace_back(worker, f->second);
+            w.known_functions.insert(t.fn_id);
+        }
+    }
+    ++t.attempts;
+    w.items_started += t.count;
+    if (t.concurrent) ++w.concurrent;
+    out.emplace_back(worker, t.frame);
+    w.inflight.push_back(std::move(t));
+}
+
 void Scheduler::assign(std::vector<std::pair<std::size_t, SharedBytes>>& out) {
     for (std::size_t i = 0; i < m_workers.size(); ++i) {
         auto& w = m_workers[i];
@@ -56,20 +110,29 @@ void Scheduler::assign(std::vector<std::pair<std::size_t, SharedBytes>>& out) {
         w.control.clear();
     }
     std::uint32_t const limit = inflight_limit();
-    std::uint32_t const most_concurrent = std::max<std::uint32_t>(1, m_options.concurrency);
+    // Pinned work first: nobody else can run it, and it must not wait behind shared work.
+    if (m_pinned_queued) {
+        for (std::size_t i = 0; i < m_workers.size(); ++i) {
+            auto& w = m_workers[i];
+            while (!w.pinned.empty() && has_room(i, limit, w.pinned.front().concurrent)) {
+                Task t = std::move(w.pinned.front());
+                w.pinned.pop_front();
+                --m_pinned_queued;
+                send(i, std::move(t), out);
+            }
+        }
+    }
     while (!m_queue.empty()) {
         // Among the workers with room for this kind of task, the one with the fewest of
         // that kind in flight (then the fewest in all). Concurrent tasks run side by side
         // in a worker and have their own limit; the others run one after another.
         bool const concurrent = m_queue.front().concurrent;
-        std::size_t const cap = concurrent ? most_concurrent : limit;
         std::size_t best = m_workers.size();
         std::size_t best_load = 0;
         for (std::size_t i = 0; i < m_workers.size(); ++i) {
+            if (!has_room(i, limit, concurrent)) continue;
             auto const& w = m_workers[i];
-            if (!w.alive || !w.accepting || exhausted(i)) continue;
             std::size_t const load = concurrent ? w.concurrent : w.inflight.size() - w.concurrent;
-            if (load >= cap) continue;
             if (best == m_workers.size() || load < best_load ||
                 (load == best_load && w.inflight.size() < m_workers[best].inflight.size())) {
                 best = i;
@@ -77,21 +140,9 @@ void Scheduler::assign(std::vector<std::pair<std::size_t, SharedBytes>>& out) {
             }
         }
         if (best == m_workers.size()) return;
-        auto& w = m_workers[best];
         Task t = std::move(m_queue.front());
         m_queue.pop_front();
-        if (t.fn_id && !w.known_functions.count(t.fn_id)) {
-            auto f = m_functions.find(t.fn_id);
-            if (f != m_functions.end()) {
-                out.emplace_back(best, f->second);
-                w.known_functions.insert(t.fn_id);
-            }
-        }
-        ++t.attempts;
-        w.items_started += t.count;
-        if (t.concurrent) ++w.concurrent;
-        out.emplace_back(best, t.frame);
-        w.inflight.push_back(std::move(t));
+        send(best, std::move(t), out);
     }
 }
 
@@ -125,12 +176,15 @@ std::vector<Task> Scheduler::worker_died(std::size_t worker) {
         if (!oldest) --t.attempts;
         oldest = false;
     }
-    // Re-queue at the front in the original order.
+    // Re-queue at the front in the original order; pinned tasks fail (their slot's state died).
     for (auto it = w.inflight.rbegin(); it != w.inflight.rend(); ++it) {
-        if (it->attempts > m_options.retries) failed.push_back(std::move(*it));
+        if (it->worker >= 0 || it->attempts > m_options.retries) failed.push_back(std::move(*it));
         else m_queue.push_front(std::move(*it));
     }
     std::reverse(failed.begin(), failed.end());
+    for (auto& t : w.pinned) failed.push_back(std::move(t));
+    m_pinned_queued -= w.pinned.size();
+    w.pinned.clear();
     w.inflight.clear();
     w.concurrent = 0;
     w.known_functions.clear();
@@ -142,7 +196,9 @@ std::vector<Task> Scheduler::worker_died(std::size_t worker) {
 
 void Scheduler::worker_started(std::size_t worker) {
     auto& w = m_workers.at(worker);
+    std::deque<Task> pinned = std::move(w.pinned);  // queued while the slot had no worker
     w = WorkerState{};
+    w.pinned = std::move(pinned);
     w.alive = true;
     w.accepting = true;
 }

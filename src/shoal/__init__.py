@@ -4,8 +4,9 @@ One API runs the same code serially (for debugging), on threads, or on a pool of
 worker processes forked from a zygote, with a C++ core moving tasks through
 shared-memory rings.
 """
-__all__ = ["Executor", "Future", "WorkerCrashedError", "InitializerError", "RemoteTraceback",
-           "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats", "Progress"]
+__all__ = ["Executor", "Future", "AgentGroup", "WorkerCrashedError", "InitializerError", "RemoteTraceback",
+           "AgentError", "AgentsLostError", "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats",
+           "Progress"]
 __version__ = "0.1.0"
 
 # The names load on first use, so that a worker process (which imports shoal._worker)
@@ -22,6 +23,9 @@ _where = {
     "arena_stats": "._arena",
     "ArenaFull": "._core",
     "Progress": "._progress",
+    "AgentError": "._errors",
+    "AgentsLostError": "._errors",
+    "AgentGroup": "._agents",
 }
 
 

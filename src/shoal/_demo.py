@@ -79,7 +79,27 @@ def main(argv=()):
     print("\n4. the same code, serially, for debugging (pdb and tracebacks as in a plain loop)")
     with shoal.Executor(backend="serial") as ex:
         print(f"  serial map: {list(ex.map(work, [10, 20]))}")
+
+    print("\n5. agents: battery agents living in the workers bid into a market each hour")
+    _energy_market(workers)
     return 0
+
+
+def _energy_market(workers):
+    """examples/energy_market.py, small: on the workers, then the same market in the caller."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "energy_market.py"
+    if not example.exists():
+        print("  examples/energy_market.py is in the source checkout: run the demo from there")
+        return
+    sys.path.insert(0, str(example.parent))  # before the executor: its workers import it too
+    import energy_market
+
+    prices, _, t_pool = energy_market.run(agents=400, hours=6, workers=workers)
+    same, _, t_serial = energy_market.run(agents=400, hours=6, backend="serial", verbose=False)
+    print(f"  market hours: {t_pool * 1e3:.0f} ms with the agents on {workers} workers, "
+          f"{t_serial * 1e3:.0f} ms in the caller (backend=\"serial\"); the same prices: {same == prices}")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ class Executor(concurrent.futures.Executor):
         self.max_workers = max_workers
         self.backend = backend
         self.concurrency = concurrency
+        self._max_tasks_per_worker = max_tasks_per_worker
         self._shutdown = False
         self._lock = threading.Lock()
         if backend == "process":
@@ -172,6 +173,16 @@ class Executor(concurrent.futures.Executor):
 
         return sweep(self, fn, params, runs=runs, seed=seed, product=product, progress=progress,
                      errors=errors, stream=stream)
+
+    def agents(self, cls, init_args, *, checkpoint=False):
+        """Builds one ``cls`` agent per item of ``init_args`` (a dict: keyword arguments, a
+        tuple: positional ones, anything else: the one argument) inside the workers, spread
+        evenly and kept in place; returns a :class:`shoal.AgentGroup` to call them in parallel.
+        ``checkpoint=True`` saves each agent's state after every call so that agents whose
+        worker dies are rebuilt on its replacement (process backend). See docs/api.md."""
+        from ._agents import AgentGroup
+
+        return AgentGroup(self, cls, init_args, checkpoint=checkpoint)
 
     def worker_pids(self):
         """Process ids of the live workers (process backend; empty otherwise)."""

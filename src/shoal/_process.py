@@ -279,6 +279,33 @@ class ProcessBackend:
         self._pool.submit(task_id, fn_id, count, payload, refs, is_coroutine_function(fn))
         return fut
 
+    def submit_pinned(self, fn, payload, count, worker, refs=None, keep=None):
+        """Sends a ready-made task payload to worker slot ``worker`` only (agents live there).
+        If that worker dies, the future fails with WorkerCrashedError: it is not retried.
+        ``refs`` are the payload's arena buffers; ``keep`` keeps them alive until it completes."""
+        fn_id = self._functions.acquire(fn)
+        task_id = next(self._ids)
+        fut = _ProcessFuture()
+        fut._shoal_state = self._state
+        fut._shoal_id = task_id
+        self._state.futures[task_id] = (fut, fn_id, keep, False)
+        try:
+            self._pool.submit(task_id, fn_id, count, payload, refs, worker)
+        except BaseException:
+            self._state.futures.pop(task_id, None)
+            self._functions.release(fn_id)
+            raise
+        return fut
+
+    def buffers(self):
+        """A collector for one payload's out-of-band buffers (None without an arena)."""
+        return None if self._arena is None else Buffers(self._arena, self._threshold)
+
+    @property
+    def slots(self):
+        """The number of worker slots (a slot keeps its index when its process is replaced)."""
+        return self._pool.workers
+
     def submit(self, fn, args, kwargs):
         return self._submit(fn, CALL, (args, kwargs), 1)
 

@@ -11,7 +11,7 @@ import sys
 import time
 from types import CoroutineType
 
-from . import _aio, _core
+from . import _agent_worker, _aio, _core
 from ._chunk import call_items
 from ._arena import DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_arena
 from ._pickle import dumps, dumps_exception, iter_items, pack_items, loads
@@ -19,6 +19,7 @@ from ._pickle import dumps, dumps_exception, iter_items, pack_items, loads
 CALL = 0   # payload: (args, kwargs) -> result
 CHUNK = 1  # payload: packed [args, ...] -> (packed results, None or (exc, tb), seconds)
 CHUNK1 = 2  # the same with one argument per item: packed [x, ...], each called as fn(x)
+AGENT = 3  # an operation on this worker's agents; fn is the agent class (see _agent_worker)
 
 in_worker = False  # True in a worker process (e.g. for joblib: no nested process pools)
 
@@ -166,6 +167,8 @@ def _frame_handler(channel, arena, coroutines):
                         coroutines.start(out, (task_id, count, start, mode))
                         return
                     out = dumps(out, bufs)
+                elif mode == AGENT:
+                    out = _agent_worker.serve(fn, data, payload, views, bufs)
                 elif _aio.is_coroutine_function(fn):
                     _start_coroutine_chunk(coroutines, fn, data, mode, views, (task_id, count, start, mode))
                     return

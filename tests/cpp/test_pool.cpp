@@ -488,6 +488,85 @@ TEST(Pool, ZygoteDeathBreaksThePoolWithoutHanging) {
     close_and_join(pool);
 }
 
+// ---------------------------------------------------------------- pinned tasks (agents)
+
+TEST(Pool, PinnedTasksRunOnTheirSlotOnly) {
+    auto zygote = start_zygote();
+    Pool pool(*zygote, options(3));
+    EXPECT_EQ(pool.workers(), 3u);
+    for (std::uint64_t id = 1; id <= 60; ++id)
+        pool.submit(id, 0, 1, bytes_of(id_payload(id)), {}, static_cast<std::int64_t>(id % 3));
+    submit_echoes(pool, 100, 30);  // unpinned work mixed in
+    auto all = collect(pool, 30'000 * k_ms, [](auto const& a) { return a.size() >= 90; });
+    ASSERT_EQ(all.size(), 90u);
+    for (auto const& c : all) {
+        ASSERT_EQ(c.kind, Completion::result);
+        if (c.task_id <= 60) EXPECT_EQ(c.worker, c.task_id % 3) << "task " << c.task_id;
+    }
+    EXPECT_THROW(pool.submit(999, 0, 1, bytes_of("x"), {}, 3), std::out_of_range);
+    EXPECT_THROW(pool.submit(999, 0, 1, bytes_of("x"), {}, -2), std::out_of_range);
+    close_and_join(pool);
+}
+
+TEST(Pool, PinnedTasksOfADeadWorkerCrashWithItsStatusAndAreNotRetried) {
+    auto zygote = start_zygote();
+    PoolOptions o = options(2);
+    o.scheduler.retries = 2;
+    Pool pool(*zygote, o);
+    std::vector<Completion> none;
+    std::int64_t deadline = now_ns() + 5'000 * k_ms;
+    while (pool.worker_pids().size() < 2 && now_ns() < deadline) pool.take(none, 1 * k_ms);
+    auto pids = pool.worker_pids();
+    ASSERT_EQ(pids.size(), 2u);  // slot order: pids[1] serves slot 1
+
+    // Slot 0: a task that exits with status 3, then four more behind it (in its ring and in
+    // its pinned queue). Retried elsewhere, "exit:3" would kill slot 1's worker too.
+    pool.submit(1, 0, 1, bytes_of("sleep:50"), {}, 0);
+    pool.submit(2, 0, 1, bytes_of("exit:3"), {}, 0);
+    for (std::uint64_t id = 3; id <= 6; ++id) pool.submit(id, 0, 1, bytes_of(id_payload(id)), {}, 0);
+    auto all = collect(pool, 20'000 * k_ms, [](auto const& a) { return a.size() >= 6; });
+    ASSERT_EQ(all.size(), 6u);
+    std::map<std::uint64_t, Completion const*> by_id;
+    for (auto const& c : all) by_id[c.task_id] = &c;
+    ASSERT_EQ(by_id.size(), 6u);
+    EXPECT_EQ(by_id[1]->kind, Completion::result);
+    for (std::uint64_t id = 2; id <= 6; ++id) {
+        EXPECT_EQ(by_id[id]->kind, Completion::crashed) << "task " << id;
+        EXPECT_EQ(by_id[id]->status.kind, ExitStatus::exited) << "task " << id;
+        EXPECT_EQ(by_id[id]->status.value, 3) << "task " << id;
+        EXPECT_EQ(by_id[id]->worker, 0u) << "task " << id;
+    }
+    // Slot 1's worker never ran any of it.
+    auto now_pids = pool.worker_pids();
+    EXPECT_EQ(std::count(now_pids.begin(), now_pids.end(), pids[1]), 1) << "slot 1's worker was replaced";
+    EXPECT_EQ(std::count(now_pids.begin(), now_pids.end(), pids[0]), 0) << "slot 0's worker still listed";
+
+    // The replacement serves slot 0's pinned work again.
+    for (std::uint64_t id = 10; id < 20; ++id) pool.submit(id, 0, 1, bytes_of(id_payload(id)), {}, 0);
+    auto more = collect(pool, 20'000 * k_ms, [](auto const& a) { return a.size() >= 10; });
+    check_echoes(more, 10, 10);
+    for (auto const& c : more) EXPECT_EQ(c.worker, 0u);
+    close_and_join(pool);
+}
+
+TEST(Pool, PinnedTaskKilledBySignalNamesIt) {
+    auto zygote = start_zygote();
+    Pool pool(*zygote, options(2));
+    pool.submit(1, 0, 1, bytes_of("kill"), {}, 1);
+    submit_echoes(pool, 10, 20);  // unpinned tasks on the same slot are retried as usual
+    auto all = collect(pool, 20'000 * k_ms, [](auto const& a) { return a.size() >= 21; });
+    ASSERT_EQ(all.size(), 21u);
+    EXPECT_EQ(count_kind(all, Completion::result), 20u);
+    for (auto const& c : all) {
+        if (c.task_id != 1) continue;
+        EXPECT_EQ(c.kind, Completion::crashed);
+        EXPECT_EQ(c.status.kind, ExitStatus::signaled);
+        EXPECT_EQ(c.status.value, SIGKILL);
+        EXPECT_EQ(c.worker, 1u);
+    }
+    close_and_join(pool);
+}
+
 int main(int argc, char** argv) {
     if (argc == 2 && std::string(argv[1]) == k_zygote_flag) return zygote_main();
     ::testing::InitGoogleTest(&argc, argv);

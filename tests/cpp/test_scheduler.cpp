@@ -401,6 +401,17 @@ Task async_task(std::uint64_t id) {
 }
 }  // namespace
 
+// ---------------------------------------------------------------- pinned tasks (agents)
+
+namespace {
+Task pinned(std::uint64_t id, std::int64_t worker, std::uint64_t fn = 0) {
+    Task t = task(id, fn);
+    t.frame = frame("p" + std::to_string(id));
+    t.worker = worker;
+    return t;
+}
+}  // namespace
+
 TEST(Scheduler, ConcurrentTasksFillKPerWorkerWhateverTheAdaptiveLimit) {
     SchedulerOptions o;
     o.concurrency = 5;
@@ -486,4 +497,141 @@ TEST(Scheduler, ConcurrentTasksAreRetriedUntilTheirRetriesAreUsed) {
     EXPECT_EQ(failed[0].id, 2u);
     EXPECT_EQ(failed[1].id, 4u);
     EXPECT_EQ(s.inflight(), 2u);  // worker 0 is untouched
+}
+
+TEST(SchedulerPinned, GoesOnlyToItsSlotWithinTheInflightLimit) {
+    auto s = started(3);
+    for (std::uint64_t i = 1; i <= 4; ++i) s.submit(pinned(i, 1));
+    EXPECT_EQ(s.queued(), 4u);
+    EXPECT_EQ(assign(s), (V{"1:p1", "1:p2"}));  // the limit (2) holds for pinned work too
+    EXPECT_EQ(s.queued(), 2u);
+    EXPECT_TRUE(s.idle(0));
+    EXPECT_TRUE(s.idle(2));
+    ASSERT_TRUE(s.complete(1, 1, 0));
+    EXPECT_EQ(assign(s), V{"1:p3"});
+    ASSERT_TRUE(s.complete(1, 2, 0));
+    ASSERT_TRUE(s.complete(1, 3, 0));
+    EXPECT_EQ(assign(s), V{"1:p4"});
+    EXPECT_EQ(s.queued(), 0u);
+}
+
+TEST(SchedulerPinned, SentBeforeUnpinnedWorkAndCountedInTheLimit) {
+    auto s = started(2);
+    s.submit(task(1));
+    s.submit(task(2));
+    s.submit(pinned(3, 0));
+    s.submit(pinned(4, 0));
+    // Slot 0 fills with its pinned tasks first; the shared queue goes to slot 1.
+    EXPECT_EQ(assign(s), (V{"0:p3", "0:p4", "1:t1", "1:t2"}));
+    s.submit(task(5));
+    EXPECT_EQ(assign(s), V{});  // both slots full
+    ASSERT_TRUE(s.complete(0, 3, 0));
+    s.submit(pinned(6, 0));
+    EXPECT_EQ(assign(s), V{"0:p6"});  // the pinned task takes the room, not t5
+    ASSERT_TRUE(s.complete(1, 1, 0));
+    EXPECT_EQ(assign(s), V{"1:t5"});
+}
+
+TEST(SchedulerPinned, FunctionFrameGoesToThePinnedSlotFirst) {
+    auto s = started(2);
+    s.define_function(9, frame("f9"));
+    s.submit(pinned(1, 1, 9));
+    s.submit(pinned(2, 1, 9));
+    EXPECT_EQ(assign(s), (V{"1:f9", "1:p1", "1:p2"}));
+}
+
+TEST(SchedulerPinned, UnknownSlotIsRefused) {
+    auto s = started(2);
+    EXPECT_THROW(s.submit(pinned(1, 2)), std::out_of_range);
+    EXPECT_EQ(s.queued(), 0u);
+}
+
+TEST(SchedulerPinned, WaitsWhileTheSlotHasNoWorker) {
+    Scheduler s(2, {});
+    s.worker_started(0);
+    s.submit(pinned(1, 1));
+    EXPECT_EQ(assign(s), V{});  // slot 1 never started: slot 0 must not take it
+    EXPECT_EQ(s.queued(), 1u);
+    s.worker_started(1);
+    EXPECT_EQ(assign(s), V{"1:p1"});
+}
+
+TEST(SchedulerPinned, WorkerDeathFailsInflightAndQueuedPinnedTasksWithoutRetry) {
+    SchedulerOptions o;
+    o.retries = 5;
+    auto s = started(2, o);
+    s.submit(pinned(1, 0));
+    s.submit(task(2));          // goes to slot 1
+    s.submit(pinned(3, 0));
+    s.submit(pinned(4, 0));     // queued behind the limit
+    EXPECT_EQ(assign(s), (V{"0:p1", "0:p3", "1:t2"}));
+    s.submit(task(5));
+    s.submit(task(6));
+    EXPECT_EQ(assign(s), V{"1:t5"});
+    // Slot 0 dies: p1 (running) and p3 (in its ring) and p4 (queued for it) all fail, in that
+    // order, however many retries are left; nothing of slot 0 goes to slot 1.
+    auto failed = s.worker_died(0);
+    ASSERT_EQ(failed.size(), 3u);
+    EXPECT_EQ(failed[0].id, 1u);
+    EXPECT_EQ(failed[1].id, 3u);
+    EXPECT_EQ(failed[2].id, 4u);
+    EXPECT_EQ(failed[2].attempts, 0u);  // never sent
+    EXPECT_EQ(s.queued(), 1u);          // t6 only
+    ASSERT_TRUE(s.complete(1, 2, 0));
+    EXPECT_EQ(assign(s), V{"1:t6"});
+    s.worker_started(0);
+    s.submit(pinned(7, 0));
+    EXPECT_EQ(assign(s), V{"0:p7"});  // the replacement serves the slot again
+}
+
+TEST(SchedulerPinned, UnpinnedTasksBehindAPinnedOneAreRequeuedUncharged) {
+    SchedulerOptions o;
+    o.retries = 0;
+    o.max_inflight = 64;
+    auto s = started(1, o);
+    s.submit(pinned(1, 0));
+    s.submit(task(2));
+    EXPECT_EQ(assign(s), (V{"0:p1", "0:t2"}));
+    auto failed = s.worker_died(0);
+    ASSERT_EQ(failed.size(), 1u);  // the pinned task was running; t2 did not run
+    EXPECT_EQ(failed[0].id, 1u);
+    EXPECT_EQ(s.queued(), 1u);
+    s.worker_started(0);
+    EXPECT_EQ(assign(s), V{"0:t2"});
+}
+
+TEST(SchedulerPinned, TasksPinnedDuringTheGapWaitForTheReplacement) {
+    auto s = started(2);
+    s.submit(pinned(1, 1));
+    assign(s);
+    ASSERT_EQ(s.worker_died(1).size(), 1u);
+    s.submit(pinned(2, 1));  // after the death, before the replacement: kept for it
+    EXPECT_EQ(assign(s), V{});
+    s.worker_started(1);
+    EXPECT_EQ(assign(s), V{"1:p2"});
+}
+
+TEST(SchedulerPinned, CancelAndCancelAllReachPinnedQueues) {
+    auto s = started(2);
+    for (std::uint64_t i = 1; i <= 4; ++i) s.submit(pinned(i, 0));
+    s.submit(task(5));
+    s.set_accepting(1, false);
+    assign(s);  // p1, p2 in flight on slot 0
+    EXPECT_EQ(s.queued(), 3u);
+    EXPECT_FALSE(s.cancel(1));  // in flight
+    EXPECT_TRUE(s.cancel(3));
+    EXPECT_FALSE(s.cancel(3));
+    EXPECT_EQ(s.queued(), 2u);
+    EXPECT_EQ(s.cancel_all(), (std::vector<std::uint64_t>{5, 4}));
+    EXPECT_EQ(s.queued(), 0u);
+    EXPECT_EQ(s.inflight(), 2u);
+}
+
+TEST(SchedulerPinned, NotSentToASlotThatStoppedAccepting) {
+    auto s = started(2);
+    s.set_accepting(0, false);
+    s.submit(pinned(1, 0));
+    EXPECT_EQ(assign(s), V{});
+    s.set_accepting(0, true);
+    EXPECT_EQ(assign(s), V{"0:p1"});
 }

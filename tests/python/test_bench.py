@@ -78,3 +78,52 @@ def test_quick_sweep_checks_rows_and_worker_counts(tmp_path):
     assert shoal_record["metric"] == "s_total" and shoal_record["value"] > 0
     assert "| sweep | s_total | s |" in table
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _agents_size(n=24, steps=2):
+    sys.path.insert(0, str(SRC / "shoal" / "bench" / "standalone"))
+    from shoalbench import tasks
+
+    size = {}
+    for variant, key in (("standard", ""), ("heavy", "heavy_"), ("light", "light_")):
+        size.update({key + "agents": n, key + "steps": steps, key + "task_us": 10, key + "iterations": 2})
+    size["expected"] = {v: tasks.agents_reference(n, steps, 2) for v in ("standard", "heavy", "light")}
+    return size
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["serial", "joblib", "ray", "shoal"])
+def test_agents_workload_reproduces_the_plain_loop(name, monkeypatch):
+    """Every system's bids in the agents workload are bit-identical to the plain loop's."""
+    # Workers started by a peer (Ray's) import the agent class as the bench's cells do.
+    standalone = str(SRC / "shoal" / "bench" / "standalone")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([standalone, str(SRC), os.environ.get("PYTHONPATH", "")]))
+    size = _agents_size()
+    from shoalbench import systems, workloads
+
+    system = systems.make(name, 2)
+    try:
+        system.import_library()
+    except ImportError as exc:
+        pytest.skip(f"{name} is not installed: {exc}")
+    system.start()
+    try:
+        out, note = workloads.measure_agents(system, size, repeats=1)
+    finally:
+        system.close()
+        system.teardown()
+    for metric in ("s_per_step", "s_per_step_heavy", "s_per_step_light", "mem_mb", "tree_mb"):
+        assert len(out[metric]) == 1, metric
+    assert all(v > 0 for v in out["s_per_step"] + out["s_per_step_light"])
+    assert "bit-identical" in note
+
+
+@pytest.mark.timeout(60)
+def test_agents_workload_fails_on_wrong_bids():
+    size = _agents_size()
+    size["expected"]["standard"] = "0" * 16
+    from shoalbench import systems, workloads
+
+    system = systems.make("serial", 1)
+    with pytest.raises(AssertionError, match="standard bids differ"):
+        workloads.measure_agents(system, size, repeats=1)

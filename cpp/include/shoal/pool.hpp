@@ -83,9 +83,15 @@ public:
     /// `refs` point into the arena; the caller keeps those buffers alive until the task completes.
     /// A `concurrent` task (a coroutine) counts against the per-worker concurrency limit
     /// (SchedulerOptions::concurrency), not the adaptive one.
+    /// `worker >= 0` pins the task to that slot: it runs there or nowhere. It is sent
+    /// before unpinned work when the slot has room (it counts in the in-flight limit), and
+    /// when the slot's worker dies, the tasks pinned to it (in flight and still queued) are
+    /// not retried elsewhere: they complete as `crashed` with the exit status. A task
+    /// pinned while the slot has no live worker waits for its replacement. Throws
+    /// std::out_of_range if `worker` is not -1 or a slot index (see workers()).
     void submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
                 std::span<std::byte const> payload, std::span<BufferRef const> refs = {},
-                bool concurrent = false);
+                bool concurrent = false, std::int64_t worker = -1);
     /// Drops a task not yet handed to a worker; true if it was dropped.
     bool cancel(std::uint64_t task_id);
     /// Drops every queued task; returns their ids.
@@ -118,6 +124,8 @@ public:
 
     std::vector<std::int64_t> worker_pids() const;
     std::shared_ptr<Arena> const& arena() const noexcept { return m_options.arena; }
+    /// The number of worker slots (fixed for the pool's life; a slot's process may be replaced).
+    std::size_t workers() const noexcept { return m_slots.size(); }
     std::size_t queued() const;
     std::size_t inflight() const;
 

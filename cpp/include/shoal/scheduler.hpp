@@ -2,6 +2,9 @@
 //
 // Pure bookkeeping, no I/O and no threads: the Pool calls it under its mutex. Tasks are
 // opaque frames; functions are prerequisites sent once to each worker that needs them.
+// A task may be pinned to one worker slot (agents live there): it waits in that slot's own
+// queue, goes out before unpinned work when the slot has room, and is never moved to
+// another slot — when the slot's worker dies, its pinned tasks fail instead of being retried.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +27,7 @@ struct Task {
     std::uint32_t attempts = 0;
     SharedBytes frame;
     bool concurrent = false;   // a coroutine task: runs beside others in the worker's event loop
+    std::int64_t worker = -1;  // >= 0: pinned to this slot; -1: any worker
 };
 
 struct SchedulerOptions {
@@ -38,28 +42,33 @@ class Scheduler {
 public:
     Scheduler(std::size_t workers, SchedulerOptions options);
 
-    /// Queues a task at the back. Never blocks.
+    /// Queues a task at the back: of the shared queue, or of its slot's pinned queue when
+    /// `task.worker >= 0` (a pinned task waits there while the slot has no live worker).
+    /// Throws std::out_of_range for a slot that does not exist. Never blocks.
     void submit(Task task);
     /// Removes a task that has not been handed to a worker. True if it was queued.
     bool cancel(std::uint64_t task_id);
-    /// Removes every queued task and returns their ids.
+    /// Removes every queued task (pinned ones too) and returns their ids.
     std::vector<std::uint64_t> cancel_all();
     /// Registers the frame that defines function `fn_id` in a worker.
     void define_function(std::uint64_t fn_id, SharedBytes frame);
     /// Drops function `fn_id`; workers that have it are sent `forget_frame` next.
     void forget_function(std::uint64_t fn_id, SharedBytes const& forget_frame);
 
-    /// Hands queued work to workers with room. Appends (worker, frame) in send order.
+    /// Hands queued work to workers with room, each slot's pinned tasks first. Appends
+    /// (worker, frame) in send order.
     void assign(std::vector<std::pair<std::size_t, SharedBytes>>& out);
     /// A result for `task_id` came from `worker`. Returns the task if it was in flight there.
     std::optional<Task> complete(std::size_t worker, std::uint64_t task_id, std::int64_t elapsed_ns);
     /// `worker` died: its in-flight tasks go back to the front of the queue, except those
     /// that used up their retries, which are returned. Only the tasks that may have been
     /// running are charged an attempt: every concurrent task in flight (they run side by
-    /// side) and the oldest other task (those run one at a time, in order). The slot
-    /// forgets its functions.
+    /// side) and the oldest other task (those run one at a time, in order). Tasks pinned to
+    /// the slot, in flight and still queued for it, are all returned (in that order): they
+    /// are never run elsewhere. The slot forgets its functions.
     std::vector<Task> worker_died(std::size_t worker);
-    /// A process now serves `worker` (fresh: knows no function, has run nothing).
+    /// A process now serves `worker` (fresh: knows no function, has run nothing). Tasks
+    /// pinned to the slot while it had no worker stay queued for the new one.
     void worker_started(std::size_t worker);
     /// Stop handing work to `worker` (it is being retired or the pool is stopping).
     void set_accepting(std::size_t worker, bool accepting);
@@ -68,7 +77,8 @@ public:
     bool idle(std::size_t worker) const { return m_workers.at(worker).inflight.empty(); }
     /// True when the worker reached max_items_per_worker.
     bool exhausted(std::size_t worker) const;
-    std::size_t queued() const noexcept { return m_queue.size(); }
+    /// Tasks not yet handed to a worker, pinned ones included.
+    std::size_t queued() const noexcept { return m_queue.size() + m_pinned_queued; }
     std::size_t inflight() const noexcept;
     std::size_t workers() const noexcept { return m_workers.size(); }
     /// Current per-worker in-flight limit for tasks that are not concurrent (adapts to
@@ -85,12 +95,17 @@ private:
         std::uint32_t concurrent = 0;  // how many of `inflight` are concurrent
         std::unordered_set<std::uint64_t> known_functions;
         std::vector<SharedBytes> control;  // forget frames to send before any task
+        std::deque<Task> pinned;           // tasks for this slot only, in submission order
         std::uint64_t items_started = 0;
     };
+
+    bool has_room(std::size_t worker, std::uint32_t limit, bool concurrent) const;
+    void send(std::size_t worker, Task task, std::vector<std::pair<std::size_t, SharedBytes>>& out);
 
     SchedulerOptions m_options;
     std::vector<WorkerState> m_workers;
     std::deque<Task> m_queue;
+    std::size_t m_pinned_queued = 0;  // sum of the slots' pinned queues
     std::unordered_map<std::uint64_t, SharedBytes> m_functions;
     double m_task_ns = 0;  // moving average of one task's run time; 0: not measured yet
 };

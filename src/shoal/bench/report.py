@@ -133,6 +133,21 @@ def targets(records, sizes=None):
     best, _ = best_peer(records, w, "s_total")
     out[(w, "s_total")] = verdict([vs(w, "s_total", best, 1)] if best
                                   else [(None, "no peer result")])
+    w = "agents"
+    # BENCHMARKS.md: >= 3x the joblib pattern per step; issue 5 adds the heavy step (>= 1.7x
+    # the plain loop), the light step (>= 3x joblib and not slower than the loop) and memory.
+    out[(w, "s_per_step")] = verdict([vs(w, "s_per_step", "joblib", 3)])
+    out[(w, "s_per_step_heavy")] = verdict([vs(w, "s_per_step_heavy", "serial", 1.7)])
+    out[(w, "s_per_step_light")] = verdict([vs(w, "s_per_step_light", "joblib", 3),
+                                            vs(w, "s_per_step_light", "serial", 1)])
+    mem, plain = shoal(w, "mem_mb"), _ok(idx, w, "mem_mb", "serial")
+    if mem is None or plain is None:
+        out[(w, "mem_mb")] = verdict([(None, "shoal has no result" if mem is None else "serial has no result")])
+    else:
+        # "The agents' state" is what the same agents cost in one plain process (serial).
+        allowed = plain + 5 * idx[(w, "mem_mb", "shoal")]["workers"]
+        out[(w, "mem_mb")] = verdict([(mem <= allowed, f"{mem:.0f} MB vs the agents' {plain:.0f} MB "
+                                                      f"+ 5 MB per worker = {allowed:.0f} MB (need <=)")])
     w = "worker_memory"
     uss = shoal(w, "uss_mb_per_worker")
     out[(w, "uss_mb_per_worker")] = verdict([(uss <= 2, f"{uss:.1f} MB (need <=2 MB)")

@@ -132,6 +132,16 @@ def _calibrate_spin(task_ms):
     return max(1, round(probe * task_ms / 1e3 / best))
 
 
+def _prepare_agents(size):
+    """Calibrates each variant's iterations to its task time and computes the plain loop's
+    digest of its bids, which every system's cell must reproduce bit for bit."""
+    size["expected"] = {}
+    for variant, key in (("standard", ""), ("heavy", "heavy_"), ("light", "light_")):
+        size[key + "iterations"] = tasks.calibrate_battery(size[key + "task_us"])
+        size["expected"][variant] = tasks.agents_reference(size[key + "agents"], size[key + "steps"],
+                                                           size[key + "iterations"])
+
+
 def _timed(fn, *args):
     t0 = time.perf_counter()
     fn(*args)
@@ -204,6 +214,8 @@ def main(argv=None):
     sizes = {w: dict(spec.SIZES[mode][w]) for w in args.only}
     if "map_cpu" in sizes:
         sizes["map_cpu"]["iterations"] = _calibrate_spin(sizes["map_cpu"]["task_ms"])
+    if "agents" in sizes:
+        _prepare_agents(sizes["agents"])
     started = time.perf_counter()
     records = []
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as logdir:

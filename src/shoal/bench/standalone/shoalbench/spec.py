@@ -24,6 +24,7 @@ SYSTEMS = {
     "io_bound": ("mp_pool", "cf_process", "cf_thread", "asyncio", "joblib", "mpire", "ray", "dask",
                  "shoal", "shoal[thread]"),
     "sweep": _CORE,
+    "agents": ("serial", "joblib", "ray", "shoal"),
 }
 WORKLOADS = tuple(SYSTEMS)
 
@@ -43,6 +44,8 @@ METRICS = {
     "seed_map": [("s_total", "s", True)],
     "io_bound": [("ms_total", "ms", True), ("x_ideal", "x", True)],
     "sweep": [("s_total", "s", True)],
+    "agents": [("s_per_step", "s", True), ("s_per_step_heavy", "s", True),
+               ("s_per_step_light", "s", True), ("mem_mb", "MB", True), ("tree_mb", "MB", True)],
 }
 
 # Sizes: full is BENCHMARKS.md's shape; quick shrinks counts so that every system
@@ -60,6 +63,12 @@ SIZES = {
         "seed_map": {"items": 64, "range": 10_000_000},
         "io_bound": {"requests": 500, "delay_ms": 20, "inflight": 100},
         "sweep": {"sets": 8, "runs": 25, "steps": 500, "table_mb": 50},
+        # agents: BENCHMARKS.md's 10,000 agents x 20 hours at ~100 us, plus issue 5's heavy
+        # (~1 ms per agent) and light (~10 us) steps. The runner adds iterations (calibrated
+        # to task_us) and the plain loop's digests.
+        "agents": {"agents": 10000, "steps": 20, "task_us": 100,
+                   "heavy_agents": 2000, "heavy_steps": 5, "heavy_task_us": 1000,
+                   "light_agents": 10000, "light_steps": 20, "light_task_us": 10},
     },
     "quick": {
         "round_trip": {"calls": 200},
@@ -73,6 +82,9 @@ SIZES = {
         "seed_map": {"items": 8, "range": 2_000_000},
         "io_bound": {"requests": 500, "delay_ms": 20, "inflight": 100},
         "sweep": {"sets": 4, "runs": 10, "steps": 500, "table_mb": 50},
+        "agents": {"agents": 2000, "steps": 5, "task_us": 100,
+                   "heavy_agents": 400, "heavy_steps": 3, "heavy_task_us": 1000,
+                   "light_agents": 2000, "light_steps": 5, "light_task_us": 10},
     },
 }
 

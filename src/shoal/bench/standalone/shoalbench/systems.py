@@ -122,6 +122,18 @@ class System:
         """io_bound: how this system ran the requests (for the note)."""
         return ""
 
+    # Agents: stateful objects stepped in parallel (the `agents` workload).
+    def agents_start(self, cls, init_args):
+        """Builds ``cls(**a)`` for each ``a`` in init_args, wherever the system keeps agents."""
+        raise Unsupported(f"{self.name} has no way to keep stateful agents")
+
+    def agents_call(self, method, *args):
+        """``[agent.method(*args) for agent in agents]``, in agent order."""
+        raise Unsupported(f"{self.name} has no way to keep stateful agents")
+
+    def agents_stop(self):
+        """Frees the agents."""
+
 
 class Serial(System):
     name = "serial"
@@ -144,6 +156,15 @@ class Serial(System):
 
     def worker_pids(self, sleep_s=0.3):
         raise Unsupported("serial runs in the caller: it has no pool and no workers")
+
+    def agents_start(self, cls, init_args):
+        self.agents = [cls(**a) for a in init_args]
+
+    def agents_call(self, method, *args):
+        return [getattr(a, method)(*args) for a in self.agents]
+
+    def agents_stop(self):
+        self.agents = None
 
 
 class MpPool(System):
@@ -381,6 +402,20 @@ class Joblib(System):
         raise Unsupported("loky runs one blocking task per worker process (W requests in "
                           "flight): the same shape as cf_process, which is measured")
 
+    # The pattern of the energy-market seed: the agents live in the driver and every step
+    # pickles each batch of agents to a worker, which steps them and returns them updated.
+    def agents_start(self, cls, init_args):
+        self.agents = [cls(**a) for a in init_args]
+
+    def agents_call(self, method, *args):
+        batches = _chunks(self.agents, 4 * self.workers)
+        out = self.parallel(self.delayed(tasks.step_batch)(b, method, *args) for b in batches)
+        self.agents = [a for agents, _ in out for a in agents]
+        return [r for _, results in out for r in results]
+
+    def agents_stop(self):
+        self.agents = None
+
 
 class Mpire(System):
     """mpire.WorkerPool (fork), keep_alive=True as its docs advise for repeated map calls."""
@@ -518,6 +553,23 @@ class Ray(System):
         return self.ray.get([rf.remote(self._table_ref, *grid[i // runs], seed, i, steps)
                              for i in range(len(grid) * runs)])
 
+    # Actors hold state; one actor per worker, each holding a contiguous shard of the agents
+    # (an actor per agent would be a process per agent: Ray's docs advise against many
+    # tiny actors). Each step calls every actor once.
+    def agents_start(self, cls, init_args):
+        shard = self.ray.remote(tasks.AgentShard)
+        self.actors = [shard.remote(cls, part) for part in _chunks(init_args, self.workers)]
+        self.ray.get([a.size.remote() for a in self.actors])  # built before the clock starts
+
+    def agents_call(self, method, *args):
+        out = self.ray.get([a.call.remote(method, *args) for a in self.actors])
+        return [r for part in out for r in part]
+
+    def agents_stop(self):
+        for a in self.actors:
+            self.ray.kill(a)
+        self.actors = None
+
 
 class Dask(System):
     """dask.distributed LocalCluster of W single-threaded worker processes."""
@@ -654,6 +706,16 @@ class Shoal(_FuturesSystem):
         if not pids:
             raise Unsupported(f"shoal backend={self.backend!r} has no worker processes")
         return sorted(pids)
+
+    def agents_start(self, cls, init_args):
+        self.group = self.ex.agents(cls, init_args)
+
+    def agents_call(self, method, *args):
+        return self.group.call(method, *args)
+
+    def agents_stop(self):
+        self.group.close()
+        self.group = None
 
 
 class ShoalThread(Shoal):

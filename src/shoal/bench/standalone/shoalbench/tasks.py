@@ -164,3 +164,146 @@ def set_sweep_table(table):
 def sweep_task_global(alpha, beta, seed, index, steps):
     """sweep_task reading the table that set_sweep_table left in this worker."""
     return sweep_model(_SWEEP_TABLE, alpha, beta, sweep_rng(seed, index), steps)
+
+
+# ---------------------------------------------------------------- agents
+
+HORIZON = 48   # hours in a battery's schedule
+HISTORY = 26   # past schedules an agent keeps: 26 x 48 float64 = 9,984 bytes of state
+
+
+class Battery:
+    """agents: a home battery that bids a 48-hour charge schedule against a price forecast.
+
+    ``bid(prices)`` solves min_p prices.p + rho/2 |p - previous|^2 + mu/2 |soc(p) - target|^2
+    subject to |p| <= power by ``iterations`` steps of projected gradient (numpy, ~10 us per
+    step; the runner calibrates ``iterations`` to the workload's task time), remembers the
+    schedule and executes its first hour. Only elementwise operations and cumsum are used, so
+    the result is bit-identical in every process. State: ~10 KB (mostly ``history``).
+    """
+
+    def __init__(self, index, capacity, power, iterations):
+        import numpy as np
+
+        rng = np.random.default_rng(index)
+        self.index = index
+        self.capacity = float(capacity)
+        self.power = float(power)
+        self.iterations = int(iterations)
+        self.soc = 0.5 * self.capacity
+        self.target = self.capacity * rng.uniform(0.3, 0.7, HORIZON)
+        self.schedule = np.zeros(HORIZON)
+        self.history = np.zeros((HISTORY, HORIZON))
+        self.steps = 0
+
+    def bid(self, prices):
+        import numpy as np
+
+        prev = self.schedule
+        offset = self.soc - self.target
+        lr, rho, mu, power = 0.05, 0.5, 0.02, self.power
+        p = prev
+        for _ in range(self.iterations):
+            gap = np.cumsum(p)                                   # state of charge ...
+            gap += offset                                        # ... minus the target
+            back = np.cumsum(gap[::-1])[::-1]                    # gradient of the soc term
+            back *= mu
+            grad = p - prev
+            grad *= rho
+            grad += prices
+            grad += back
+            grad *= lr
+            p = p - grad
+            np.maximum(p, -power, out=p)                         # project onto |p| <= power
+            np.minimum(p, power, out=p)
+        self.history[self.steps % HISTORY] = p
+        self.steps += 1
+        shifted = np.empty(HORIZON)                              # warm start, one hour later
+        shifted[:-1] = p[1:]
+        shifted[-1] = p[-1]
+        self.schedule = shifted
+        self.soc = min(self.capacity, max(0.0, self.soc + float(p[0])))
+        return p if p is not prev else p.copy()
+
+
+def battery_args(n, iterations):
+    """Init arguments of n batteries (a dict each: keyword arguments)."""
+    return [{"index": i, "capacity": 5.0 + (i % 7), "power": 1.0 + (i % 3) * 0.5,
+             "iterations": iterations} for i in range(n)]
+
+
+def price_forecast(step, feedback):
+    """The price forecast of market hour ``step``: a daily shape plus the last step's feedback."""
+    import numpy as np
+
+    hours = np.arange(step, step + HORIZON)
+    return 0.3 + 0.1 * np.sin(2 * np.pi * hours / 24) + feedback
+
+
+def step_batch(agents, method, *args):
+    """The joblib pattern: a batch of agents travels to a worker, steps, and travels back."""
+    results = [getattr(a, method)(*args) for a in agents]
+    return agents, results
+
+
+class AgentShard:
+    """Ray's pattern: one actor per worker holding a shard of the agents."""
+
+    def __init__(self, cls, init_args):
+        self.agents = [cls(**a) for a in init_args]
+
+    def call(self, method, *args):
+        return [getattr(a, method)(*args) for a in self.agents]
+
+    def size(self):
+        return len(self.agents)
+
+
+def calibrate_battery(task_us, probes=5):
+    """Iterations of Battery.bid that take about ``task_us`` microseconds here (best of ``probes``)."""
+    import numpy as np
+
+    def per_call(iterations):
+        a = Battery(0, 6.0, 1.0, iterations)
+        prices = price_forecast(0, np.zeros(HORIZON))
+        best = float("inf")
+        for _ in range(probes):
+            t0 = time.perf_counter()
+            for _ in range(20):
+                a.bid(prices)
+            best = min(best, (time.perf_counter() - t0) / 20)
+        return best
+
+    base = per_call(0)   # the fixed part: copies, history, shift
+    step = (per_call(40) - base) / 40
+    return max(1, round((task_us * 1e-6 - base) / step)) if step > 0 else 1
+
+
+def market_steps(call, n, steps):
+    """The agents workload's loop, the same for every system: each market hour the driver
+    sends the forecast to every agent (``call("bid", prices)`` returns the n bids in agent
+    order), clears a simple market (the mean bid moves the next forecast) and feeds the price
+    back. Returns a digest of every hour's clearing and the last bids, equal across systems
+    exactly when their results are bit-identical."""
+    import hashlib
+
+    import numpy as np
+
+    feedback = np.zeros(HORIZON)
+    digest = hashlib.sha1()
+    for step in range(steps):
+        prices = price_forecast(step, feedback)
+        bids = call("bid", prices)
+        if len(bids) != n:
+            raise AssertionError(f"wrong result: {len(bids)} bids from {n} agents")
+        stacked = np.stack(bids)
+        feedback = 0.05 * stacked.mean(axis=0)
+        digest.update(feedback.tobytes())
+    digest.update(stacked.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def agents_reference(n, steps, iterations):
+    """The digest of market_steps with the agents in a plain loop here (the runner's reference)."""
+    agents = [Battery(**a) for a in battery_args(n, iterations)]
+    return market_steps(lambda method, *args: [getattr(a, method)(*args) for a in agents], n, steps)
