@@ -290,7 +290,7 @@ class ProcessBackend:
         fut._shoal_id = task_id
         self._state.futures[task_id] = (fut, fn_id, keep, False)
         try:
-            self._pool.submit(task_id, fn_id, count, payload, refs, worker)
+            self._pool.submit(task_id, fn_id, count, payload, refs, worker=worker)
         except BaseException:
             self._state.futures.pop(task_id, None)
             self._functions.release(fn_id)

@@ -495,7 +495,7 @@ TEST(Pool, PinnedTasksRunOnTheirSlotOnly) {
     Pool pool(*zygote, options(3));
     EXPECT_EQ(pool.workers(), 3u);
     for (std::uint64_t id = 1; id <= 60; ++id)
-        pool.submit(id, 0, 1, bytes_of(id_payload(id)), {}, static_cast<std::int64_t>(id % 3));
+        pool.submit(id, 0, 1, bytes_of(id_payload(id)), {}, false, static_cast<std::int64_t>(id % 3));
     submit_echoes(pool, 100, 30);  // unpinned work mixed in
     auto all = collect(pool, 30'000 * k_ms, [](auto const& a) { return a.size() >= 90; });
     ASSERT_EQ(all.size(), 90u);
@@ -503,8 +503,8 @@ TEST(Pool, PinnedTasksRunOnTheirSlotOnly) {
         ASSERT_EQ(c.kind, Completion::result);
         if (c.task_id <= 60) EXPECT_EQ(c.worker, c.task_id % 3) << "task " << c.task_id;
     }
-    EXPECT_THROW(pool.submit(999, 0, 1, bytes_of("x"), {}, 3), std::out_of_range);
-    EXPECT_THROW(pool.submit(999, 0, 1, bytes_of("x"), {}, -2), std::out_of_range);
+    EXPECT_THROW(pool.submit(999, 0, 1, bytes_of("x"), {}, false, 3), std::out_of_range);
+    EXPECT_THROW(pool.submit(999, 0, 1, bytes_of("x"), {}, false, -2), std::out_of_range);
     close_and_join(pool);
 }
 
@@ -521,9 +521,9 @@ TEST(Pool, PinnedTasksOfADeadWorkerCrashWithItsStatusAndAreNotRetried) {
 
     // Slot 0: a task that exits with status 3, then four more behind it (in its ring and in
     // its pinned queue). Retried elsewhere, "exit:3" would kill slot 1's worker too.
-    pool.submit(1, 0, 1, bytes_of("sleep:50"), {}, 0);
-    pool.submit(2, 0, 1, bytes_of("exit:3"), {}, 0);
-    for (std::uint64_t id = 3; id <= 6; ++id) pool.submit(id, 0, 1, bytes_of(id_payload(id)), {}, 0);
+    pool.submit(1, 0, 1, bytes_of("sleep:50"), {}, false, 0);
+    pool.submit(2, 0, 1, bytes_of("exit:3"), {}, false, 0);
+    for (std::uint64_t id = 3; id <= 6; ++id) pool.submit(id, 0, 1, bytes_of(id_payload(id)), {}, false, 0);
     auto all = collect(pool, 20'000 * k_ms, [](auto const& a) { return a.size() >= 6; });
     ASSERT_EQ(all.size(), 6u);
     std::map<std::uint64_t, Completion const*> by_id;
@@ -542,7 +542,7 @@ TEST(Pool, PinnedTasksOfADeadWorkerCrashWithItsStatusAndAreNotRetried) {
     EXPECT_EQ(std::count(now_pids.begin(), now_pids.end(), pids[0]), 0) << "slot 0's worker still listed";
 
     // The replacement serves slot 0's pinned work again.
-    for (std::uint64_t id = 10; id < 20; ++id) pool.submit(id, 0, 1, bytes_of(id_payload(id)), {}, 0);
+    for (std::uint64_t id = 10; id < 20; ++id) pool.submit(id, 0, 1, bytes_of(id_payload(id)), {}, false, 0);
     auto more = collect(pool, 20'000 * k_ms, [](auto const& a) { return a.size() >= 10; });
     check_echoes(more, 10, 10);
     for (auto const& c : more) EXPECT_EQ(c.worker, 0u);
@@ -552,7 +552,7 @@ TEST(Pool, PinnedTasksOfADeadWorkerCrashWithItsStatusAndAreNotRetried) {
 TEST(Pool, PinnedTaskKilledBySignalNamesIt) {
     auto zygote = start_zygote();
     Pool pool(*zygote, options(2));
-    pool.submit(1, 0, 1, bytes_of("kill"), {}, 1);
+    pool.submit(1, 0, 1, bytes_of("kill"), {}, false, 1);
     submit_echoes(pool, 10, 20);  // unpinned tasks on the same slot are retried as usual
     auto all = collect(pool, 20'000 * k_ms, [](auto const& a) { return a.size() >= 21; });
     ASSERT_EQ(all.size(), 21u);
