@@ -3,7 +3,9 @@
 
 #include <cerrno>
 #include <fcntl.h>
+#include <algorithm>
 #include <new>
+#include <vector>
 #include <string>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -40,6 +42,9 @@ constexpr std::uint64_t start_word(std::uint32_t owner, std::uint64_t pages) {
     return (std::uint64_t{owner} << 32) | (pages << 1) | 1;
 }
 constexpr std::uint64_t cont_word(std::uint32_t owner) { return std::uint64_t{owner} << 32; }
+// A free page whose memory is still resident (freed within the keep limit): reused first.
+constexpr std::uint64_t k_kept = 2;
+constexpr bool is_free(std::uint64_t w) { return w == 0 || w == k_kept; }
 constexpr std::uint32_t owner_of(std::uint64_t w) { return static_cast<std::uint32_t>(w >> 32); }
 constexpr bool is_start(std::uint64_t w) { return (w & 1) != 0; }
 constexpr std::uint64_t run_of(std::uint64_t w) { return (w & 0xffffffffULL) >> 1; }
@@ -199,7 +204,7 @@ std::uint64_t Arena::allocate(std::uint64_t bytes, std::uint32_t owner) {
             std::uint64_t j = i;
             for (; j < i + k; ++j) {
                 std::uint64_t w = word(j).load(std::memory_order_acquire);
-                if (w != 0) break;
+                if (!is_free(w)) break;
             }
             if (j < i + k) {  // used page at j: skip the block there
                 std::uint64_t w = word(j).load(std::memory_order_relaxed);
@@ -209,27 +214,30 @@ std::uint64_t Arena::allocate(std::uint64_t bytes, std::uint32_t owner) {
             }
             fetch_max(h->high_pages, i + k);  // before claiming: reclaim() must see our words
             std::uint64_t c = i;
+            std::vector<bool> kept(k);  // what each claimed page was, to give it back as it was
             for (; c < i + k; ++c) {
-                std::uint64_t expected = 0;
+                std::uint64_t expected = word(c).load(std::memory_order_acquire);
+                if (!is_free(expected)) break;
                 std::uint64_t desired = c == i ? start_word(owner, k) : cont_word(owner);
                 if (!word(c).compare_exchange_strong(expected, desired, std::memory_order_acq_rel)) break;
+                kept[c - i] = expected == k_kept;
             }
             if (c < i + k) {  // another process took page c first: give back ours, go on
-                for (std::uint64_t q = i; q < c; ++q) word(q).store(0, std::memory_order_release);
+                for (std::uint64_t q = i; q < c; ++q)
+                    word(q).store(kept[q - i] ? k_kept : 0, std::memory_order_release);
                 i = c + 1;
                 continue;
             }
             try {
                 grow_to(i + k);
             } catch (...) {
-                for (std::uint64_t q = i + k; q-- > i;) word(q).store(0, std::memory_order_release);
+                for (std::uint64_t q = i + k; q-- > i;)
+                    word(q).store(kept[q - i] ? k_kept : 0, std::memory_order_release);
                 throw;
             }
             h->used_pages.fetch_add(k, std::memory_order_relaxed);
-            std::int64_t rf = h->resident_free.load(std::memory_order_relaxed);
-            while (rf > 0 && !h->resident_free.compare_exchange_weak(
-                                 rf, rf - std::min<std::int64_t>(rf, static_cast<std::int64_t>(k)),
-                                 std::memory_order_relaxed)) {}
+            auto const reused = static_cast<std::int64_t>(std::count(kept.begin(), kept.end(), true));
+            if (reused) h->resident_free.fetch_sub(reused, std::memory_order_relaxed);
             // Past the hint only when the block starts at it: the pages before it are in use.
             std::uint64_t expected_hint = i;
             if (i == from) h->hint.compare_exchange_strong(expected_hint, i + k, std::memory_order_acq_rel);
@@ -253,7 +261,8 @@ void Arena::release_pages(std::uint64_t first, std::uint64_t count) noexcept {
     } else {
         h->resident_free.fetch_add(static_cast<std::int64_t>(count), std::memory_order_relaxed);
     }
-    for (std::uint64_t q = first + count; q-- > first;) word(q).store(0, std::memory_order_release);
+    // Marked as kept or not: the count of resident free pages stays exact as they are reused.
+    for (std::uint64_t q = first + count; q-- > first;) word(q).store(keep ? k_kept : 0, std::memory_order_release);
     h->used_pages.fetch_sub(count, std::memory_order_relaxed);
     fetch_min(h->hint, first);
 }

@@ -279,3 +279,21 @@ TEST(Arena, ThreadsAllocateConcurrently) {
     EXPECT_EQ(bad.load(), 0);
     EXPECT_EQ(a.used_bytes(), 0u);
 }
+
+TEST(Arena, ResidentFreePagesStayWithinTheKeepLimitOverManyCycles) {
+    // Blocks of changing sizes and places, freed each round: what stays resident afterwards is
+    // at most the keep limit, however many rounds ran (the count of kept pages is exact).
+    Arena a = make(1024 * MiB, /*keep=*/32 * MiB);
+    std::mt19937_64 rng(7);
+    for (int round = 0; round < 40; ++round) {
+        std::vector<std::uint64_t> blocks;
+        for (int i = 0; i < 4; ++i) {
+            std::uint64_t len = (rng() % 160 + 16) * P;
+            blocks.push_back(a.allocate(len, Arena::k_creator));
+            fill(a, blocks.back(), len, 1);
+        }
+        for (auto b : blocks) ASSERT_TRUE(a.free(b, Arena::k_creator));
+        ASSERT_LE(resident_bytes(a.fd()), 32 * MiB + 2 * MiB) << "round " << round;
+    }
+    EXPECT_EQ(a.used_bytes(), 0u);
+}
