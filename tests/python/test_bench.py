@@ -127,3 +127,23 @@ def test_agents_workload_fails_on_wrong_bids():
     system = systems.make("serial", 1)
     with pytest.raises(AssertionError, match="standard bids differ"):
         workloads.measure_agents(system, size, repeats=1)
+
+
+@pytest.mark.timeout(300)
+def test_quick_io_bound_runs_threads_coroutines_and_shoal(tmp_path):
+    proc, records, table = _run_bench(tmp_path, "--quick", "--only", "io_bound", "--workers", "2",
+                                      "--systems", "cf_thread,asyncio,mp_pool,shoal,shoal[thread]")
+    by = {(r["system"], r["metric"]): r for r in records}
+    for system in ("cf_thread", "asyncio", "shoal", "shoal[thread]"):
+        for metric in ("ms_total", "x_ideal"):
+            r = by[(system, metric)]
+            assert r["status"] == "ok", r
+            assert r["value"] > 0 and r["repeats"] == 3
+        # x_ideal is the time over 500 x 20 ms / 100 in flight = 100 ms
+        assert abs(by[(system, "x_ideal")]["value"] * 100 - by[(system, "ms_total")]["value"]) < 1e-6 * 100 + 1
+        # nothing finishes faster than the server's delay allows
+        assert by[(system, "ms_total")]["value"] >= 100
+    assert by[("mp_pool", "ms_total")]["status"] == "skipped" and by[("mp_pool", "ms_total")]["note"]
+    assert "concurrency=50" in by[("shoal", "ms_total")]["note"]
+    assert "| io_bound | x_ideal | x |" in table
+    assert proc.returncode == 0, proc.stderr[-3000:]
