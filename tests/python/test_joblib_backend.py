@@ -45,6 +45,17 @@ def _subprocesses_find_shoal(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([SRC] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
 
 
+@pytest.fixture(autouse=True)
+def _managers_from_a_forkserver(monkeypatch):
+    # joblib's tests start multiprocessing Managers with the default context (fork on Linux),
+    # which forks this many-threaded test process: a fork taken while another thread holds
+    # a lock can leave the manager stuck before it answers (seen once under heavy load).
+    # A forkserver context starts them from a clean single-threaded process instead.
+    import multiprocessing
+
+    monkeypatch.setattr(jt, "mp", multiprocessing.get_context("forkserver"))
+
+
 # --- joblib's tests, called with backend="shoal" ---------------------------------------
 
 
