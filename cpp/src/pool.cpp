@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <stdexcept>
 #include <sys/socket.h>
+#include <unistd.h>
 
 namespace shoal {
 
@@ -43,7 +44,7 @@ void Pool::kill_slot_locked(std::size_t slot) noexcept {
 }
 
 Pool::Pool(ZygoteClient& zygote, PoolOptions options)
-    : m_options(std::move(options)), m_scheduler(m_options.workers, m_options.scheduler) {
+    : m_options(std::move(options)), m_scheduler(m_options.workers, m_options.scheduler), m_owner(::getpid()) {
     std::size_t const n = m_options.workers;
     if (n == 0) throw std::invalid_argument("Pool: at least one worker");
     std::size_t const tb = Ring::bytes_for(m_options.task_ring_bytes);
@@ -95,6 +96,7 @@ Pool::Pool(ZygoteClient& zygote, PoolOptions options)
 }
 
 Pool::~Pool() {
+    if (::getpid() != m_owner) return;  // a forked copy: nothing here is ours to stop
     if (!m_finished) {
         close(true);
         join(2'000'000'000);
@@ -492,6 +494,7 @@ void Pool::interrupt() {
 }
 
 void Pool::close(bool kill) {
+    if (::getpid() != m_owner) return;  // a forked copy must not stop the original's workers
     {
         std::lock_guard lock(m_mutex);
         m_closing = true;
@@ -505,6 +508,7 @@ void Pool::close(bool kill) {
 }
 
 void Pool::join(std::int64_t timeout_ns) {
+    if (::getpid() != m_owner) return;
     std::int64_t const start = now_ns();
     bool killed = false;
     std::unique_lock lock(m_mutex);

@@ -572,3 +572,36 @@ int main(int argc, char** argv) {
     ::testing::InitGoogleTest(&argc, argv);
     return RUN_ALL_TESTS();
 }
+
+TEST(Pool, AForkedCopyLeavesTheOriginalsWorkersAlone) {
+    // A forked copy of the driver that closes, joins or destroys its inherited Pool must not
+    // stop (or wait for) the original's workers: they keep serving the original.
+    auto zygote = start_zygote();
+    Pool pool(*zygote, options(2));
+    submit_echoes(pool, 1, 100);
+    auto first = collect(pool, 30'000 * k_ms, [](auto const& a) { return a.size() >= 100; });
+    ASSERT_EQ(count_kind(first, Completion::result), 100u);
+    auto pids = pool.worker_pids();
+    ASSERT_EQ(pids.size(), 2u);
+    std::int64_t const start = now_ns();
+    pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        ::alarm(10);  // a hang in the copy fails the test instead of blocking it
+        pool.close(true);
+        pool.join(5'000 * k_ms);
+        pool.~Pool();
+        ::_exit(0);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status)) << "the copy died: " << status;
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+    EXPECT_LT(now_ns() - start, 2'000 * k_ms) << "the copy waited for the original's workers";
+    submit_echoes(pool, 101, 100);
+    auto second = collect(pool, 30'000 * k_ms, [](auto const& a) { return a.size() >= 100; });
+    EXPECT_EQ(count_kind(second, Completion::result), 100u);
+    check_echoes(second, 101, 100);
+    EXPECT_EQ(pool.worker_pids(), pids) << "the copy stopped the original's workers";
+    close_and_join(pool);
+}

@@ -324,3 +324,37 @@ def test_a_forked_copy_of_the_driver_can_start_its_own_pool():
     """)
     assert proc.returncode == 0, proc.stderr
     assert "child 0" in proc.stdout and "parent 42" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_copy_that_drops_the_inherited_executor_leaves_it_alone():
+    # The copy drops the parent's executor (and shuts it down, and exits through atexit)
+    # while the parent's completion thread may hold the pool's lock: the copy must neither
+    # hang on that lock nor stop the parent's workers.
+    proc = run_python("""
+        import gc, os, sys, time
+        import shoal
+
+        def double(x):
+            return 2 * x
+
+        ex = shoal.Executor(2)
+        assert ex.submit(double, 1).result(timeout=20) == 2
+        pids = sorted(ex.worker_pids())
+        holder = [ex]
+        start = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            inherited = holder.pop()
+            inherited.shutdown(wait=True)
+            del inherited, ex
+            gc.collect()
+            sys.exit(0)  # atexit runs too
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status), "fast", time.monotonic() - start < 10)
+        print("parent", ex.submit(double, 21).result(timeout=20), sorted(ex.worker_pids()) == pids)
+        ex.shutdown()
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "child 0 fast True" in proc.stdout, proc.stdout + proc.stderr
+    assert "parent 42 True" in proc.stdout, proc.stdout + proc.stderr

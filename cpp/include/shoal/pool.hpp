@@ -70,7 +70,10 @@ public:
     /// Creates the shared memory, asks `zygote` to import the preload modules and fork the
     /// workers, starts the dispatcher. Throws std::runtime_error if the zygote fails.
     Pool(ZygoteClient& zygote, PoolOptions options);
-    ~Pool();  ///< Kills the workers if close() was not called; joins the dispatcher.
+    /// Kills the workers if close() was not called; joins the dispatcher. In a forked copy of
+    /// the driver (os.fork, a multiprocessing worker) it only releases the copy's mappings and
+    /// descriptors: the workers are the original's, and so may be the mutex's owner.
+    ~Pool();
     Pool(Pool const&) = delete;
     Pool& operator=(Pool const&) = delete;
 
@@ -188,6 +191,7 @@ private:
     Bytes m_broken_payload;
     ExitStatus m_broken_status{};
     int m_early_deaths = 0;                   // workers that died before becoming ready, in a row
+    pid_t m_owner = -1;                       // the process that made the pool
 };
 
 }  // namespace shoal
