@@ -581,6 +581,9 @@ TEST(Pool, AForkedCopyLeavesTheOriginalsWorkersAlone) {
     submit_echoes(pool, 1, 100);
     auto first = collect(pool, 30'000 * k_ms, [](auto const& a) { return a.size() >= 100; });
     ASSERT_EQ(count_kind(first, Completion::result), 100u);
+    std::int64_t const up = now_ns() + 20'000 * k_ms;  // both workers forked and serving
+    std::vector<Completion> none;
+    while (pool.worker_pids().size() < 2 && now_ns() < up) pool.take(none, 10 * k_ms);
     auto pids = pool.worker_pids();
     ASSERT_EQ(pids.size(), 2u);
     std::int64_t const start = now_ns();

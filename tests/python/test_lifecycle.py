@@ -340,7 +340,11 @@ def test_a_forked_copy_that_drops_the_inherited_executor_leaves_it_alone():
 
         ex = shoal.Executor(2)
         assert ex.submit(double, 1).result(timeout=20) == 2
+        deadline = time.monotonic() + 20
+        while len(ex.worker_pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # both workers up, so that a change of pids means a kill
         pids = sorted(ex.worker_pids())
+        assert len(pids) == 2, pids
         holder = [ex]
         start = time.monotonic()
         pid = os.fork()
