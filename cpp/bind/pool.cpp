@@ -27,6 +27,32 @@ std::vector<BufferRef> buffer_refs(nb::handle refs) {
     return out;
 }
 
+namespace {
+/// (seq, [(kind, flags, task_id, aux, status kind, status value, status text, worker, payload,
+/// arena blocks or None), ...]) for the Python layer.
+nb::object completions_to_python(Pool& p, std::vector<Completion>& out, std::uint64_t seq) {
+    nb::list items;
+    for (auto& c : out) {
+        nb::object buffers = nb::none();
+        if (!c.buffers.empty()) {
+            nb::list blocks;
+            for (auto& b : c.buffers) {
+                auto length = b.ref().length;
+                blocks.append(make_owned_block(std::move(b), p.arena(), length));
+            }
+            buffers = blocks;
+        }
+        auto const* data = reinterpret_cast<char const*>(c.payload.data()) + c.payload_offset;
+        std::size_t size = c.payload.size() - c.payload_offset;
+        items.append(nb::make_tuple(static_cast<int>(c.kind), c.flags, c.task_id, c.aux,
+                                    static_cast<int>(c.status.kind), c.status.value,
+                                    c.kind == Completion::crashed ? c.status.describe() : std::string(),
+                                    c.worker, nb::bytes(data, size), buffers));
+    }
+    return nb::make_tuple(seq, items);
+}
+}  // namespace
+
 void bind_pool(nb::module_& m) {
     nb::class_<Pool>(m, "Pool")
         .def("__init__",
@@ -62,12 +88,9 @@ void bind_pool(nb::module_& m) {
         .def("submit",
              [](Pool& p, std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count, nb::bytes payload,
                 nb::handle refs, bool concurrent, std::int64_t worker) {
-                 if (refs.is_none()) {
-                     p.submit(task_id, fn_id, count, view(payload), {}, concurrent, worker);
-                 } else {
-                     auto r = buffer_refs(refs);
-                     p.submit(task_id, fn_id, count, view(payload), r, concurrent, worker);
-                 }
+                 if (refs.is_none()) return p.submit(task_id, fn_id, count, view(payload), {}, concurrent, worker);
+                 auto r = buffer_refs(refs);
+                 return p.submit(task_id, fn_id, count, view(payload), r, concurrent, worker);
              },
              nb::arg("task_id"), nb::arg("fn_id"), nb::arg("count"), nb::arg("payload"),
              nb::arg("refs") = nb::none(), nb::arg("concurrent") = false, nb::arg("worker") = -1)
@@ -84,27 +107,16 @@ void bind_pool(nb::module_& m) {
                                    epoch, &seq);
                  }
                  if (!open) return nb::none();
-                 nb::list items;
-                 for (auto& c : out) {
-                     nb::object buffers = nb::none();
-                     if (!c.buffers.empty()) {
-                         nb::list blocks;
-                         for (auto& b : c.buffers) {
-                             auto length = b.ref().length;
-                             blocks.append(make_owned_block(std::move(b), p.arena(), length));
-                         }
-                         buffers = blocks;
-                     }
-                     auto const* data = reinterpret_cast<char const*>(c.payload.data()) + c.payload_offset;
-                     std::size_t size = c.payload.size() - c.payload_offset;
-                     items.append(nb::make_tuple(static_cast<int>(c.kind), c.flags, c.task_id, c.aux,
-                                                 static_cast<int>(c.status.kind), c.status.value,
-                                                 c.kind == Completion::crashed ? c.status.describe() : std::string(),
-                                                 c.worker, nb::bytes(data, size), buffers));
-                 }
-                 return nb::make_tuple(seq, items);
+                 return completions_to_python(p, out, seq);
              },
              nb::arg("timeout") = -1.0, nb::arg("background") = false, nb::arg("epoch") = 0)
+        .def("take_ready",
+             [](Pool& p) -> nb::object {
+                 std::vector<Completion> out;
+                 std::uint64_t seq = 0;
+                 p.take_ready(out, &seq);
+                 return completions_to_python(p, out, seq);
+             })
         .def_prop_ro("epoch", &Pool::epoch)
         .def("interrupt", &Pool::interrupt, nb::call_guard<nb::gil_scoped_release>())
         .def("close", &Pool::close, nb::arg("kill"), nb::call_guard<nb::gil_scoped_release>())

@@ -22,6 +22,7 @@ void bind_zygote(nb::module_& m) {
             switch (a.kind) {
                 case Action::fork: return "fork";
                 case Action::import_modules: return "import";
+                case Action::idle: return "idle";
                 default: return "exit";
             }
         })
@@ -30,7 +31,7 @@ void bind_zygote(nb::module_& m) {
 
     nb::class_<ZygoteServer>(m, "ZygoteServer")
         .def("__init__", [](ZygoteServer* self, int fd) { new (self) ZygoteServer(Fd(fd)); }, nb::arg("fd"))
-        .def("next", &ZygoteServer::next, nb::call_guard<nb::gil_scoped_release>())
+        .def("next", &ZygoteServer::next, nb::arg("timeout_ms") = -1, nb::call_guard<nb::gil_scoped_release>())
         .def("forked", &ZygoteServer::forked)
         .def("imported", &ZygoteServer::imported)
         .def("become_worker", [](ZygoteServer& z, Action& a) {

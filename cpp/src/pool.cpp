@@ -145,7 +145,7 @@ void Pool::forget_function(std::uint64_t fn_id) {
     pump_locked();
 }
 
-void Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
+bool Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
                   std::span<std::byte const> payload, std::span<BufferRef const> refs, bool concurrent,
                   std::int64_t worker) {
     if (worker < -1 || worker >= static_cast<std::int64_t>(m_slots.size()))
@@ -157,12 +157,28 @@ void Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t coun
         fail_task_locked(task_id, m_broken ? m_broken_kind : Completion::broken, m_broken_status,
                          m_broken_payload);
         m_ready_cv.notify_all();
-        return;
+        return true;
     }
     m_scheduler.submit(Task{task_id, fn_id, count, 0, std::move(frame), concurrent, worker});
-    // Results drained here free in-flight room; the completions wait for a taker.
-    if (drain_locked()) wake_dispatcher();
+    std::int64_t const now = now_ns();
+    m_caller_ns = now;
+    // Results drained here free in-flight room. A thread sleeping on the doorbell hears of
+    // them; otherwise they wait for this caller (see the return value) or the next taker.
+    bool const had = !m_ready.empty();
+    if (drain_locked() && !had && !m_ready.empty()) {
+        m_ready_since_ns = now;
+        if (m_poller) wake_dispatcher();
+    }
     pump_locked();
+    return !m_ready.empty() && (m_ready.size() >= 16 || now - m_ready_since_ns >= 100'000);
+}
+
+void Pool::take_ready(std::vector<Completion>& out, std::uint64_t* batch_seq) {
+    std::lock_guard lock(m_mutex);
+    if (m_ready.empty()) return;
+    for (auto& c : m_ready) out.push_back(std::move(c));
+    m_ready.clear();
+    if (batch_seq) *batch_seq = ++m_batches;
 }
 
 bool Pool::cancel(std::uint64_t task_id) {
@@ -425,12 +441,17 @@ bool Pool::take(std::vector<Completion>& out, std::int64_t timeout_ns, bool back
     }
     struct Leave {
         Pool& p; bool bg;
-        ~Leave() { if (!bg && --p.m_foreground == 0) p.m_ready_cv.notify_all(); }
+        ~Leave() { if (!bg && --p.m_foreground == 0) p.m_caller_ns = now_ns(); }  // under the lock
     } leave{*this, background};
     for (;;) {
-        if (background && m_foreground > 0 && !m_finished) {
-            // A caller is waiting for a result: let it take results itself, undisturbed.
-            m_ready_cv.wait_for(lock, std::chrono::milliseconds(200));
+        if (background && !m_finished &&
+            (m_foreground > 0 || now_ns() - m_caller_ns < k_caller_grace_ns)) {
+            // A caller is waiting for a result, or was here a moment ago and is likely to be back
+            // (a loop of submit(...).result(), or of submits): it takes results itself. Waking
+            // this thread each time put two more thread wake-ups (and GIL hand-overs) on every
+            // task; instead it looks again every millisecond, so what nobody waits for is
+            // delivered soon after.
+            m_ready_cv.wait_for(lock, std::chrono::nanoseconds(k_caller_grace_ns));
             continue;
         }
         service_locked();
@@ -445,20 +466,17 @@ bool Pool::take(std::vector<Completion>& out, std::int64_t timeout_ns, bool back
         std::int64_t left = timeout_ns < 0 ? std::int64_t{200'000'000} : timeout_ns - (now_ns() - start);
         if (left <= 0) return true;
         bool const defer = background && m_foreground > 0;
-        // Spin only when tasks are short: waiting out a long task on a spinning core would
-        // take that core from the workers running it.
+        // Only a caller waiting for its result spins, and only when tasks are short: waiting out
+        // a long task on a spinning core would take that core from the workers running it. The
+        // completion thread never spins: it would compete with a submitting caller and the workers.
         double const task_ns = m_scheduler.task_ns();
-        bool const spin = task_ns <= 0 || task_ns < 4.0 * static_cast<double>(m_options.spin_ns);
-        if (!defer && spin) {
-            // Spin without the lock: a result usually arrives within a few µs of work.
+        bool const spin = !background && (task_ns <= 0 || task_ns < 4.0 * static_cast<double>(m_options.spin_ns));
+        if (spin) {
+            // Without the lock: a result usually arrives within a few µs of work.
             lock.unlock();
             bool ready = false;
-            std::int64_t const spin_start = now_ns();
-            for (unsigned i = 0; !ready; ++i) {
-                ready = results_waiting();
-                if ((i & 63) == 0 && now_ns() - spin_start >= std::min(m_options.spin_ns, left)) break;
-                cpu_relax();
-            }
+            for (SpinWait w(std::min(m_options.spin_ns, left)); !(ready = results_waiting());)
+                if (!w.next()) break;
             lock.lock();
             if (ready || !m_ready.empty()) continue;
         }

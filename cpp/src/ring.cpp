@@ -102,10 +102,9 @@ void Ring::producer_sleep_end() noexcept { m_hdr->producer_waiting.store(0, std:
 
 bool Ring::wait_writable(std::size_t payload_bytes, std::int64_t spin_ns, std::int64_t timeout_ns) noexcept {
     std::int64_t start = now_ns();
-    for (unsigned i = 0;; ++i) {
+    for (SpinWait w(spin_ns);;) {
         if (fits(m_head, m_hdr->tail.load(std::memory_order_acquire), payload_bytes)) return true;
-        if ((i & 63) == 0 && now_ns() - start >= spin_ns) break;
-        cpu_relax();
+        if (!w.next()) break;
     }
     for (;;) {
         if (!producer_sleep_begin(payload_bytes)) return true;
@@ -184,10 +183,9 @@ void Ring::consumer_sleep_end() noexcept { m_hdr->consumer_waiting.store(0, std:
 
 bool Ring::wait_readable(std::int64_t spin_ns, std::int64_t timeout_ns) noexcept {
     std::int64_t start = now_ns();
-    for (unsigned i = 0;; ++i) {
+    for (SpinWait w(spin_ns);;) {
         if (!empty()) return true;
-        if ((i & 63) == 0 && now_ns() - start >= spin_ns) break;
-        cpu_relax();
+        if (!w.next()) break;
     }
     for (;;) {
         if (!consumer_sleep_begin()) return true;

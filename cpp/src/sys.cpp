@@ -1,6 +1,7 @@
 // sys.cpp — RAII owners and helpers for Linux primitives.
 #include "shoal/sys.hpp"
 
+#include <sched.h>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -52,6 +53,8 @@ std::int64_t now_ns() noexcept {
     ::clock_gettime(CLOCK_MONOTONIC, &ts);
     return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
 }
+
+void yield_core() noexcept { ::sched_yield(); }
 
 EventFd::EventFd() : m_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
     if (!m_fd) throw_errno("eventfd");

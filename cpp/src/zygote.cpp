@@ -96,7 +96,7 @@ void ZygoteServer::kill_all() noexcept {
     m_workers.clear();
 }
 
-ZygoteServer::Action ZygoteServer::next() {
+ZygoteServer::Action ZygoteServer::next(int timeout_ms) {
     std::vector<std::byte> buf;
     std::vector<Fd> fds;
     for (;;) {
@@ -108,10 +108,15 @@ ZygoteServer::Action ZygoteServer::next() {
             execs.push_back(fd);
         }
         for (auto const& w : m_workers) pfds.push_back({w.pidfd.get(), POLLIN, 0});
-        int r = ::poll(pfds.data(), pfds.size(), -1);
+        int r = ::poll(pfds.data(), pfds.size(), timeout_ms);
         if (r < 0) {
             if (errno == EINTR) continue;
             throw_errno("zygote poll");
+        }
+        if (r == 0) {
+            Action idle;
+            idle.kind = Action::idle;
+            return idle;
         }
         // Exits first, so an executor hears of a death before anything else of that worker.
         std::size_t base = 1 + execs.size();

@@ -15,7 +15,7 @@ driver and the same bytes in every worker's frame; its large buffers are in the 
 every frame refers to them (read-only). ``pickle.loads`` stops at the first pickle's STOP opcode,
 so the header loads without looking at the tail.
 """
-import pickle
+import _pickle as pickle  # the C pickler: pickle.py costs every worker ~3 ms of imports
 import sys
 
 from ._pickle import dumps, dumps_exception, loads

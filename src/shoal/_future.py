@@ -1,18 +1,42 @@
 """shoal.Future: a concurrent.futures.Future that can also be awaited."""
 import concurrent.futures
+import threading
 
 __all__ = ["Future"]
+
+_PENDING, _RUNNING, _FINISHED = "PENDING", "RUNNING", "FINISHED"
+_DONE = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", _FINISHED})
 
 
 class Future(concurrent.futures.Future):
     """The result of a task. Works with ``concurrent.futures.wait``/``as_completed`` and
-    ``await fut`` in asyncio. ``cancel()`` succeeds only while the task is still queued."""
+    ``await fut`` in asyncio. ``cancel()`` succeeds only while the task is still queued.
+
+    Its condition variable is made on first use: most futures are completed before anybody
+    waits on them, add a callback, or passes them to ``wait``, and creating it for each task
+    cost the caller about a microsecond (and more garbage-collector work) per task."""
 
     _canceller = None  # a backend's: returns True if it took the task off its queue
 
+    def __init__(self):  # concurrent.futures.Future.__init__ less the condition
+        self._state = _PENDING
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks = []
+
+    def __getattr__(self, name):
+        if name == "_condition":
+            # setdefault is atomic: two threads asking at once get the same condition.
+            return self.__dict__.setdefault("_condition", threading.Condition())
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def done(self):
+        return self._state in _DONE
+
     def cancel(self):
         with self._condition:
-            if self._state != "PENDING":
+            if self._state != _PENDING:
                 return super().cancel()
         if self._canceller is not None and not self._canceller():
             return False  # already handed to a worker
@@ -25,10 +49,36 @@ class Future(concurrent.futures.Future):
 
     # Used by the backends: complete unless the caller cancelled meanwhile.
     def _resolve(self, value):
-        try:
-            self.set_result(value)
-        except concurrent.futures.InvalidStateError:
-            pass
+        cond = self.__dict__.get("_condition")
+        if cond is None:
+            # Nobody has waited, added a callback or cancelled yet: each of those makes the
+            # condition first, so none can be missed by looking for it again after the write.
+            if self._state != _PENDING and self._state != _RUNNING:
+                return
+            self._result = value
+            self._state = _FINISHED
+            cond = self.__dict__.get("_condition")
+            if cond is None:
+                return
+            # Someone arrived meanwhile: serialise with it, then tell it (unless it cancelled).
+            with cond:
+                if self._state != _FINISHED:
+                    return
+                for waiter in self._waiters:
+                    waiter.add_result(self)
+                cond.notify_all()
+        else:
+            with cond:
+                if self._state != _PENDING and self._state != _RUNNING:
+                    return  # cancelled (or already failed)
+                self._result = value
+                self._state = _FINISHED
+                for waiter in self._waiters:
+                    waiter.add_result(self)
+                if cond._waiters:
+                    cond.notify_all()
+        if self._done_callbacks:
+            self._invoke_callbacks()
 
     def _fail(self, exc):
         try:

@@ -1,7 +1,7 @@
 """How shoal turns functions, arguments, results and exceptions into bytes and back."""
 import itertools
-import pickle
-import traceback
+# The C pickler itself: pickle.py would also import re and enum, ~3 ms more at every worker start.
+import _pickle as pickle
 
 PROTOCOL = 5
 
@@ -20,7 +20,7 @@ def dumps(obj, bufs=None):
             return _cloudpickle_dumps(obj, first)
         # Classes and functions of __main__ pickle by reference, which a worker cannot resolve:
         # those go by value. (A mere string "__main__" in the data costs only the slower path.)
-        if b"__main__" in data:
+        if data.find(b"__main__") >= 0:  # not `in`: bytes first tries the operand as an int (a raised TypeError)
             import cloudpickle
 
             return cloudpickle.dumps(obj, PROTOCOL)
@@ -34,7 +34,7 @@ def dumps(obj, bufs=None):
             return _dumps_moving(obj, bufs, base)
         data = _cloudpickle_dumps(obj, first, bufs, base)
     else:
-        if b"__main__" in data:
+        if data.find(b"__main__") >= 0:
             import cloudpickle
 
             bufs.truncate(base)
@@ -208,11 +208,15 @@ def iter_items(packed, buffers=None):
 
 
 def dumps_function(fn):
-    """Functions always go through cloudpickle: by reference when importable, by value
-    when defined in ``__main__``, a notebook, or a closure."""
-    import cloudpickle
+    """By reference when importable (the C pickler: no cloudpickle import for a function in
+    a module); by value through cloudpickle when defined in ``__main__``, a notebook, a
+    closure or a lambda, or in a module registered with ``cloudpickle.register_pickle_by_value``."""
+    import sys
 
-    return cloudpickle.dumps(fn, PROTOCOL)
+    cp = sys.modules.get("cloudpickle.cloudpickle")
+    if cp is not None and getattr(cp, "_PICKLE_BY_VALUE_MODULES", None):
+        return sys.modules["cloudpickle"].dumps(fn, PROTOCOL)
+    return dumps(fn)
 
 
 def loads(data, buffers=None):
@@ -235,6 +239,8 @@ def loads(data, buffers=None):
 def dumps_exception(exc):
     """(exception, traceback text) as bytes; an exception that cannot be pickled is
     replaced by a RuntimeError naming it, so the caller always hears of the failure."""
+    import traceback  # here: it imports ~10 modules, and most workers never need it
+
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         return dumps((exc, tb))

@@ -36,7 +36,8 @@ def zygote():
             # sys.path travels one entry per line (json would cost the zygote 15 ms to import).
             code = ("import sys; sys.path[:] = sys.argv[1].split('\\n'); "
                     "import shoal._zygote as z; z.main()")
-            _zygote = _core.ZygoteClient([sys.executable, "-c", code, "\n".join(sys.path)])
+            # -S: no site (its .pth files cost several ms); sys.path is the driver's anyway.
+            _zygote = _core.ZygoteClient([sys.executable, "-S", "-c", code, "\n".join(sys.path)])
             _zygote_pid = os.getpid()
         return _zygote
 
@@ -113,15 +114,20 @@ def _deliver(state, taken):
     if not batch:
         return
     order = state.order
-    with order:
-        # The thread holding the previous batch delivers it at once; the timeout only guards
-        # against one that was interrupted (Ctrl-C) between take and deliver.
-        order.wait_for(lambda: state.delivered >= seq - 1, timeout=1.0)
-        try:
-            _deliver_batch(state, batch)
-        finally:
-            state.delivered = max(state.delivered, seq)
-            order.notify_all()
+    if state.delivered != seq - 1:
+        # Another thread holds the previous batch and delivers it at once; the timeout only
+        # guards against one that was interrupted (Ctrl-C) between take and deliver.
+        with order:
+            order.wait_for(lambda: state.delivered >= seq - 1, timeout=1.0)
+    # Batches are delivered one at a time: the holder of the next one waits for this one.
+    try:
+        _deliver_batch(state, batch)
+    finally:
+        with order:
+            if state.delivered < seq:
+                state.delivered = seq
+            if order._waiters:
+                order.notify_all()
 
 
 def _deliver_batch(state, batch):
@@ -228,7 +234,10 @@ class _ProcessFuture(Future):
             _deliver(state, taken)
 
     def result(self, timeout=None):
-        self._help(timeout)
+        if self._state != "FINISHED":
+            self._help(timeout)
+        if self._state == "FINISHED" and self._exception is None:  # no lock needed to read it
+            return self._result
         return super().result(timeout=0 if timeout is not None else None)
 
     def exception(self, timeout=None):
@@ -276,8 +285,15 @@ class ProcessBackend:
         # The arguments' arena buffers live until the task completes (the entry is dropped).
         self._state.futures[task_id] = (fut, fn_id, bufs.keep if refs else None, mode != CALL)
         # A coroutine task counts against the per-worker `concurrency`, not the adaptive limit.
-        self._pool.submit(task_id, fn_id, count, payload, refs, is_coroutine_function(fn))
+        if self._pool.submit(task_id, fn_id, count, payload, refs, is_coroutine_function(fn)):
+            self._deliver_ready()
         return fut
+
+    def _deliver_ready(self):
+        """Delivers what the pool has drained: a thread submitting many tasks delivers their
+        results between submits, instead of handing each to the completion thread (a thread
+        wake-up and two GIL hand-overs per task)."""
+        _deliver(self._state, self._pool.take_ready())
 
     def submit_pinned(self, fn, payload, count, worker, refs=None, keep=None):
         """Sends a ready-made task payload to worker slot ``worker`` only (agents live there).
@@ -290,11 +306,13 @@ class ProcessBackend:
         fut._shoal_id = task_id
         self._state.futures[task_id] = (fut, fn_id, keep, False)
         try:
-            self._pool.submit(task_id, fn_id, count, payload, refs, worker=worker)
+            ready = self._pool.submit(task_id, fn_id, count, payload, refs, worker=worker)
         except BaseException:
             self._state.futures.pop(task_id, None)
             self._functions.release(fn_id)
             raise
+        if ready:
+            self._deliver_ready()
         return fut
 
     def buffers(self):

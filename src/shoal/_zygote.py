@@ -1,29 +1,53 @@
 """The zygote: started once per driver process with posix_spawn; forks workers on request.
 
-It is single-threaded. It imports what workers share (the worker loop, cloudpickle, the
-preload modules), freezes the garbage collector so forked workers do not copy those pages, and
-then serves fork and import requests from the driver's executors until the driver is gone.
+It is single-threaded. It imports what workers share (the worker loop, the preload modules,
+and, once idle, cloudpickle), freezes the garbage collector so forked workers do not copy those
+pages, and then serves fork and import requests from the driver's executors until the driver
+is gone.
 """
 import gc
 import importlib
 import os
-import signal
 import sys
+
+# Importing cloudpickle takes ~15 ms: the first pool's workers are forked before it, and the
+# zygote imports it once nothing has come for this long (workers forked later share it).
+_IDLE_MS = 50
+
+
+def _site_builtins():
+    """What `site` would have set up (we run with -S: sys.path comes from the driver, and the
+    .pth files of site-packages cost several ms): exit(), quit(), help(), sitecustomize."""
+    import site
+
+    site.setquit()
+    site.setcopyright()
+    site.sethelper()
+    site.execsitecustomize()
 
 
 def main(control_fd=3):
+    if sys.flags.no_site:
+        _site_builtins()
     # A terminal's Ctrl-C is the driver's to handle; workers inherit this.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import _signal  # not `signal`: it imports enum (~2 ms)
+
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     from . import _core, _worker  # noqa: F401 - imported here so workers share them
-    # Functions defined in __main__ or a notebook load through cloudpickle: importing it in
-    # each worker would cost every worker ~3.5 MB of its own memory.
-    import cloudpickle  # noqa: F401
 
     server = _core.ZygoteServer(control_fd)
     gc.freeze()
+    warm = False  # cloudpickle imported?
     while True:
-        action = server.next()
-        if action.kind == "fork":
+        action = server.next(-1 if warm else _IDLE_MS)
+        if action.kind == "idle":
+            # Functions defined in __main__ or a notebook load through cloudpickle: importing it
+            # in each worker would cost every worker ~3.5 MB of its own memory.
+            import cloudpickle  # noqa: F401
+
+            warm = True
+            gc.freeze()
+        elif action.kind == "fork":
             pid = os.fork()
             if pid == 0:
                 try:

@@ -92,9 +92,15 @@ public:
     /// not retried elsewhere: they complete as `crashed` with the exit status. A task
     /// pinned while the slot has no live worker waits for its replacement. Throws
     /// std::out_of_range if `worker` is not -1 or a slot index (see workers()).
-    void submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
+    /// Returns true when completions wait that the caller should take with take_ready()
+    /// and deliver now (16 or more, or the oldest 100 µs old): a thread submitting many tasks
+    /// delivers their results itself between submits, with no thread hop (see take()).
+    bool submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
                 std::span<std::byte const> payload, std::span<BufferRef const> refs = {},
                 bool concurrent = false, std::int64_t worker = -1);
+    /// Moves the completions already drained into `out`, without waiting or doing any of the
+    /// dispatcher's work; numbers the batch like take(). Any thread.
+    void take_ready(std::vector<Completion>& out, std::uint64_t* batch_seq = nullptr);
     /// Drops a task not yet handed to a worker; true if it was dropped.
     bool cancel(std::uint64_t task_id);
     /// Drops every queued task; returns their ids.
@@ -106,7 +112,9 @@ public:
     /// variable. Returns false once the pool is closed and fully drained. Any thread.
     /// `background` marks the completion thread: it leaves the doorbell to foreground
     /// takers (callers blocked on a result, who then receive it with no thread hop), and
-    /// a foreground take returns early when interrupt() is called.
+    /// a foreground take returns early when interrupt() is called. It also stays out of the
+    /// way for a millisecond after a caller submitted or took a result (that caller is likely
+    /// to be back at once); then it looks again.
     /// A foreground take also returns as soon as epoch() differs from `epoch` (read it
     /// before checking whether what you wait for is done: no wake-up is lost between).
     /// Each non-empty batch gets the next number in `batch_seq`: batches taken by different
@@ -184,6 +192,11 @@ private:
     bool m_poller = false;                    // a thread sleeps on the doorbell
     bool m_poller_background = false;         // ... and it is the completion thread
     std::atomic<int> m_foreground{0};         // callers blocked in take() for a result
+    // When a caller last submitted or left take() (under m_mutex). Within the grace period
+    // after it the completion thread leaves the results to such callers (see take()).
+    std::int64_t m_caller_ns = 0;
+    static constexpr std::int64_t k_caller_grace_ns = 1'000'000;
+    std::int64_t m_ready_since_ns = 0;        // when m_ready became non-empty
     std::atomic<std::uint64_t> m_epoch{0};    // bumped by interrupt()
     std::uint64_t m_batches = 0;              // batches handed out by take()
     bool m_broken = false;

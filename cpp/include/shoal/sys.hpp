@@ -57,6 +57,35 @@ inline void cpu_relax() noexcept {
 /// Monotonic clock in nanoseconds (vDSO, no syscall).
 std::int64_t now_ns() noexcept;
 
+/// Gives the core to another runnable thread, if there is one (sched_yield).
+void yield_core() noexcept;
+
+/// A spin-wait budget: a few µs of pure pauses, then a sched_yield between checks. On a
+/// quiet machine a check still comes every µs or so; on a busy one (more runnable threads
+/// than cores, as with 2 workers and a driver on 2 cores) the spinner hands its core to
+/// whoever can use it, often the very process it waits for.
+///     for (SpinWait w(spin_ns); !ready(); ) if (!w.next()) break;  // then sleep
+class SpinWait {
+public:
+    explicit SpinWait(std::int64_t budget_ns) noexcept : m_start(now_ns()), m_budget(budget_ns) {}
+    /// One more round of waiting; false once the budget is spent.
+    bool next() noexcept {
+        if (++m_rounds <= k_pure) {
+            cpu_relax();
+            return (m_rounds & 15) != 0 || now_ns() - m_start < m_budget;
+        }
+        if (now_ns() - m_start >= m_budget) return false;
+        yield_core();
+        return true;
+    }
+
+private:
+    static constexpr unsigned k_pure = 128;  // ~3 µs of pause instructions
+    std::int64_t m_start;
+    std::int64_t m_budget;
+    unsigned m_rounds = 0;
+};
+
 /// An eventfd: a counter other processes can wake us through. Move-only.
 class EventFd {
 public:

@@ -62,7 +62,7 @@ public:
     explicit ZygoteServer(Fd control);
 
     struct Action {
-        enum Kind { fork, import_modules, exit } kind = exit;
+        enum Kind { fork, import_modules, exit, idle } kind = exit;
         int executor = -1;                 // the executor socket it came from
         WorkerSpec spec{};
         std::vector<Fd> fds;               // fork: memfd, doorbell eventfd [, arena memfd]
@@ -76,8 +76,9 @@ public:
     };
 
     /// Serves until the caller must act: fork a worker, import modules, or exit (the driver
-    /// is gone: every worker has been SIGKILLed). Blocks in poll().
-    Action next();
+    /// is gone: every worker has been SIGKILLed). Blocks in poll(); with timeout_ms >= 0,
+    /// returns an `idle` action once nothing has come for that long.
+    Action next(int timeout_ms = -1);
     /// In the zygote after fork: track the child and report it to its executor.
     void forked(Action const& action, pid_t pid);
     /// In the child after fork: close all of the zygote's descriptors, die with the zygote.
