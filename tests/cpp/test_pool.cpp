@@ -287,6 +287,36 @@ TEST(Pool, TenThousandTasksAllComeBack) {
     close_and_join(pool);
 }
 
+TEST(Pool, ASubmittingCallerIsToldToDeliverAndTakesWhatIsReady) {
+    // While submitting, the caller drains results (submit does) and takes them when told to.
+    auto zygote = start_zygote();
+    Pool pool(*zygote, options(2));
+    std::vector<Completion> all;
+    std::uint64_t last_seq = 0;
+    std::size_t told = 0, taken = 0;
+    for (std::uint64_t id = 1; id <= 20'000; ++id) {
+        if (!pool.submit(id, 0, 1, bytes_of(id_payload(id)))) continue;
+        ++told;
+        std::uint64_t seq = 0;
+        std::size_t before = all.size();
+        pool.take_ready(all, &seq);
+        ASSERT_GT(all.size(), before) << "told to deliver, but nothing was ready";
+        EXPECT_EQ(seq, last_seq + 1) << "batches are numbered in order";
+        last_seq = seq;
+    }
+    taken = all.size();
+    EXPECT_GT(told, 0u);
+    EXPECT_GT(taken, 0u) << "the submitter should have delivered some results itself";
+    std::size_t empty_before = all.size();
+    pool.take_ready(all, nullptr);  // whatever is left drained; never blocks
+    EXPECT_GE(all.size(), empty_before);
+    auto rest = collect(pool, 60'000 * k_ms, [&](auto const& a) { return a.size() + all.size() >= 20'000; });
+    all.insert(all.end(), std::make_move_iterator(rest.begin()), std::make_move_iterator(rest.end()));
+    EXPECT_EQ(count_kind(all, Completion::result), 20'000u);
+    check_echoes(all, 1, 20'000);
+    close_and_join(pool);
+}
+
 TEST(Pool, LargePayloadsLargerThanTheRings) {
     auto zygote = start_zygote();
     Pool pool(*zygote, options(2));

@@ -370,3 +370,29 @@ TEST(Socket, SendToAClosedPeerThrowsWithoutSigpipe) {
     b.reset();
     EXPECT_THROW(send_message(a.get(), bytes_of("nobody")), std::system_error);  // not killed by SIGPIPE
 }
+
+TEST(SpinWait, StopsWhenTheBudgetIsSpent) {
+    for (std::int64_t budget : {0L, 50'000L, 2'000'000L}) {
+        std::int64_t const start = now_ns();
+        SpinWait w(budget);
+        unsigned rounds = 0;
+        while (w.next()) ++rounds;
+        std::int64_t const took = now_ns() - start;
+        EXPECT_GE(took, budget);
+        EXPECT_LT(took, budget + 50'000'000) << "budget " << budget;  // generous: a busy machine
+        if (budget >= 2'000'000) EXPECT_GT(rounds, 128u) << "it should have reached the yielding phase";
+    }
+}
+
+TEST(SpinWait, SeesAWriteFromAnotherThread) {
+    std::atomic<bool> flag{false};
+    std::thread t([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        flag.store(true, std::memory_order_release);
+    });
+    bool seen = false;
+    for (SpinWait w(2'000'000'000); !(seen = flag.load(std::memory_order_acquire));)
+        if (!w.next()) break;
+    t.join();
+    EXPECT_TRUE(seen);
+}

@@ -60,6 +60,8 @@ int zygote_main(Fd control) {
                 else server.imported(action, false, "unexpected modules");
                 break;
             }
+            case ZygoteServer::Action::idle:
+                break;  // only with a timeout, which this loop does not use
             case ZygoteServer::Action::fork: {
                 pid_t pid = ::fork();
                 if (pid == 0) {
@@ -488,4 +490,15 @@ TEST(ZygoteClient, AForkedCopyLeavesTheOriginalsZygoteAlone) {
     EXPECT_LT(now_ns() - start, 1'000 * k_ms) << "the copy waited for the zygote";
     EXPECT_TRUE(client.alive()) << "the copy killed the original's zygote";
     EXPECT_NO_THROW(client.open_executor());
+}
+
+TEST(ZygoteServer, NextWithATimeoutReportsIdle) {
+    auto [ours, theirs] = socket_pair();
+    ZygoteServer server(std::move(theirs));
+    std::int64_t const start = now_ns();
+    auto action = server.next(30);
+    EXPECT_EQ(action.kind, ZygoteServer::Action::idle);
+    EXPECT_GE(now_ns() - start, 25 * k_ms);
+    ours.reset();  // the driver is gone: exit, timeout or not
+    EXPECT_EQ(server.next(5'000).kind, ZygoteServer::Action::exit);
 }
