@@ -232,6 +232,9 @@ class _ProcessFuture(Future):
             if taken is None:
                 return
             _deliver(state, taken)
+            batch = taken[1]
+            if len(batch) > 1 or (batch and batch[0][2] != self._shoal_id):
+                pool.interrupt()  # other callers may wait for what we delivered
 
     def result(self, timeout=None):
         if self._state != "FINISHED":
@@ -294,6 +297,7 @@ class ProcessBackend:
         results between submits, instead of handing each to the completion thread (a thread
         wake-up and two GIL hand-overs per task)."""
         _deliver(self._state, self._pool.take_ready())
+        self._pool.interrupt()  # callers blocked in result() may wait for these (cheap if none)
 
     def submit_pinned(self, fn, payload, count, worker, refs=None, keep=None):
         """Sends a ready-made task payload to worker slot ``worker`` only (agents live there).

@@ -177,3 +177,36 @@ def test_cancel_between_look_and_write_wins():
     f.__dict__ = _Stale(f.__dict__, lambda: f.cancel())
     f._resolve(42)
     assert f.cancelled()
+
+
+def _nap(x):
+    import time
+
+    time.sleep(0.001)
+    return x
+
+
+@pytest.mark.timeout(60)
+def test_threads_waiting_on_their_own_results_are_not_held_up(backend):
+    """A caller blocked in result() may have its result taken and delivered by another caller;
+    it must hear of it at once, not at the end of its wait slice (50 ms)."""
+    import time
+
+    with shoal.Executor(2, backend=backend) as ex:
+        ex.submit(_nap, 0).result()
+        slow = []
+
+        def caller(k):
+            for i in range(30):
+                t = time.perf_counter()
+                assert ex.submit(_nap, (k, i)).result(timeout=30) == (k, i)
+                slow.append(time.perf_counter() - t > 0.04)
+
+        threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+            assert not t.is_alive()
+        # A busy machine may delay a few; a missed hand-over delays a good share of them.
+        assert sum(slow) <= 12, f"{sum(slow)} of {len(slow)} results arrived 40+ ms late"
