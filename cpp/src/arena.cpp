@@ -235,7 +235,6 @@ std::uint64_t Arena::allocate(std::uint64_t bytes, std::uint32_t owner) {
                     word(q).store(kept[q - i] ? k_kept : 0, std::memory_order_release);
                 throw;
             }
-            if (k >= k_populate_pages) populate_fresh(i, kept);
             h->used_pages.fetch_add(k, std::memory_order_relaxed);
             auto const reused = static_cast<std::int64_t>(std::count(kept.begin(), kept.end(), true));
             if (reused) h->resident_free.fetch_sub(reused, std::memory_order_relaxed);
@@ -249,23 +248,6 @@ std::uint64_t Arena::allocate(std::uint64_t bytes, std::uint32_t owner) {
     throw ArenaFull("shoal arena: no room for " + mib(bytes) + " more; " + mib(used_bytes()) +
                     " of the limit of " + mib(m_limit_pages * k_page) +
                     " is in use (raise it with shoal.set_arena_limit, or drop shared handles and results)");
-}
-
-void Arena::populate_fresh(std::uint64_t first, std::vector<bool> const& kept) noexcept {
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23  // Linux 5.14
-#endif
-    // A large block about to be written whole: fault its new pages in with one call instead of
-    // one trap per 4 KiB page as the copy touches them. Kept pages are resident already. Any
-    // error (an older kernel) only means the copy faults them in as before.
-    std::uint64_t const k = kept.size();
-    for (std::uint64_t a = 0; a < k;) {
-        if (kept[a]) { ++a; continue; }
-        std::uint64_t b = a;
-        while (b < k && !kept[b]) ++b;
-        ::madvise(data() + (first + a) * k_page, (b - a) * k_page, MADV_POPULATE_WRITE);
-        a = b;
-    }
 }
 
 void Arena::release_pages(std::uint64_t first, std::uint64_t count) noexcept {

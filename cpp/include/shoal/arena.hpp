@@ -24,7 +24,6 @@
 #include <atomic>
 #include <memory>
 #include <utility>
-#include <vector>
 #include <stdexcept>
 
 namespace shoal {
@@ -99,8 +98,6 @@ private:
     std::atomic<std::uint64_t>& word(std::uint64_t page) const noexcept;
     void grow_to(std::uint64_t end_page);
     bool covered(std::uint64_t end_byte) noexcept;
-    void populate_fresh(std::uint64_t first, std::vector<bool> const& kept) noexcept;
-    static constexpr std::uint64_t k_populate_pages = 32;  // blocks of 2 MiB and more
     void release_pages(std::uint64_t first, std::uint64_t count) noexcept;
 
     Fd m_fd;
