@@ -30,12 +30,8 @@ def _shutdown_live_executors():
         except BaseException:  # noqa: BLE001 - never block interpreter exit on one executor
             pass
 
-# Adaptive chunking: aim for about this much work per chunk, measured as it runs. Each chunk
-# costs the driver a wake-up and some Python (~70 µs of CPU on a 2-core machine whose cores the
-# workers are using): 1 ms chunks lost ~10 % of map_cpu's efficiency, 10 ms chunks ~1 %. When the
-# input's length is known, a chunk also never exceeds its share of what is left, so the last
-# chunks stay small and the workers finish together.
-_TARGET_CHUNK_S = 0.01
+# Adaptive chunking: aim for about this much work per chunk, measured as it runs.
+_TARGET_CHUNK_S = 0.001
 _MAX_CHUNK = 1 << 16
 
 
@@ -133,7 +129,6 @@ class Executor(concurrent.futures.Executor):
         bar = None
         if progress is not False:
             bar = _progress_for(progress, iterables, "map")
-        length = _known_length(*iterables)
         if self.backend != "process":
             iterables = [map(unshare, it) for it in iterables]
         args = zip(*iterables)
@@ -141,9 +136,8 @@ class Executor(concurrent.futures.Executor):
             self._backend.check()
             return _serial_map(self._backend, fn, args, timeout, bar)
         if len(iterables) == 1:  # items travel bare, not as 1-tuples: called as fn(x)
-            return _MapIterator(self, fn, iterables[0], timeout, chunksize, ordered, star=False, bar=bar,
-                                length=length)
-        return _MapIterator(self, fn, args, timeout, chunksize, ordered, bar=bar, length=length)
+            return _MapIterator(self, fn, iterables[0], timeout, chunksize, ordered, star=False, bar=bar)
+        return _MapIterator(self, fn, args, timeout, chunksize, ordered, bar=bar)
 
     def starmap(self, fn, iterable, timeout=None, chunksize=None, ordered=True, progress=False):
         """Like :meth:`map`, with each item of ``iterable`` unpacked as the arguments."""
@@ -151,14 +145,12 @@ class Executor(concurrent.futures.Executor):
         bar = None
         if progress is not False:
             bar = _progress_for(progress, (iterable,), "starmap")
-        length = _known_length(iterable)
         if self.backend != "process":
             iterable = (tuple(map(unshare, a)) for a in iterable)
         if self.backend == "serial":
             self._backend.check()
             return _serial_map(self._backend, fn, (tuple(a) for a in iterable), timeout, bar)
-        return _MapIterator(self, fn, (tuple(a) for a in iterable), timeout, chunksize, ordered, bar=bar,
-                            length=length)
+        return _MapIterator(self, fn, (tuple(a) for a in iterable), timeout, chunksize, ordered, bar=bar)
 
     def sweep(self, fn, params, runs=1, seed=None, product=True, progress=False, errors="raise",
               stream=False):
@@ -221,14 +213,6 @@ class Executor(concurrent.futures.Executor):
         return False
 
 
-def _known_length(*iterables):
-    """How many items zip(*iterables) yields, when every iterable has a length; else None."""
-    try:
-        return min(len(it) for it in iterables)
-    except (TypeError, ValueError):
-        return None
-
-
 def _progress_for(progress, iterables, desc):
     from ._progress import known_length, progress_for
 
@@ -263,10 +247,8 @@ def _raise_chunk_error(err):
 class _MapWindow:
     """Keeps a bounded window of chunks in flight for one map() call."""
 
-    def __init__(self, executor, fn, args, timeout, chunksize, ordered, star=True, bar=None, length=None):
+    def __init__(self, executor, fn, args, timeout, chunksize, ordered, star=True, bar=None):
         self._backend = executor._backend
-        self._left = length  # items not yet submitted, when the input's length is known
-        self._workers = executor.max_workers
         self._fn = fn
         self._star = star
         self._bar = bar
@@ -290,8 +272,6 @@ class _MapWindow:
             return
         per_item = max(seconds / n_items, 1e-8)
         target = int(_TARGET_CHUNK_S / per_item)
-        if self._left is not None:  # at most a share of what is left: the workers finish together
-            target = min(target, -(-self._left // (2 * self._workers)))
         self._size = max(1, min(_MAX_CHUNK, target, self._size * 8))
 
     def _fill(self):
@@ -300,8 +280,6 @@ class _MapWindow:
             if not items:
                 self._exhausted = True
                 break
-            if self._left is not None:
-                self._left -= len(items)
             fut = self._backend.submit_chunk(self._fn, items, self._star)
             fut._shoal_items = items
             self._outstanding += 1
@@ -401,5 +379,5 @@ class _MapWindow:
             self.close()
 
 
-def _MapIterator(executor, fn, args, timeout, chunksize, ordered, star=True, bar=None, length=None):
-    return iter(_MapWindow(executor, fn, args, timeout, chunksize, ordered, star, bar, length))
+def _MapIterator(executor, fn, args, timeout, chunksize, ordered, star=True, bar=None):
+    return iter(_MapWindow(executor, fn, args, timeout, chunksize, ordered, star, bar))

@@ -249,8 +249,7 @@ class _Sweep:
         from ._executor import _MapWindow
 
         call = _call_for(self.executor, self.fn)
-        window = _MapWindow(self.executor, call, self.items(), None, None, ordered, star=False,
-                            length=self.n)
+        window = _MapWindow(self.executor, call, self.items(), None, None, ordered, star=False)
         return self._collect(window, call, bar)
 
     def _collect(self, window, call, bar):
