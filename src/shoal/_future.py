@@ -64,21 +64,23 @@ class Future(concurrent.futures.Future):
             with cond:
                 if self._state != _FINISHED:
                     return
-                for waiter in self._waiters:
-                    waiter.add_result(self)
-                cond.notify_all()
+                self._tell_waiters(cond)
         else:
             with cond:
                 if self._state != _PENDING and self._state != _RUNNING:
                     return  # cancelled (or already failed)
                 self._result = value
                 self._state = _FINISHED
-                for waiter in self._waiters:
-                    waiter.add_result(self)
-                if cond._waiters:
-                    cond.notify_all()
+                self._tell_waiters(cond)
         if self._done_callbacks:
             self._invoke_callbacks()
+
+    def _tell_waiters(self, cond):
+        """Under `cond`: what set_result does for wait()/as_completed() and result() callers."""
+        for waiter in self._waiters:
+            waiter.add_result(self)
+        if cond._waiters:
+            cond.notify_all()
 
     def _fail(self, exc):
         try:

@@ -1,5 +1,6 @@
 """How shoal turns functions, arguments, results and exceptions into bytes and back."""
 import itertools
+import sys
 # The C pickler itself: pickle.py would also import re and enum, ~3 ms more at every worker start.
 import _pickle as pickle
 
@@ -211,8 +212,6 @@ def dumps_function(fn):
     """By reference when importable (the C pickler: no cloudpickle import for a function in
     a module); by value through cloudpickle when defined in ``__main__``, a notebook, a
     closure or a lambda, or in a module registered with ``cloudpickle.register_pickle_by_value``."""
-    import sys
-
     cp = sys.modules.get("cloudpickle.cloudpickle")
     if cp is not None and getattr(cp, "_PICKLE_BY_VALUE_MODULES", None):
         return sys.modules["cloudpickle"].dumps(fn, PROTOCOL)
