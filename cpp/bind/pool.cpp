@@ -59,7 +59,7 @@ void bind_pool(nb::module_& m) {
              [](Pool* self, ZygoteClient& zygote, std::size_t workers, unsigned retries,
                 std::uint64_t max_items_per_worker, std::vector<std::string> preload,
                 std::int64_t spin_ns, std::size_t task_ring_bytes, std::size_t result_ring_bytes,
-                nb::bytes init_payload, std::vector<std::string> warm, PyArena* arena,
+                nb::bytes init_payload, std::vector<std::string> hints, PyArena* arena,
                 std::uint32_t concurrency) {
                  PoolOptions o;
                  o.workers = workers;
@@ -68,7 +68,7 @@ void bind_pool(nb::module_& m) {
                  if (concurrency < 1) throw std::invalid_argument("Pool: concurrency must be at least 1");
                  o.scheduler.concurrency = concurrency;
                  o.preload = std::move(preload);
-                 o.warm = std::move(warm);
+                 o.hints = std::move(hints);
                  o.spin_ns = spin_ns;
                  o.task_ring_bytes = task_ring_bytes;
                  o.result_ring_bytes = result_ring_bytes;
@@ -80,7 +80,7 @@ void bind_pool(nb::module_& m) {
              },
              nb::arg("zygote"), nb::arg("workers"), nb::arg("retries"), nb::arg("max_items_per_worker"),
              nb::arg("preload"), nb::arg("spin_ns"), nb::arg("task_ring_bytes"), nb::arg("result_ring_bytes"),
-             nb::arg("init_payload"), nb::arg("warm"), nb::arg("arena").none() = nb::none(),
+             nb::arg("init_payload"), nb::arg("hints"), nb::arg("arena").none() = nb::none(),
              nb::arg("concurrency") = 1)
         .def("define_function",
              [](Pool& p, std::uint64_t fn_id, nb::bytes pickled) { p.define_function(fn_id, view(pickled)); })

@@ -72,27 +72,32 @@ Pool::Pool(ZygoteClient& zygote, PoolOptions options)
 
     m_executor = zygote.open_executor();
     if (!m_options.preload.empty()) {
-        ZygoteMessage m;
-        m.op = ZygoteOp::import_modules;
-        for (auto const& name : m_options.preload) m.body += name + "\n";
-        send_message(m_executor.get(), m.encode());
-        std::vector<std::byte> buf;
-        std::vector<Fd> fds;
-        ZygoteMessage reply;
-        if (recv_message(m_executor.get(), buf, fds) != RecvStatus::message ||
-            !ZygoteMessage::decode(buf, reply) || reply.op != ZygoteOp::imported)
-            throw std::runtime_error("shoal: the zygote did not answer the preload request");
-        if (reply.status.value != 0) throw std::runtime_error("shoal: preload failed in the zygote: " + reply.body);
+        std::string error;
+        if (!import_modules(m_options.preload, error))
+            throw std::runtime_error("shoal: preload failed in the zygote: " + error);
+    }
+    if (!m_options.hints.empty()) {
+        std::string ignored;  // a hint the zygote cannot import is imported by each worker instead
+        import_modules(m_options.hints, ignored);
     }
     std::lock_guard lock(m_mutex);
     for (std::size_t i = 0; i < n; ++i) start_worker_locked(i);
-    if (!m_options.warm.empty()) {
-        // After the forks: the first workers start now; later ones share these modules.
-        ZygoteMessage m;
-        m.op = ZygoteOp::import_modules;
-        for (auto const& name : m_options.warm) m.body += name + "\n";
-        try { send_message(m_executor.get(), m.encode()); } catch (std::system_error const&) {}
-    }
+}
+
+bool Pool::import_modules(std::vector<std::string> const& names, std::string& error) {
+    ZygoteMessage m;
+    m.op = ZygoteOp::import_modules;
+    for (auto const& name : names) m.body += name + "\n";
+    send_message(m_executor.get(), m.encode());
+    std::vector<std::byte> buf;
+    std::vector<Fd> fds;
+    ZygoteMessage reply;
+    if (recv_message(m_executor.get(), buf, fds) != RecvStatus::message ||
+        !ZygoteMessage::decode(buf, reply) || reply.op != ZygoteOp::imported)
+        throw std::runtime_error("shoal: the zygote did not answer an import request");
+    if (reply.status.value == 0) return true;
+    error = reply.body;
+    return false;
 }
 
 Pool::~Pool() {

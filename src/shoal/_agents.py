@@ -461,7 +461,7 @@ class _ProcessTransport:
         self.backend = backend
         from ._worker import AGENT  # the worker's task mode for agent frames
 
-        self.retries = backend._state.retries
+        self.retries = backend._retries
         self.blocks = _blocks(group._n, backend.slots)
         self.mode = AGENT
         # Close frames of groups dropped without close(), sent by the next operation of any

@@ -6,6 +6,7 @@
 
 Functions are pickled once per executor and cached in the workers by id.
 """
+import importlib.util
 import itertools
 import os
 import sys
@@ -254,25 +255,47 @@ class ProcessBackend:
     def __init__(self, max_workers, initializer, initargs, retries, preload, max_tasks_per_worker,
                  buffer_threshold, spin_us=100, task_ring_bytes=1 << 18, result_ring_bytes=1 << 18,
                  concurrency=1):
-        preload = list(dict.fromkeys(preload))
-        warm = []  # see docs/design.md: a background import competed with the first tasks
+        for name in preload:  # a typo fails here; an import error, at the first task
+            if importlib.util.find_spec(name) is None:
+                raise ModuleNotFoundError(f"shoal: no module named {name!r} to preload", name=name)
         threshold = buffer_threshold
         init = dumps((os.getcwd(), list(sys.path), initializer, tuple(initargs),
                       threshold if threshold is not None else 1 << 62))
         self._arena = None if threshold is None else arena()
         self._threshold = threshold
-        self._pool = _core.Pool(zygote(), max_workers, retries, max_tasks_per_worker or 0, preload,
-                                int(spin_us * 1000), task_ring_bytes, result_ring_bytes, init, warm,
-                                self._arena, concurrency)
-        self._state = _State(self._pool, retries)
-        self._functions = self._state.functions = _FunctionTable(self._pool)
+        self._max_workers = max_workers
+        self._retries = retries
+        # The workers are forked at the first task, once the zygote has imported its function's
+        # module (see docs/design.md, "The first task's module"); the zygote starts now.
+        self._pool_args = (max_workers, retries, max_tasks_per_worker or 0, list(dict.fromkeys(preload)),
+                           int(spin_us * 1000), task_ring_bytes, result_ring_bytes, init)
+        self._concurrency = concurrency
+        self._pool = self._state = self._functions = self._thread = None
         self._ids = itertools.count(1)
-        self._thread = threading.Thread(target=_complete, args=(self._state,),
-                                        name="shoal-completions", daemon=True)
-        self._thread.start()
+        self._start_lock = threading.Lock()
         self._closed = False
+        zygote()
+
+    def _start(self, fn=None):
+        """Creates the pool (the zygote imports the preload modules and `fn`'s module, then
+        forks the workers) and its completion thread; returns the pool. Once only."""
+        with self._start_lock:
+            if self._pool is None:
+                if self._closed:
+                    raise RuntimeError("cannot schedule new futures after shutdown")
+                pool = _core.Pool(zygote(), *self._pool_args, _module_hints(fn), self._arena,
+                                  self._concurrency)
+                self._state = _State(pool, self._retries)
+                self._functions = self._state.functions = _FunctionTable(pool)
+                self._thread = threading.Thread(target=_complete, args=(self._state,),
+                                                name="shoal-completions", daemon=True)
+                self._thread.start()
+                self._pool = pool
+            return self._pool
 
     def _submit(self, fn, mode, data, count):
+        if self._pool is None:
+            self._start(fn)
         fn_id = self._functions.acquire(fn)
         bufs = None if self._arena is None else Buffers(self._arena, self._threshold)
         try:
@@ -303,6 +326,8 @@ class ProcessBackend:
         """Sends a ready-made task payload to worker slot ``worker`` only (agents live there).
         If that worker dies, the future fails with WorkerCrashedError: it is not retried.
         ``refs`` are the payload's arena buffers; ``keep`` keeps them alive until it completes."""
+        if self._pool is None:
+            self._start(fn)
         fn_id = self._functions.acquire(fn)
         task_id = next(self._ids)
         fut = _ProcessFuture()
@@ -326,7 +351,7 @@ class ProcessBackend:
     @property
     def slots(self):
         """The number of worker slots (a slot keeps its index when its process is replaced)."""
-        return self._pool.workers
+        return self._max_workers
 
     def submit(self, fn, args, kwargs):
         return self._submit(fn, CALL, (args, kwargs), 1)
@@ -335,9 +360,18 @@ class ProcessBackend:
         return self._submit(fn, CHUNK if star else CHUNK1, items, len(items))
 
     def worker_pids(self):
+        if self._pool is None:
+            if self._closed:
+                return []
+            self._start()
+            deadline = time.monotonic() + 5.0  # the forks were just requested: wait for them
+            while len(self._pool.worker_pids()) < self._max_workers and time.monotonic() < deadline:
+                time.sleep(0.001)
         return [int(p) for p in self._pool.worker_pids()]
 
     def cancel_all(self):
+        if self._pool is None:
+            return
         ids = self._pool.cancel_all()
         with self._state.lock:
             entries = [self._state.futures.pop(i, None) for i in ids]
@@ -347,8 +381,11 @@ class ProcessBackend:
                 e[0].cancel()
 
     def shutdown(self, wait, kill=False):
-        if not self._closed or kill:
-            self._closed = True
+        with self._start_lock:  # no pool is started after this
+            closed, self._closed = self._closed, True
+        if self._pool is None:
+            return
+        if not closed or kill:
             self._pool.close(kill)
         if wait:
             while self._thread.is_alive():
@@ -357,7 +394,31 @@ class ProcessBackend:
 
     def __del__(self):
         try:
-            if not self._closed:
+            if not self._closed and self._pool is not None:
                 self._pool.close(False)
         except Exception:
             pass
+
+
+def _module_hints(fn):
+    """For the zygote: "module<TAB>file" of the module `fn` is pickled by reference from (and
+    of its top-level package first), so that the workers forked after it share that module
+    instead of each importing it. Nothing for __main__, closures, lambdas, builtins and
+    functions pickled by value."""
+    fn = getattr(fn, "__func__", fn)  # a bound method: its function's module
+    name = getattr(fn, "__module__", None)
+    if not isinstance(name, str) or name in ("__main__", "builtins") or name in sys.builtin_module_names:
+        return []
+    if "<locals>" in getattr(fn, "__qualname__", "<locals>"):
+        return []
+    cp = sys.modules.get("cloudpickle.cloudpickle")
+    top = name.partition(".")[0]
+    if cp is not None and top in getattr(cp, "_PICKLE_BY_VALUE_MODULES", ()):
+        return []
+    hints = []
+    for part in (top, name) if top != name else (name,):
+        origin = getattr(getattr(sys.modules.get(part), "__spec__", None), "origin", None)
+        if not isinstance(origin, str) or not os.path.isabs(origin):
+            return []
+        hints.append(f"{part}\t{origin}")
+    return hints

@@ -26,6 +26,20 @@ def _site_builtins():
     site.execsitecustomize()
 
 
+def _import_hint(name, origin):
+    """Imports the module of an executor's first task function, so that its workers share it,
+    but only if it is the driver's module: the same file, found from the zygote's sys.path."""
+    if name in sys.modules:
+        return
+    if "." in name and name.partition(".")[0] not in sys.modules:
+        return  # its top-level package was not found at the driver's file: not even that is imported
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is not None and spec.origin == origin:
+        importlib.import_module(name)
+
+
 def main(control_fd=3):
     if sys.flags.no_site:
         _site_builtins()
@@ -59,7 +73,10 @@ def main(control_fd=3):
         elif action.kind == "import":
             try:
                 for name in action.modules:
-                    importlib.import_module(name)
+                    if "\t" in name:
+                        _import_hint(*name.split("\t", 1))
+                    else:
+                        importlib.import_module(name)
             except BaseException as exc:  # noqa: BLE001 - reported to the driver
                 server.imported(action, False, f"{type(exc).__name__}: {exc}")
             else:

@@ -39,7 +39,9 @@ struct PoolOptions {
     std::size_t result_ring_bytes = std::size_t{1} << 20;
     std::int64_t spin_ns = 50'000;  // spin this long before sleeping, workers and dispatcher
     std::vector<std::string> preload;  // imported by the zygote before the first fork (waited for)
-    std::vector<std::string> warm;     // imported after the first forks (not waited for)
+    // Imported by the zygote before the first fork too, best effort: a failure is ignored
+    // (the modules of the first task's function, so that the workers share them).
+    std::vector<std::string> hints;
     Bytes init_payload;  // sent to every new worker first (function frame, fn 0); it answers `ready`
     std::shared_ptr<Arena> arena;  // shared with the workers; result frames' buffers come through it
     SchedulerOptions scheduler;
@@ -160,6 +162,9 @@ private:
     bool drain_slot_locked(std::size_t slot);
     void handle_zygote_locked();                // forked/exited reports
     void start_worker_locked(std::size_t slot);
+    // Asks the zygote to import `names` (before any fork: nothing else reads m_executor yet);
+    // false with the zygote's message in `error` if one failed. Throws if the zygote is gone.
+    bool import_modules(std::vector<std::string> const& names, std::string& error);
     void worker_exited_locked(std::size_t slot, ExitStatus status);
     void reclaim_locked(std::size_t slot) noexcept;  // frees the arena blocks a dead worker held
     bool adopt_buffers_locked(std::size_t slot, FrameView const& f, std::vector<ArenaBlock>& out);
