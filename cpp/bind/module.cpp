@@ -7,6 +7,7 @@ void bind_arena(nb::module_& m);
 void bind_pool(nb::module_& m);
 void bind_zygote(nb::module_& m);
 void bind_worker(nb::module_& m);
+void bind_items(nb::module_& m);
 
 NB_MODULE(_core, m) {
     m.doc() = "shoal's C++ core: shared-memory rings, zygote, process pool.";
@@ -16,4 +17,5 @@ NB_MODULE(_core, m) {
     bind_pool(m);
     bind_zygote(m);
     bind_worker(m);
+    bind_items(m);
 }

@@ -336,12 +336,14 @@ class _MapWindow:
         self._pending.clear()
 
     def __iter__(self):
-        if self._bar is not None:
-            return self._iter_counted(self._bar)
-        return self._iter()
+        # itertools.chain hands out the items at C speed; the generator runs once per chunk
+        # (a generator's `yield from` cost ~30 ns per item, as much as pickling it).
+        return itertools.chain.from_iterable(self._chunks())
 
-    def _iter(self):
-        # A generator: each chunk's items are yielded with `yield from`, at C speed.
+    def _chunks(self):
+        """Each finished chunk's results (a list, or an iterator that loads them one by one),
+        in order; a chunk's error is raised after its good results."""
+        bar = self._bar
         try:
             while True:
                 chunk = self._next_chunk()
@@ -349,33 +351,14 @@ class _MapWindow:
                     return
                 results, err, buffers = chunk
                 per_item, data = results
-                if per_item:
-                    yield from iter_items(results, buffers)
-                else:
-                    yield from data
+                if bar is not None:
+                    bar.update(len(data))
+                yield iter_items(results, buffers) if per_item else data
                 if err is not None:
                     _raise_chunk_error(err)
         finally:
-            self.close()
-
-    def _iter_counted(self, bar):
-        # The same, counting each chunk's items on the bar as the chunk arrives.
-        try:
-            while True:
-                chunk = self._next_chunk()
-                if chunk is None:
-                    return
-                results, err, buffers = chunk
-                per_item, data = results
-                bar.update(len(data))
-                if per_item:
-                    yield from iter_items(results, buffers)
-                else:
-                    yield from data
-                if err is not None:
-                    _raise_chunk_error(err)
-        finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
             self.close()
 
 

@@ -1,8 +1,9 @@
 """How shoal turns functions, arguments, results and exceptions into bytes and back."""
-import itertools
 import sys
 # The C pickler itself: pickle.py would also import re and enum, ~3 ms more at every worker start.
 import _pickle as pickle
+
+from ._core import plain_items
 
 PROTOCOL = 5
 
@@ -173,39 +174,37 @@ class _MovedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"unknown out-of-band reference {kind!r}")
 
 
-# Values whose pickles cannot fail to load: a chunk of only these travels as one pickle;
-# any other chunk is pickled item by item, so one bad item fails alone.
-_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
-
-
-_TUPLE_OR_PLAIN = _PLAIN | {tuple}
-_TUPLE = frozenset({tuple})
-
-
 def pack_items(items, bufs=None):
-    """A chunk's items for pickling: (False, items) when all are plain (or tuples of plain
-    values), else (True, [pickle of each item]). The type checks run at C speed."""
-    types = set(map(type, items))
-    if types <= _PLAIN:
+    """A chunk's items (a list) for pickling: (False, items) when all are plain (or tuples of
+    plain values), else (True, [pickle of each item]). The type check runs in C."""
+    if type(items) is not list:
+        items = list(items)
+    # Values of these types cannot fail to load: such a chunk travels as one pickle; any
+    # other chunk is pickled item by item, so one bad item fails alone.
+    if plain_items(items):
         return (False, items)
-    if types == _TUPLE:  # map()'s argument tuples: look inside them
-        if set(map(type, itertools.chain.from_iterable(items))) <= _PLAIN:
-            return (False, items)
-    elif types <= _TUPLE_OR_PLAIN:
-        inner = set(map(type, itertools.chain.from_iterable(i for i in items if type(i) is tuple)))
-        if inner <= _PLAIN:
-            return (False, items)
     return (True, [dumps(i, bufs) for i in items])
 
 
 def iter_items(packed, buffers=None):
-    """Yields a chunk's items; an item that fails to load raises at its place."""
+    """An iterator over a chunk's items; an item that fails to load raises at its place,
+    and the iterator goes on with the next item if asked (unlike a generator)."""
     per_item, data = packed
-    if not per_item:
-        yield from data
-    else:
-        for blob in data:
-            yield loads(blob, buffers)
+    return _Loads(data, buffers) if per_item else iter(data)
+
+
+class _Loads:
+    __slots__ = ("_blobs", "_buffers")
+
+    def __init__(self, blobs, buffers):
+        self._blobs = iter(blobs)
+        self._buffers = buffers
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return loads(next(self._blobs), self._buffers)
 
 
 def dumps_function(fn):

@@ -320,6 +320,16 @@ def test_result_unpickling_fails_in_caller(make_process_executor):
     assert_pool_recovers(ex)
 
 
+def test_map_result_that_cannot_load_fails_that_item_only(make_process_executor):
+    """The bad item raises at its place; iterating on yields the items after it."""
+    ex = make_process_executor()
+    it = ex.map(explodes_on_load_at, range(10), itertools.repeat(4), chunksize=10)
+    assert [next(it) for _ in range(4)] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="boom-on-load"):
+        next(it)
+    assert list(it) == [5, 6, 7, 8, 9]
+
+
 def test_argument_unpickling_fails_in_worker(make_process_executor):
     ex = make_process_executor()
     bad = ExplodesOnLoad("boom-in-worker")
