@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 from . import _core
 from ._aio import is_coroutine_function
-from ._arena import Buffers, arena
+from ._arena import READ_ONLY, Buffers, arena
 from ._errors import InitializerError, RemoteTraceback, WorkerCrashedError
 from ._future import Future
 from ._pickle import dumps, dumps_function, loads, pack_items
@@ -157,8 +157,12 @@ def _deliver_batch(state, batch):
                 exc, tb = value
                 exc.__cause__ = RemoteTraceback(tb)
                 fut._fail(exc)
+            elif chunk:
+                # What the chunk's arguments and results hold (map() caps chunks by it).
+                fut._shoal_nbytes += len(payload) + (sum(map(len, buffers)) if buffers else 0)
+                fut._resolve(value + (buffers,))
             else:
-                fut._resolve(value + (buffers,) if chunk else value)
+                fut._resolve(value)
         elif kind == _CRASHED:
             signaled = status_kind == _core.STATUS_SIGNALED
             fut._fail(WorkerCrashedError(
@@ -308,6 +312,8 @@ class ProcessBackend:
         fut._shoal_state = self._state
         fut._shoal_id = task_id
         refs = bufs.refs if bufs is not None and bufs.refs else None
+        if mode != CALL:  # bytes of the arguments (arena copies included), for map()'s chunk cap
+            fut._shoal_nbytes = len(payload) + (sum(n for _, n in refs if n < READ_ONLY) if refs else 0)
         # The arguments' arena buffers live until the task completes (the entry is dropped).
         self._state.futures[task_id] = (fut, fn_id, bufs.keep if refs else None, mode != CALL)
         # A coroutine task counts against the per-worker `concurrency`, not the adaptive limit.

@@ -249,7 +249,8 @@ class _Sweep:
         from ._executor import _MapWindow
 
         call = _call_for(self.executor, self.fn)
-        window = _MapWindow(self.executor, call, self.items(), None, None, ordered, star=False)
+        window = _MapWindow(self.executor, call, self.items(), None, None, ordered, star=False,
+                            length=self.n)
         return self._collect(window, call, bar)
 
     def _collect(self, window, call, bar):
@@ -285,7 +286,7 @@ class _Sweep:
                                         [item], False)
             return
         if learn:
-            window._learn(len(items), elapsed)
+            window._learn(len(items), elapsed, getattr(fut, "_shoal_nbytes", 0))
             window._fill()
         per_item, data = packed
         for item, value in zip(items, data):

@@ -183,6 +183,20 @@ def pool(make_process_executor):
     return ex
 
 
+def test_map_keeps_chunks_of_large_items_small(pool):
+    """Chunks aim at 10 ms of work, but a chunk's arguments and results stay under
+    _MAX_CHUNK_BYTES: identity over 1 MB arrays is fast, yet at most 8 go together."""
+    from shoal import _executor
+
+    a = np.ones(MB // 8)
+    window = _executor._MapWindow(pool, identity, [a] * 200, None, None, True, star=False, length=200)
+    sizes = [len(list(chunk)) for chunk in window._chunks()]
+    assert sum(sizes) == 200
+    assert _executor._MAX_CHUNK_BYTES == 16 * MB
+    assert max(sizes) <= 8, sizes  # 16 MB / (1 MB in + 1 MB out)
+    assert max(sizes) > 1, sizes  # they did grow
+
+
 def test_arguments_and_results_leave_no_blocks_behind(pool):
     gc.collect()
     before = used_bytes()
