@@ -36,7 +36,8 @@ Fairness rules (BENCHMARKS.md; every number in the README comes from a run under
 8. Memory is USS and PSS (psutil ``memory_full_info``) summed over the driver and all
    its descendants, sampled every 10 ms for the peak, plus shared memory that no
    process maps (from /proc/meminfo Shmem), so memory parked in tmpfs still counts.
-   The sampler runs alike for every system.
+   The sampler runs alike for every system, in an untimed pass of its own: a sample reads
+   every process's page tables (~5 ms of CPU per 10 ms on 2 cores) and would slow what is timed.
 9. "Best peer" excludes ``serial`` and shoal's own variants. Ratios are "times
    better than": peer/shoal for lower-is-better metrics, shoal/peer otherwise.
 """
