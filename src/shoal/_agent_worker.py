@@ -28,7 +28,8 @@ GET = 3      # extra: None; name is the attribute
 SET = 4      # extra: [value per agent]
 GATHER = 5   # extra: None                             -> results: the agents themselves
 CLOSE = 6    # extra: None
-RESTORE = 7  # extra: [pickled state per agent]: rebuilds the block unless this worker has it
+RESTORE = 7  # extra: ([state buffers], [(buffer, offset, length) per agent]): rebuilds the block
+             # unless this worker has it
 
 # Reply status
 OK = 0
@@ -137,7 +138,9 @@ def serve(cls, data, payload, views, bufs):
     here = block is not None and block.start == start and len(block.agents) == stop - start
     if op == RESTORE:
         if not here:  # a second restore after the same death finds the block already rebuilt
-            _store[group] = _Block(start, [pickle.loads(s) for s in extra], checkpoint)
+            blobs, entries = extra
+            _store[group] = _Block(start, [pickle.loads(memoryview(blobs[k])[o:o + n])
+                                           for k, o, n in entries], checkpoint)
         return dumps((OK, None, None, None))
     if not here:
         return dumps((MISSING, None, None, None))
@@ -187,16 +190,23 @@ def _reply(block, op, results, errors, bufs):
     packed = None if not errors else {pos: dumps_exception(exc) for pos, exc in errors.items()}
     states = None
     if block.checkpoint and op in MUTATING and not (op == INIT and errors):
-        states = []
+        # The block's states travel as one buffer: past the threshold it goes to the arena,
+        # where the driver keeps it (it never crosses the rings nor lands in the driver's heap).
+        blobs = []
+        lengths = []
         for pos, agent in enumerate(block.agents):
             try:
-                states.append(dumps(agent))
+                blob = dumps(agent)
             except BaseException as exc:  # noqa: BLE001 - that agent's call fails; its old state stays
-                states.append(None)
+                lengths.append(-1)
                 if packed is None:
                     packed = {}
                 packed.setdefault(pos, dumps_exception(exc))
                 results[pos] = None
+            else:
+                blobs.append(blob)
+                lengths.append(len(blob))
+        states = (pickle.PickleBuffer(b"".join(blobs)), lengths)
     if not packed:
         stacked = _stack(results)
         if stacked is not None:

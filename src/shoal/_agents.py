@@ -25,6 +25,7 @@ thread over a block; the serial backend runs it in the caller. Both use the same
 import collections
 import concurrent.futures
 import itertools
+import pickle
 import threading
 import time
 import weakref
@@ -166,13 +167,17 @@ class AgentGroup:
             self._closed = True
         if self._finalizer is not None:
             self._finalizer.detach()
-        if self._executor._shutdown:
-            return
         try:
-            self._wait(self._enqueue(_Operation(self, _aw.CLOSE, "")))
-        except (concurrent.futures.BrokenExecutor, AgentError):
-            pass  # a worker died, or all did: their agents are gone already
-        self._transport.discard()
+            if self._executor._shutdown:
+                return
+            try:
+                self._wait(self._enqueue(_Operation(self, _aw.CLOSE, "")))
+            except (concurrent.futures.BrokenExecutor, AgentError):
+                pass  # a worker died, or all did: their agents are gone already
+            self._transport.discard()
+        finally:
+            if self._states is not None:
+                self._states = [None] * self._n  # the checkpoints' arena blocks are freed
 
     # ------------------------------------------------------------------ machinery
 
@@ -319,10 +324,15 @@ class _Operation:
                 for pos, exc in errors.items():
                     self.errors[start + pos] = exc
             if states is not None:
+                # (buffer, offset, length) per agent: the buffer is one arena block for the
+                # whole slot, freed when no agent's saved state refers to it any more.
+                blob, lengths = states
                 saved = group._states
-                for pos, s in enumerate(states):
-                    if s is not None:
-                        saved[start + pos] = s
+                offset = 0
+                for pos, n in enumerate(lengths):
+                    if n >= 0:
+                        saved[start + pos] = (blob, offset, n)
+                        offset += n
         with self._lock:
             self.inner.pop(b, None)
             self.remaining -= 1
@@ -519,7 +529,19 @@ class _ProcessTransport:
         """Rebuilds block b from its saved states on the slot's (new) worker; the next frame
         pinned to the slot runs after it."""
         slot, start, stop = self.blocks[b]
-        payload, refs, keep = self._frame(b, _aw.RESTORE, "", self.group._states)
+        # The saved states stay where they are (arena blocks the driver holds): the frame
+        # refers to them, read-only, and the new worker unpickles each agent from its slice.
+        blobs, entries, index = [], [], {}
+        for blob, offset, n in self.group._states[start:stop]:
+            k = index.get(id(blob))
+            if k is None:
+                k = index[id(blob)] = len(blobs)
+                blobs.append(pickle.PickleBuffer(blob))
+            entries.append((k, offset, n))
+        header = (_aw.RESTORE, self.group._id, start, stop, "", (blobs, entries), True, 0)
+        bufs = self.backend.buffers()
+        payload = dumps((self.mode, header), bufs)
+        refs, keep = (bufs.refs, bufs.keep) if bufs is not None and bufs.refs else (None, None)
         self.backend.submit_pinned(self.group._cls, payload, stop - start, slot, refs, keep)
 
     def finalizer(self):

@@ -9,6 +9,7 @@ receiver unpickles onto views of the arena.
 There is one arena per driver process, created on first use and shared by all its executors
 and workers (like the zygote).
 """
+import functools
 import os
 import threading
 
@@ -80,6 +81,15 @@ def set_worker_arena(a):
     global _arena, _arena_pid
     _arena = a
     _arena_pid = os.getpid()
+
+
+def worker_arena():
+    """The arena a worker was handed (RuntimeError if this process has none)."""
+    a = _arena
+    if a is None or _arena_pid != os.getpid():
+        raise RuntimeError("shoal: a reference to shared memory was loaded in a process that "
+                           "does not map the arena it points into")
+    return a
 
 
 def arena_stats():
@@ -202,3 +212,14 @@ def share(obj):
 def unshare(x):
     """The object behind a handle (thread and serial backends pass objects, not frames)."""
     return x.value if type(x) is Shared else x
+
+
+def unshare_function(fn):
+    """``fn`` with the handles it binds (a ``functools.partial`` of ``shoal.share`` handles)
+    replaced by their values, for the thread and serial backends; a process worker gets the
+    values when it loads the function (their buffers mapped from the arena)."""
+    if type(fn) is functools.partial and (any(type(a) is Shared for a in fn.args)
+                                          or any(type(v) is Shared for v in fn.keywords.values())):
+        return functools.partial(fn.func, *map(unshare, fn.args),
+                                 **{k: unshare(v) for k, v in fn.keywords.items()})
+    return fn

@@ -9,7 +9,7 @@ import threading
 import time
 import weakref
 
-from ._arena import DEFAULT_THRESHOLD, unshare
+from ._arena import DEFAULT_THRESHOLD, unshare, unshare_function
 from ._aio import is_coroutine_function
 from ._errors import RemoteTraceback
 from ._pickle import iter_items
@@ -113,6 +113,7 @@ class Executor(concurrent.futures.Executor):
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         if self.backend != "process":  # objects, not frames: a handle stands for its value
+            fn = unshare_function(fn)
             args = tuple(map(unshare, args))
             if kwargs:
                 kwargs = {k: unshare(v) for k, v in kwargs.items()}
@@ -138,6 +139,7 @@ class Executor(concurrent.futures.Executor):
             bar = _progress_for(progress, iterables, "map")
         length = _known_length(*iterables)
         if self.backend != "process":
+            fn = unshare_function(fn)
             iterables = [map(unshare, it) for it in iterables]
         args = zip(*iterables)
         if self.backend == "serial":
@@ -156,6 +158,7 @@ class Executor(concurrent.futures.Executor):
             bar = _progress_for(progress, (iterable,), "starmap")
         length = _known_length(iterable)
         if self.backend != "process":
+            fn = unshare_function(fn)
             iterable = (tuple(map(unshare, a)) for a in iterable)
         if self.backend == "serial":
             self._backend.check()

@@ -207,14 +207,85 @@ class _Loads:
         return loads(next(self._blobs), self._buffers)
 
 
-def dumps_function(fn):
+def dumps_function(fn, arena=None, threshold=None):
     """By reference when importable (the C pickler: no cloudpickle import for a function in
     a module); by value through cloudpickle when defined in ``__main__``, a notebook, a
-    closure or a lambda, or in a module registered with ``cloudpickle.register_pickle_by_value``."""
+    closure or a lambda, or in a module registered with ``cloudpickle.register_pickle_by_value``.
+
+    With ``arena``, buffers of at least ``threshold`` bytes that the function holds and that
+    already lie in the arena (a table bound with ``functools.partial(model, shoal.share(t))``
+    or ``share(t).value``) travel as references: the workers map them, read-only, instead of
+    each unpickling a copy. The caller keeps ``fn`` (and so that memory) alive while any
+    worker may load it. Other buffers stay in the pickle."""
+    refs = None if arena is None else _ArenaRefs(arena, threshold)
     cp = sys.modules.get("cloudpickle.cloudpickle")
     if cp is not None and getattr(cp, "_PICKLE_BY_VALUE_MODULES", None):
-        return sys.modules["cloudpickle"].dumps(fn, PROTOCOL)
-    return dumps(fn)
+        data = sys.modules["cloudpickle"].dumps(fn, PROTOCOL, buffer_callback=refs)
+    elif refs is None:
+        return dumps(fn)
+    else:
+        try:
+            data = pickle.dumps(fn, PROTOCOL, buffer_callback=refs)
+        except (pickle.PicklingError, AttributeError, TypeError) as first:
+            refs.truncate(0)
+            data = _cloudpickle_dumps(fn, first, refs, 0)
+        else:
+            if data.find(b"__main__") >= 0:
+                import cloudpickle
+
+                refs.truncate(0)
+                data = cloudpickle.dumps(fn, PROTOCOL, buffer_callback=refs)
+    if not refs or not refs.refs:
+        return data
+    head = [b"R", len(refs.refs).to_bytes(4, "little")]
+    for offset, length in refs.refs:
+        head.append(offset.to_bytes(8, "little") + length.to_bytes(8, "little"))
+    return b"".join(head) + data
+
+
+class _ArenaRefs:
+    """pickle's buffer_callback for a function: large buffers already in the arena go out of
+    band as (offset, length); everything else stays in band."""
+
+    __slots__ = ("arena", "threshold", "refs")
+
+    def __init__(self, arena, threshold):
+        self.arena = arena
+        self.threshold = threshold
+        self.refs = []
+
+    def __call__(self, pickle_buffer):
+        try:
+            raw = pickle_buffer.raw()
+        except BufferError:
+            return True
+        if raw.nbytes < self.threshold:
+            return True
+        offset = self.arena.locate(raw)
+        if offset < 0:
+            return True
+        self.refs.append((offset, raw.nbytes))
+        return False
+
+    def truncate(self, n):
+        del self.refs[n:]
+
+
+def loads_function(data):
+    """The inverse of :func:`dumps_function`, in a worker (its arena is the driver's)."""
+    if data[:1] != b"R":
+        return loads(data)
+    from . import _arena
+
+    a = _arena.worker_arena()
+    count = int.from_bytes(data[1:5], "little")
+    views = []
+    for i in range(count):
+        at = 5 + 16 * i
+        offset = int.from_bytes(data[at:at + 8], "little")
+        length = int.from_bytes(data[at + 8:at + 16], "little")
+        views.append(a.view(offset, length, True))  # checked against the arena's bounds
+    return pickle.loads(memoryview(data)[5 + 16 * count:], buffers=views)
 
 
 def loads(data, buffers=None):

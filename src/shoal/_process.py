@@ -47,8 +47,10 @@ class _FunctionTable:
     """Function ids for this executor: each function is pickled and registered once.
     Functions with no task outstanding are forgotten past `capacity` (least recently used)."""
 
-    def __init__(self, pool, capacity=512):
+    def __init__(self, pool, arena, threshold, capacity=512):
         self._pool = pool
+        self._arena = arena  # shared data the functions hold travels by reference
+        self._threshold = threshold
         self._capacity = capacity
         self._by_obj = OrderedDict()  # id(fn) -> [fn, fn_id, outstanding]
         self._by_fn_id = {}
@@ -62,7 +64,7 @@ class _FunctionTable:
                 self._by_obj.move_to_end(id(fn))
                 entry[2] += 1
                 return entry[1]
-        blob = dumps_function(fn)  # raises in the caller when fn cannot be pickled
+        blob = dumps_function(fn, self._arena, self._threshold)  # raises in the caller if it cannot
         with self._lock:
             fn_id = next(self._ids)
             self._pool.define_function(fn_id, blob)
@@ -290,7 +292,7 @@ class ProcessBackend:
                 pool = _core.Pool(zygote(), *self._pool_args, _module_hints(fn), self._arena,
                                   self._concurrency)
                 self._state = _State(pool, self._retries)
-                self._functions = self._state.functions = _FunctionTable(pool)
+                self._functions = self._state.functions = _FunctionTable(pool, self._arena, self._threshold)
                 self._thread = threading.Thread(target=_complete, args=(self._state,),
                                                 name="shoal-completions", daemon=True)
                 self._thread.start()

@@ -16,7 +16,7 @@ import itertools
 import traceback
 import weakref
 
-from ._arena import unshare
+from ._arena import unshare, unshare_function
 from ._errors import RemoteTraceback, WorkerCrashedError
 from ._pickle import loads
 
@@ -344,6 +344,8 @@ def sweep(executor, fn, params, runs=1, seed=None, product=True, progress=False,
     _check(fn, runs, product, errors, stream)
     names, sets = _parameter_sets(params, product)
     entropy, key = _seed_root(seed)
+    if executor.backend != "process":
+        fn = unshare_function(fn)  # a bound shoal.share handle stands for its value
     job = _Sweep(executor, fn, names, sets, runs, entropy, key, errors == "keep")
     bar = None
     if progress is not False:

@@ -14,7 +14,7 @@ from types import CoroutineType
 from . import _agent_worker, _aio, _core
 from ._chunk import call_items
 from ._arena import DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_arena
-from ._pickle import dumps, dumps_exception, iter_items, pack_items, loads
+from ._pickle import dumps, dumps_exception, iter_items, pack_items, loads, loads_function
 
 CALL = 0   # payload: (args, kwargs) -> result
 CHUNK = 1  # payload: packed [args, ...] -> (packed results, None or (exc, tb), seconds)
@@ -59,7 +59,7 @@ class _Functions(dict):
     def get_function(self, fn_id):
         entry = self[fn_id]
         if isinstance(entry, bytes):
-            entry = loads(entry)
+            entry = loads_function(entry)
             self[fn_id] = entry
         return entry
 

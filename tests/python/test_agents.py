@@ -525,6 +525,46 @@ def test_checkpoint_rebuilds_agents_and_retries_the_call(make_process_executor, 
     group.close()
 
 
+class Heavy(Killer):
+    """A Killer with ~40 KB of state: a slot's checkpoint is past the arena threshold."""
+
+    def __init__(self, index=0, step=1):
+        super().__init__(index, step=step)
+        self.ballast = bytes([index % 256]) * 40_000
+
+    def check(self):
+        return self.ballast == bytes([self.index % 256]) * 40_000
+
+
+def test_checkpoints_live_in_the_arena_and_rebuild_a_killed_worker(make_process_executor, tmp_path):
+    import gc
+
+    ex = make_process_executor(max_workers=2)
+    group = ex.agents(Heavy, [dict(index=i, step=i) for i in range(8)], checkpoint=True)
+    assert group.call("add") == list(range(8))
+    # Each slot's states are one arena block the driver holds (4 agents x ~40 KB), not bytes
+    # in the driver's heap; each agent's entry is a slice of it.
+    blobs = {id(blob): blob for blob, _, _ in group._states}
+    assert len(blobs) == 2
+    for blob in blobs.values():
+        assert type(blob) is memoryview and type(blob.obj) is shoal._core.Block
+        assert blob.nbytes > 4 * 40_000
+    used = shoal.arena_stats()["used_bytes"]
+    assert used >= sum(b.nbytes for b in blobs.values())
+    del blobs, blob
+    marker = str(tmp_path / "killed-once")
+    assert group.call("die", 5, marker) == [2 * i for i in range(8)]  # rebuilt, run again
+    assert os.path.exists(marker)
+    assert group.call("check") == [True] * 8
+    assert group.get("calls") == [2] * 8
+    # Older checkpoints were freed as newer ones replaced them; closing frees the last ones.
+    gc.collect()
+    assert shoal.arena_stats()["used_bytes"] <= used
+    group.close()
+    gc.collect()
+    assert wait_until(lambda: shoal.arena_stats()["used_bytes"] < used - 4 * 40_000, 10)
+
+
 def test_checkpoint_call_that_always_kills_fails_after_retries(make_process_executor):
     ex = make_process_executor(max_workers=2, retries=1)
     group = ex.agents(Killer, [dict(index=i) for i in range(6)], checkpoint=True)

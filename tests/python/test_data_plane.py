@@ -162,6 +162,58 @@ def test_shared_dict_of_arrays(executor):
     assert_same(d, out)
 
 
+def table_info(x, table):
+    """What a task sees of a table bound into its function: total + x, writable, in the arena."""
+    from shoal import _arena as arena_module
+
+    a = arena_module._arena
+    in_arena = a is not None and arena_module._arena_pid == os.getpid() and a.locate(table) >= 0
+    return (float(table.sum()) + x, bool(table.flags.writeable), in_arena)
+
+
+def sweep_table_info(x, rng, table):
+    total, writable, in_arena = table_info(x, table)
+    return {"total": total, "writable": writable, "in_arena": in_arena}
+
+
+def test_shared_table_bound_into_a_function_is_mapped_not_copied(executor):
+    """functools.partial(fn, handle) or partial(fn, handle.value): every task reads the one
+    copy in the arena, read-only, on every backend (a process worker maps it when it loads
+    the function; no worker unpickles a copy)."""
+    import functools
+
+    a = np.arange(1_000_000, dtype=np.float64)
+    h = shoal.share(a)
+    want = (float(a.sum()) + 1, False, True)
+    for bound in (h, h.value):
+        fn = functools.partial(table_info, table=bound)
+        assert executor.submit(fn, 1).result(timeout=30) == want
+        assert list(executor.map(fn, [1, 1, 1])) == [want] * 3
+        assert list(executor.starmap(functools.partial(table_info, 1), [(bound,)])) == [want]
+        rows = executor.sweep(functools.partial(sweep_table_info, table=bound), {"x": [1, 2]}, seed=3)
+        rows = rows.to_dict("records") if hasattr(rows, "to_dict") else rows
+        assert [(r["total"], r["writable"], r["in_arena"]) for r in rows] == [
+            (float(a.sum()) + 1, False, True), (float(a.sum()) + 2, False, True)]
+
+
+def test_a_function_holding_shared_data_pickles_references_only():
+    import functools
+
+    from shoal._pickle import dumps_function, loads
+
+    a = np.arange(1_000_000, dtype=np.float64)
+    h = shoal.share(a)
+    arena = _arena.arena()
+    for fn in (functools.partial(table_info, table=h), functools.partial(table_info, table=h.value)):
+        blob = dumps_function(fn, arena, _arena.DEFAULT_THRESHOLD)
+        assert blob[:1] == b"R" and len(blob) < 4096, len(blob)
+    # Data that is not in the arena still travels in the pickle, and loads anywhere.
+    own = functools.partial(table_info, table=a)
+    blob = dumps_function(own, arena, _arena.DEFAULT_THRESHOLD)
+    assert len(blob) > a.nbytes
+    assert loads(blob)(0) == (float(a.sum()), True, False)
+
+
 def test_share_of_a_handle_is_the_handle():
     h = shoal.share(np.ones(100_000))
     assert shoal.share(h) is h

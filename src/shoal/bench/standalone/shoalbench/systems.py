@@ -661,14 +661,16 @@ class Shoal(_FuturesSystem):
 
         return shoal.share(obj)  # placed in the shared arena once; tasks get read-only views
     def sweep(self, table, grid, runs, seed, steps, executor=None):
-        # ex.sweep with the table bound into the function: it travels once to each worker
-        # (the function is registered once per executor) and stays there for later sweeps.
-        # TODO(shoal.share): bind shoal.share(table) instead, so workers map it zero-copy.
+        # ex.sweep with shoal.share(table) bound into the function: the table is placed in the
+        # arena once; the function (registered once per executor) carries a reference, and
+        # each worker maps the table read-only instead of holding a copy.
         import functools
+
+        import shoal
 
         if getattr(self, "_model_key", None) != (id(table), steps):
             self._table, self._model_key = table, (id(table), steps)
-            self._model = functools.partial(tasks.sweep_model, table, steps=steps)
+            self._model = functools.partial(tasks.sweep_model, shoal.share(table), steps=steps)
         alphas = list(dict.fromkeys(a for a, _ in grid))
         betas = list(dict.fromkeys(b for _, b in grid))
         assert [(a, b) for a in alphas for b in betas] == list(grid)
