@@ -446,18 +446,33 @@ bool Pool::take(std::vector<Completion>& out, std::int64_t timeout_ns, bool back
     }
     struct Leave {
         Pool& p; bool bg;
-        ~Leave() { if (!bg && --p.m_foreground == 0) p.m_caller_ns = now_ns(); }  // under the lock
+        ~Leave() {  // under the lock
+            if (!bg && --p.m_foreground == 0) {
+                p.m_caller_ns = now_ns();
+                if (p.m_background_parked) p.m_ready_cv.notify_all();  // it waits out the grace now
+            }
+        }
     } leave{*this, background};
     for (;;) {
-        if (background && !m_finished &&
-            (m_foreground > 0 || now_ns() - m_caller_ns < k_caller_grace_ns)) {
+        if (background && !m_finished) {
             // A caller is waiting for a result, or was here a moment ago and is likely to be back
-            // (a loop of submit(...).result(), or of submits): it takes results itself. Waking
-            // this thread each time put two more thread wake-ups (and GIL hand-overs) on every
-            // task; instead it looks again every millisecond, so what nobody waits for is
-            // delivered soon after.
-            m_ready_cv.wait_for(lock, std::chrono::nanoseconds(k_caller_grace_ns));
-            continue;
+            // (a loop of submit(...).result(), or of submits): it takes results itself, everyone's.
+            // Waking this thread for each result put two more thread wake-ups (and GIL
+            // hand-overs) on every task. So while a caller waits, this thread sleeps until the
+            // last one leaves (Leave wakes it: waking every millisecond instead cost a core's
+            // worth of preemptions of the workers on a small machine); then it waits out the
+            // grace period, and what nobody waits for is delivered soon after.
+            if (m_foreground > 0) {
+                m_background_parked = true;
+                m_ready_cv.wait_for(lock, std::chrono::milliseconds(200));
+                m_background_parked = false;
+                continue;
+            }
+            std::int64_t const since = now_ns() - m_caller_ns;
+            if (since < k_caller_grace_ns) {
+                m_ready_cv.wait_for(lock, std::chrono::nanoseconds(k_caller_grace_ns - since));
+                continue;
+            }
         }
         service_locked();
         if (!m_ready.empty()) {

@@ -236,7 +236,7 @@ def pool(make_process_executor):
 
 
 def test_map_keeps_chunks_of_large_items_small(pool):
-    """Chunks aim at 10 ms of work, but a chunk's arguments and results stay under
+    """Chunks aim at 50 ms of work, but a chunk's arguments and results stay under
     _MAX_CHUNK_BYTES: identity over 1 MB arrays is fast, yet at most 8 go together."""
     from shoal import _executor
 

@@ -201,6 +201,7 @@ private:
     // after it the completion thread leaves the results to such callers (see take()).
     std::int64_t m_caller_ns = 0;
     static constexpr std::int64_t k_caller_grace_ns = 1'000'000;
+    bool m_background_parked = false;         // the completion thread sleeps until callers leave
     std::int64_t m_ready_since_ns = 0;        // when m_ready became non-empty
     std::atomic<std::uint64_t> m_epoch{0};    // bumped by interrupt()
     std::uint64_t m_batches = 0;              // batches handed out by take()
