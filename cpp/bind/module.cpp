@@ -1,5 +1,8 @@
 // module.cpp — the one nanobind module, shoal._core: each area binds itself.
 #include <nanobind/nanobind.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 namespace nb = nanobind;
 
@@ -18,4 +21,12 @@ NB_MODULE(_core, m) {
     bind_zygote(m);
     bind_worker(m);
     bind_items(m);
+    m.def("trim_heap", [] {
+#if defined(__GLIBC__)
+        nb::gil_scoped_release release;
+        return ::malloc_trim(0) != 0;
+#else
+        return false;
+#endif
+    }, "Returns the C heap's free pages to the system (glibc's malloc_trim); True if any were.");
 }

@@ -31,6 +31,7 @@ import time
 import weakref
 
 from . import _agent_worker as _aw
+from . import _core
 from ._arena import unshare
 from ._errors import AgentError, AgentsLostError, RemoteTraceback, WorkerCrashedError
 from ._future import Future
@@ -390,7 +391,49 @@ class _Operation:
             self.future._fail(err)
         finally:
             self.prepared = None
+            if group._n >= _TRIM_AGENTS and group._executor._backend.name == "process":
+                _trim_soon()
             group._finished(self)
+
+
+# The frames and results of thousands of agents come and go through the driver's heap, and
+# glibc keeps freed memory (measured: ~20 MB after 20 calls on 10,000 agents, more than the
+# workers' own overhead). Allocators such as jemalloc and mimalloc return it on a timer; so
+# does shoal, for the driver: shortly after an operation on a large group (once the caller
+# has had time to drop the previous results), malloc_trim returns the free pages (~0.3 ms).
+_TRIM_AGENTS = 1000   # groups at least this large
+_TRIM_DELAY_S = 0.05  # after the last such operation
+_trimmer = None
+_trimmer_lock = threading.Lock()
+
+
+def _trim_soon():
+    global _trimmer
+    t = _trimmer
+    if t is None or not t.is_alive():  # first use, or a forked driver
+        with _trimmer_lock:
+            if _trimmer is None or not _trimmer.is_alive():
+                _trimmer = _Trimmer()
+                _trimmer.start()
+            t = _trimmer
+    t.event.set()
+
+
+class _Trimmer(threading.Thread):
+    def __init__(self):
+        super().__init__(name="shoal-trim-heap", daemon=True)
+        self.event = threading.Event()
+        self.trims = 0
+
+    def run(self):
+        event = self.event
+        while True:
+            event.wait()
+            while event.is_set():  # until no operation finished for a while
+                event.clear()
+                time.sleep(_TRIM_DELAY_S)
+            _core.trim_heap()
+            self.trims += 1
 
 
 def _never():

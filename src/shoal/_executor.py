@@ -40,6 +40,7 @@ def _shutdown_live_executors():
 # stay under _MAX_CHUNK_BYTES (as measured on the chunks so far): the window holds 4 chunks per
 # worker, and chunks of many large arrays would hold gigabytes.
 _TARGET_CHUNK_S = 0.05
+_TARGET_COROUTINE_CHUNK_S = 0.01  # coroutine chunks (concurrency > 1): see _MapWindow
 _MAX_CHUNK = 1 << 16
 _MAX_CHUNK_BYTES = 16 << 20
 
@@ -285,9 +286,16 @@ class _MapWindow:
         self._size = chunksize or 1
         self._ordered = ordered
         self._window = 4 * executor.max_workers
+        self._target = _TARGET_CHUNK_S
+        self._slots = 2 * executor.max_workers  # a chunk is at most 1/slots of what is left
         if executor.concurrency > 1 and is_coroutine_function(fn):
             # Enough chunks to keep `concurrency` running in every worker, and as many queued.
             self._window = max(self._window, 2 * executor.concurrency * executor.max_workers)
+            # A chunk's items are awaited one after another, and its time is mostly waiting:
+            # longer chunks would leave slots idle (500 waits of 20 ms in chunks of 2 take
+            # three rounds of 40 ms on 100 slots, not five of 20).
+            self._target = _TARGET_COROUTINE_CHUNK_S
+            self._slots = executor.concurrency * executor.max_workers
         self._pending = collections.deque()   # ordered: futures in input order
         self._done = queue.SimpleQueue()       # unordered: futures as they finish
         self._outstanding = 0
@@ -298,13 +306,13 @@ class _MapWindow:
         if self._fixed or n_items == 0:
             return
         per_item = max(seconds / n_items, 1e-8)
-        target = int(_TARGET_CHUNK_S / per_item)
+        target = int(self._target / per_item)
         if nbytes:
             self._item_bytes = max(self._item_bytes, nbytes / n_items)
         if self._item_bytes:
             target = min(target, int(_MAX_CHUNK_BYTES / self._item_bytes))
         if self._left is not None:  # at most a share of what is left: the workers finish together
-            target = min(target, -(-self._left // (2 * self._workers)))
+            target = min(target, -(-self._left // self._slots))
         self._size = max(1, min(_MAX_CHUNK, target, self._size * 8))
 
     def _fill(self):

@@ -455,6 +455,39 @@ def test_a_dropped_group_is_freed_in_the_worker(make_process_executor):
     other.close()
 
 
+class Bidder:
+    """Returns a small array per call, like a bid curve: thousands of results per operation."""
+
+    def __init__(self, i):
+        self.i = i
+
+    def bid(self, scale):
+        import numpy as np
+
+        return np.full(48, self.i * scale)
+
+
+def test_driver_heap_is_returned_after_operations_on_large_groups(make_process_executor):
+    """After an operation on a group of thousands of agents the driver returns its freed heap
+    to the system (malloc_trim) shortly after; small groups never pay for it."""
+    from shoal import _agents
+
+    ex = make_process_executor(max_workers=2)
+    small = ex.agents(Bidder, range(8))
+    time.sleep(4 * _agents._TRIM_DELAY_S)  # a trim an earlier test asked for is done
+    before = _agents._trimmer.trims if _agents._trimmer is not None else 0
+    small.call("bid", 1.0)
+    time.sleep(4 * _agents._TRIM_DELAY_S)
+    assert (_agents._trimmer.trims if _agents._trimmer is not None else 0) == before
+    large = ex.agents(Bidder, range(_agents._TRIM_AGENTS))
+    for step in range(3):
+        bids = large.call("bid", float(step))
+        assert len(bids) == _agents._TRIM_AGENTS and bids[7][0] == 7 * step
+    assert wait_until(lambda: _agents._trimmer is not None and _agents._trimmer.trims > before, 10)
+    large.close()
+    small.close()
+
+
 def _store_has(gid):
     from shoal import _agent_worker as aw
 
