@@ -67,6 +67,8 @@ def run_block(agents, op, name, extra, args=(), kwargs=None, cls=None, catch=Exc
     results = []
     append = results.append
     errors = None
+    if op in (CALL, EACH) and agents and _is_async(agents[0], name):
+        return _run_async(agents, op, name, extra, args, kwargs or {}, catch)
     if op == CALL:
         kwargs = kwargs or {}
         for pos, agent in enumerate(agents):
@@ -110,6 +112,58 @@ def run_block(agents, op, name, extra, args=(), kwargs=None, cls=None, catch=Exc
             if errors is None:
                 errors = {}
             errors[pos] = exc
+    return results, errors, agents
+
+
+def _is_async(agent, name):
+    """True if the agents' method is ``async def`` (asked of the block's first agent)."""
+    try:
+        method = getattr(agent, name)
+    except Exception:  # noqa: BLE001 - each agent then fails on its own in the plain loop
+        return False
+    from ._aio import is_coroutine_function
+
+    return is_coroutine_function(method)
+
+
+def _run_async(agents, op, name, extra, args, kwargs, catch):
+    """CALL or EACH of an ``async def`` method: every agent of the block is called, then all
+    their coroutines run side by side on one event loop (an agent waiting on I/O does not hold
+    up the others); per-agent results and errors as in the plain loop."""
+    from types import CoroutineType
+
+    from ._aio import run_concurrently
+
+    results = [None] * len(agents)
+    errors = None
+    waiting, positions = [], []
+    for pos, agent in enumerate(agents):
+        try:
+            if op == EACH:
+                a, kw = _spread(extra[pos])
+                value = getattr(agent, name)(*a, **kw)
+            else:
+                value = getattr(agent, name)(*args, **kwargs)
+        except catch as exc:
+            if errors is None:
+                errors = {}
+            errors[pos] = exc
+            continue
+        if type(value) is CoroutineType:
+            waiting.append(value)
+            positions.append(pos)
+        else:
+            results[pos] = value
+    if waiting:
+        for pos, (failed, value) in zip(positions, run_concurrently(waiting)):
+            if not failed:
+                results[pos] = value
+            elif isinstance(value, catch):
+                if errors is None:
+                    errors = {}
+                errors[pos] = value
+            else:
+                raise value  # e.g. KeyboardInterrupt in the caller on the serial backend
     return results, errors, agents
 
 

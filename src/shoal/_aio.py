@@ -12,8 +12,8 @@ import functools
 import threading
 from types import CoroutineType, FunctionType
 
-__all__ = ["is_coroutine_function", "await_items", "WorkerCoroutines", "ThreadCoroutines",
-           "SerialCoroutines"]
+__all__ = ["is_coroutine_function", "await_items", "run_concurrently", "WorkerCoroutines",
+           "ThreadCoroutines", "SerialCoroutines"]
 
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
 
@@ -68,6 +68,49 @@ def _new_loop():
     import asyncio
 
     return asyncio.new_event_loop()
+
+
+# ---------------------------------------------------------------- from synchronous code
+
+
+_local = threading.local()  # this thread's private loop for run_concurrently
+_helper = None              # (pid, thread, loop) for callers inside a running loop
+_helper_lock = threading.Lock()
+
+
+def run_concurrently(coros):
+    """Runs coroutines side by side until all are done, from synchronous code (an agent
+    operation awaiting its agents' ``async def`` methods); returns ``[(failed, value)]`` in
+    order. On this thread's own private loop; if a loop already runs in this thread (a
+    worker's coroutine tasks, a caller inside ``async def``), on a helper thread's loop
+    while this thread waits (as a plain task holds the worker's loop)."""
+    import asyncio
+
+    async def gather():
+        return await asyncio.gather(*(_guarded(c) for c in coros))
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        loop = getattr(_local, "loop", None)
+        if loop is None or loop.is_closed():
+            loop = _local.loop = _new_loop()
+        return loop.run_until_complete(gather())
+    return asyncio.run_coroutine_threadsafe(gather(), _helper_loop()).result()
+
+
+def _helper_loop():
+    global _helper
+    import os
+
+    with _helper_lock:
+        h = _helper
+        if h is None or h[0] != os.getpid() or not h[1].is_alive():  # a forked process has no thread
+            loop = _new_loop()
+            thread = threading.Thread(target=loop.run_forever, name="shoal-agents-loop", daemon=True)
+            thread.start()
+            h = _helper = (os.getpid(), thread, loop)
+        return h[2]
 
 
 # ---------------------------------------------------------------- worker process

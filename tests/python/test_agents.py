@@ -173,6 +173,70 @@ def test_call_async_is_a_future_and_awaitable(executor):
     group.close()
 
 
+class Sleeper:
+    """An agent whose methods are coroutines, waiting as if on I/O."""
+
+    def __init__(self, i):
+        self.i = i
+        self.seen = []
+
+    async def wait(self, seconds, fail=()):
+        await asyncio.sleep(seconds)
+        if self.i in fail:
+            raise AgentFailure(f"agent-{self.i}-failed")
+        self.seen.append(seconds)
+        return self.i
+
+    async def echo(self, x):
+        return (self.i, x)
+
+
+def test_async_methods_are_awaited_side_by_side(executor):
+    """An `async def` method runs for all of a worker's agents at once: 8 agents waiting
+    0.3 s each take about 0.3 s, not 8 x 0.3 / 2; results and errors are per agent."""
+    group = executor.agents(Sleeper, range(8))
+    t0 = time.perf_counter()
+    assert group.call("wait", 0.3) == list(range(8))
+    assert time.perf_counter() - t0 < 1.0
+    assert group.call_each("echo", [(k,) for k in range(8)]) == [(k, k) for k in range(8)]
+    with pytest.raises(shoal.AgentError) as info:
+        group.call("wait", 0.01, fail={2, 5})
+    assert sorted(info.value.errors) == [2, 5]
+    assert str(info.value.errors[5]) == "agent-5-failed"
+    assert info.value.results == [None if k in (2, 5) else k for k in range(8)]
+    assert group.get("seen") == [[0.3, 0.01] if k not in (2, 5) else [0.3] for k in range(8)]
+
+    async def main():  # from inside a running event loop too
+        return await group.call_async("wait", 0.01)
+
+    assert asyncio.run(main()) == list(range(8))
+    group.close()
+
+
+async def _nap(seconds):
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+def test_async_agents_beside_coroutine_tasks(make_process_executor):
+    """An agent frame that arrives while the worker's loop runs coroutine tasks awaits its
+    agents on a helper loop; both finish."""
+    ex = make_process_executor(max_workers=1, concurrency=4)
+    group = ex.agents(Sleeper, range(3))
+    naps = [ex.submit(_nap, 0.5) for _ in range(2)]
+    time.sleep(0.1)
+    assert group.call("wait", 0.1) == [0, 1, 2]
+    assert [f.result(timeout=30) for f in naps] == [0.5, 0.5]
+    assert ex.submit(_helper_loop_started).result(timeout=30) is True
+    group.close()
+
+
+def _helper_loop_started():
+    from shoal import _aio
+
+    return _aio._helper is not None
+
+
 def test_operations_run_in_the_order_they_were_made(executor):
     group = executor.agents(Counter, [dict(index=i) for i in range(8)])
     futs = [group.call_async("add", 1) for _ in range(20)]
