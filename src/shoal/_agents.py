@@ -88,6 +88,7 @@ class AgentGroup:
         else:
             self._transport = _LocalTransport(self, None, 1)
         self._finalizer = None
+        executor._agent_groups.add(self)
         try:
             self._wait(self._enqueue(_Operation(self, _aw.INIT, "", extra=init_args)))
         except BaseException:
@@ -218,6 +219,11 @@ class AgentGroup:
 
     def _wait(self, operation):
         return operation.future.result()
+
+    def _last_operation(self):
+        """The last operation made and not finished (the others run before it), or None."""
+        with self._lock:
+            return self._queue[-1] if self._queue else None
 
     def _help(self, fut, timeout):
         """Waits until `fut` is done or `timeout` passes, taking results from the pool in this
@@ -642,7 +648,7 @@ class _LocalTransport:
             return fut
         executor = self.group._executor
         with executor._lock:  # shutdown() sets the flag under it, then stops the threads
-            if executor._shutdown:
+            if executor._stopping:
                 raise concurrent.futures.BrokenExecutor(
                     "shoal: the executor was shut down before this agent operation started")
             return self.backend.submit(_run_local, call, {})

@@ -73,7 +73,6 @@ def _new_loop():
 # ---------------------------------------------------------------- from synchronous code
 
 
-_local = threading.local()  # this thread's private loop for run_concurrently
 _helper = None              # (pid, thread, loop) for callers inside a running loop
 _helper_lock = threading.Lock()
 
@@ -81,7 +80,7 @@ _helper_lock = threading.Lock()
 def run_concurrently(coros):
     """Runs coroutines side by side until all are done, from synchronous code (an agent
     operation awaiting its agents' ``async def`` methods); returns ``[(failed, value)]`` in
-    order. On this thread's own private loop; if a loop already runs in this thread (a
+    order. On a new loop in this thread; if a loop already runs in this thread (a
     worker's coroutine tasks, a caller inside ``async def``), on a helper thread's loop
     while this thread waits (as a plain task holds the worker's loop)."""
     import asyncio
@@ -92,10 +91,11 @@ def run_concurrently(coros):
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        loop = getattr(_local, "loop", None)
-        if loop is None or loop.is_closed():
-            loop = _local.loop = _new_loop()
-        return loop.run_until_complete(gather())
+        loop = _new_loop()  # ~0.1 ms; a cached one would outlive its thread unclosed
+        try:
+            return loop.run_until_complete(gather())
+        finally:
+            loop.close()
     return asyncio.run_coroutine_threadsafe(gather(), _helper_loop()).result()
 
 

@@ -84,8 +84,10 @@ class Executor(concurrent.futures.Executor):
         self.backend = backend
         self.concurrency = concurrency
         self._max_tasks_per_worker = max_tasks_per_worker
-        self._shutdown = False
+        self._shutdown = False   # no new tasks or agent operations
+        self._stopping = False   # the backend is being stopped: queued agent operations fail
         self._lock = threading.Lock()
+        self._agent_groups = weakref.WeakSet()  # for shutdown(): their queued operations run first
         if backend == "process":
             from ._process import ProcessBackend
             self._backend = ProcessBackend(max_workers, initializer, initargs, retries,
@@ -212,13 +214,31 @@ class Executor(concurrent.futures.Executor):
         ``wait`` blocks until they are done and the workers have exited."""
         with self._lock:
             self._shutdown = True
+        if wait and not cancel_futures:
+            self._finish_agent_operations()
+        with self._lock:
+            self._stopping = True
         if cancel_futures:
             self._backend.cancel_all()
         self._backend.shutdown(wait)
 
+    def _finish_agent_operations(self):
+        """Agent operations queued behind a group's running one (call_async) run before the
+        workers stop, as queued tasks do. Not from shoal's own threads (a callback on the
+        completion thread): the operations may need that thread."""
+        if threading.current_thread().name.startswith("shoal-"):
+            return
+        for group in list(self._agent_groups):
+            last = group._last_operation()
+            if last is not None:
+                try:
+                    last.future.exception()
+                except BaseException:  # noqa: BLE001 - it failed or was cancelled: it is done
+                    pass
+
     def _terminate(self):
         """Cancels what is queued and stops the workers now (Ctrl-C, interpreter exit)."""
-        self._shutdown = True
+        self._shutdown = self._stopping = True
         self._backend.cancel_all()
         self._backend.shutdown(True, kill=True)
 
