@@ -194,6 +194,10 @@ def test_shared_table_bound_into_a_function_is_mapped_not_copied(executor):
         rows = rows.to_dict("records") if hasattr(rows, "to_dict") else rows
         assert [(r["total"], r["writable"], r["in_arena"]) for r in rows] == [
             (float(a.sum()) + 1, False, True), (float(a.sum()) + 2, False, True)]
+    # A plain array bound into a function: each worker has its own writable copy.
+    plain = functools.partial(table_info, table=a)
+    assert executor.submit(plain, 1).result(timeout=30) == (float(a.sum()) + 1, True, False)
+    assert list(executor.map(plain, [2, 3])) == [(float(a.sum()) + k, True, False) for k in (2, 3)]
 
 
 def test_a_function_holding_shared_data_pickles_references_only():
@@ -207,11 +211,22 @@ def test_a_function_holding_shared_data_pickles_references_only():
     for fn in (functools.partial(table_info, table=h), functools.partial(table_info, table=h.value)):
         blob = dumps_function(fn, arena, _arena.DEFAULT_THRESHOLD)
         assert blob[:1] == b"R" and len(blob) < 4096, len(blob)
-    # Data that is not in the arena still travels in the pickle, and loads anywhere.
+    # An array that is not in the arena travels with the function, after its pickle, and
+    # loads into memory numpy allocates (not a view of the function's bytes).
+    from shoal._pickle import loads_function
+
     own = functools.partial(table_info, table=a)
     blob = dumps_function(own, arena, _arena.DEFAULT_THRESHOLD)
-    assert len(blob) > a.nbytes
-    assert loads(blob)(0) == (float(a.sum()), True, False)
+    assert blob[:1] == b"R" and a.nbytes < len(blob) < a.nbytes + 4096
+    fn = loads_function(blob)
+    assert fn(0) == (float(a.sum()), True, False)
+    table = fn.keywords["table"]
+    assert np.array_equal(table, a) and isinstance(table.base, np.ndarray) and table.base.flags.owndata
+    with pytest.raises(pickle.UnpicklingError, match="cut short"):
+        loads_function(blob[:-1])
+    # Small arrays and other objects stay in the pickle.
+    small = functools.partial(table_info, table=np.ones(10))
+    assert loads(dumps_function(small, arena, _arena.DEFAULT_THRESHOLD))(1)[0] == 11.0
 
 
 def test_share_of_a_handle_is_the_handle():
