@@ -32,8 +32,8 @@ def dumps(obj, bufs=None):
         data = pickle.dumps(obj, PROTOCOL, buffer_callback=bufs)
     except (pickle.PicklingError, AttributeError, TypeError) as first:
         bufs.truncate(base)
-        if "memoryview" in str(first):
-            return _dumps_moving(obj, bufs, base)
+        if "memoryview" in str(first):  # only the moving pickler can: it must answer
+            return _dumps_moving(obj, bufs, base, required=True)
         data = _cloudpickle_dumps(obj, first, bufs, base)
     else:
         if data.find(b"__main__") >= 0:
@@ -121,8 +121,9 @@ class _MovingPickler(pickle.Pickler):
         return None
 
 
-def _dumps_moving(obj, bufs, base):
-    """The slow path: None when nothing was worth moving (the fast pickle stands).
+def _dumps_moving(obj, bufs, base, required=False):
+    """The slow path: None when nothing was worth moving (the fast pickle stands), unless
+    ``required`` (the fast pickle failed: a memoryview, which only this pickler handles).
     Layout: b"S", the count and frame indices of the buffers protocol 5 handed out (in the
     order the pickle consumes them), then the pickle, whose persistent ids name the rest."""
     import io
@@ -144,7 +145,7 @@ def _dumps_moving(obj, bufs, base):
     except (pickle.PicklingError, AttributeError, TypeError):
         bufs.truncate(base)
         raise
-    if not p.moved and not indices:
+    if not p.moved and not indices and not required:
         return None
     head = [b"S", len(indices).to_bytes(4, "little")]
     head.extend(i.to_bytes(4, "little") for i in indices)

@@ -94,6 +94,8 @@ VALUES = {
     "bytes": lambda: bytes(range(256)) * 1000,
     "bytearray": lambda: bytearray(b"xyz" * 50_000),
     "memoryview": lambda: memoryview(np.arange(50_000, dtype=np.float64).tobytes()).cast("d"),
+    "small memoryview": lambda: memoryview(b"abcdef").cast("B", (2, 3)),
+    "memoryviews in a dict": lambda: {"small": memoryview(b"abc"), "large": memoryview(bytes(100_000))},
     "dict": lambda: {"a": np.ones(100_000), "b": np.zeros((300, 300)), "meta": [1, "two"]},
 }
 
