@@ -18,6 +18,7 @@ so the header loads without looking at the tail.
 import _pickle as pickle  # the C pickler: pickle.py costs every worker ~3 ms of imports
 import sys
 
+from ._aio import is_coroutine_function
 from ._pickle import dumps, dumps_exception, loads
 
 # Operations (op); `extra` holds what each needs.
@@ -121,8 +122,6 @@ def _is_async(agent, name):
         method = getattr(agent, name)
     except Exception:  # noqa: BLE001 - each agent then fails on its own in the plain loop
         return False
-    from ._aio import is_coroutine_function
-
     return is_coroutine_function(method)
 
 

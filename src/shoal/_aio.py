@@ -70,6 +70,14 @@ def _new_loop():
     return asyncio.new_event_loop()
 
 
+def _loop_thread(name):
+    """(thread, loop): a new event loop running forever on a daemon thread of its own."""
+    loop = _new_loop()
+    thread = threading.Thread(target=loop.run_forever, name=name, daemon=True)
+    thread.start()
+    return thread, loop
+
+
 # ---------------------------------------------------------------- from synchronous code
 
 
@@ -106,10 +114,7 @@ def _helper_loop():
     with _helper_lock:
         h = _helper
         if h is None or h[0] != os.getpid() or not h[1].is_alive():  # a forked process has no thread
-            loop = _new_loop()
-            thread = threading.Thread(target=loop.run_forever, name="shoal-agents-loop", daemon=True)
-            thread.start()
-            h = _helper = (os.getpid(), thread, loop)
+            h = _helper = (os.getpid(), *_loop_thread("shoal-agents-loop"))
         return h[2]
 
 
@@ -352,11 +357,7 @@ class SerialCoroutines:
     def _helper_loop(self):
         with self._lock:
             if self._helper is None:
-                loop = _new_loop()
-                thread = threading.Thread(target=loop.run_forever, name="shoal-serial-loop",
-                                          daemon=True)
-                thread.start()
-                self._helper = (thread, loop)
+                self._helper = _loop_thread("shoal-serial-loop")
             return self._helper[1]
 
     def close(self):

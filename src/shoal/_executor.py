@@ -296,7 +296,6 @@ class _MapWindow:
         self._backend = executor._backend
         self._left = length  # items not yet submitted, when the input's length is known
         self._item_bytes = 0  # the most bytes per item (arguments + results) a chunk has held
-        self._workers = executor.max_workers
         self._fn = fn
         self._star = star
         self._bar = bar
