@@ -5,7 +5,7 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.shoal-deps
 PYDEPS  := nanobind scikit-build-core cloudpickle numpy pandas psutil pytest pytest-timeout ninja cmake \
-           joblib tqdm
+           joblib tqdm uvloop
 BUILD   := build/py
 JOBS    ?= 2
 
@@ -13,7 +13,7 @@ JOBS    ?= 2
 
 all: build
 
-$(STAMP):
+$(STAMP): Makefile
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q $(PYDEPS)
@@ -66,7 +66,7 @@ demo: build
 	PYTHONPATH=src $(VPY) -m shoal demo
 
 bench: build
-	$(VPY) -m pip install -q joblib mpire ray "dask[distributed]" matplotlib
+	$(VPY) -m pip install -q joblib mpire ray "dask[distributed]" matplotlib uvloop
 	PYTHONPATH=src $(VPY) -m shoal bench --json benchmarks/results/results.json \
 	  --markdown benchmarks/results/results.md --plot benchmarks/results/ratios.png
 

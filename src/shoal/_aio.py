@@ -6,6 +6,10 @@ one per worker thread, one per serial executor. ``Executor(concurrency=K)`` lets
 run up to K coroutine tasks at once; plain functions still run one at a time, on the same
 thread as the loop (a plain task holds the worker's coroutines while it runs).
 
+``Executor(event_loop=...)`` picks the loop: ``"auto"`` (default) takes uvloop when it is
+installed, as Ray's workers and uvicorn do, else asyncio's own; ``"asyncio"``, ``"uvloop"``,
+or a function that returns a new loop.
+
 asyncio is imported only when a coroutine task first runs (it costs ~30 ms).
 """
 import functools
@@ -13,7 +17,8 @@ import threading
 from types import CoroutineType, FunctionType
 
 __all__ = ["is_coroutine_function", "await_items", "run_concurrently", "WorkerCoroutines",
-           "ThreadCoroutines", "SerialCoroutines"]
+           "ThreadCoroutines", "SerialCoroutines", "check_event_loop", "loop_factory",
+           "set_event_loop"]
 
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
 
@@ -64,15 +69,62 @@ async def _guarded(coro):
         return True, exc
 
 
-def _new_loop():
-    import asyncio
-
-    return asyncio.new_event_loop()
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
-def _loop_thread(name):
+def check_event_loop(choice):
+    """Executor(event_loop=...), checked in the driver: a bad name or a missing uvloop fails
+    here, not at the first coroutine task. Returns the choice as the workers get it."""
+    if callable(choice):
+        return choice
+    if choice not in EVENT_LOOPS:
+        raise ValueError(f"event_loop must be one of {', '.join(map(repr, EVENT_LOOPS))} or a "
+                         f"function returning a new event loop, not {choice!r}")
+    if choice == "uvloop":
+        import importlib.util
+
+        if importlib.util.find_spec("uvloop") is None:
+            raise ModuleNotFoundError("shoal: event_loop='uvloop' needs uvloop (pip install uvloop)",
+                                      name="uvloop")
+    return choice
+
+
+def loop_factory(choice):
+    """The function that makes a new loop for an event_loop choice; None for asyncio's own."""
+    if callable(choice):
+        return choice
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    return uvloop.new_event_loop
+
+
+_process_choice = "asyncio"  # this process's loops outside an executor's (a worker: its executor's)
+
+
+def set_event_loop(choice):
+    """Sets the loop choice of this process (a worker process: its executor's event_loop)."""
+    global _process_choice
+    _process_choice = choice
+
+
+def _new_loop(choice=None):
+    factory = loop_factory(_process_choice if choice is None else choice)
+    if factory is None:
+        import asyncio
+
+        return asyncio.new_event_loop()
+    return factory()
+
+
+def _loop_thread(name, choice=None):
     """(thread, loop): a new event loop running forever on a daemon thread of its own."""
-    loop = _new_loop()
+    loop = _new_loop(choice)
     thread = threading.Thread(target=loop.run_forever, name=name, daemon=True)
     thread.start()
     return thread, loop
@@ -133,6 +185,9 @@ class WorkerCoroutines:
     it makes ``channel.watch_fd()`` readable when a frame arrives. An idle worker with
     coroutines waiting on I/O therefore sleeps in epoll, never in a spin loop, and a loop
     that never sleeps costs no thread hand-over at all.
+
+    Another loop (uvloop, or the user's) has no selector to look through: the ring is armed
+    whenever the loop runs, and taken back only to read the frames the watcher signalled.
     """
 
     def __init__(self, channel, finish):
@@ -140,6 +195,7 @@ class WorkerCoroutines:
         self.finish = finish  # finish(token, failed, value): sends the task's result
         self.tasks = set()  # the loop holds tasks weakly: an awaited stream could lose them
         self.loop = None
+        self.polled = True  # the loop's selector looks at the ring (asyncio's own loop)
         self.handle = None  # the worker's frame handler, while serve() runs
 
     @property
@@ -152,10 +208,15 @@ class WorkerCoroutines:
         if loop is None:
             import asyncio
 
-            selector = _ring_selector(self.channel)
-            loop = self.loop = asyncio.SelectorEventLoop(selector)
+            factory = loop_factory(_process_choice)
+            self.polled = factory is None
+            if self.polled:
+                loop = asyncio.SelectorEventLoop(_ring_selector(self.channel))
+            else:
+                loop = factory()
             asyncio.set_event_loop(loop)
-            loop.add_reader(selector.watch_fd, self._take_frames)
+            loop.add_reader(self.channel.watch_fd(), self._take_frames)
+            self.loop = loop
         task = loop.create_task(_guarded(coro))
         self.tasks.add(task)
         task.add_done_callback(functools.partial(self._done, token))
@@ -174,6 +235,8 @@ class WorkerCoroutines:
         self.handle = handle
         try:
             while self.running:
+                if not self.polled:
+                    self.loop.call_soon(self._take_frames)  # takes what waits, then arms
                 self.loop.run_forever()
         finally:
             self.handle = None
@@ -184,14 +247,19 @@ class WorkerCoroutines:
         if channel.armed:
             return  # the watcher still owns the ring (a stale wake-up of the descriptor)
         try:
-            channel.clear_watch()
             handle = self.handle
             try_recv = channel.try_recv
             while True:
-                frame = try_recv()
-                if frame is None:
+                channel.clear_watch()
+                while True:
+                    frame = try_recv()
+                    if frame is None:
+                        break
+                    handle(frame)
+                # Another loop than asyncio's sleeps without asking us: the watcher must own
+                # the ring meanwhile (arm() fails when a frame came in: take it first).
+                if self.polled or not self.running or channel.arm():
                     break
-                handle(frame)
         except BaseException:  # noqa: BLE001 - a corrupt stream: the driver replaces us
             import traceback
 
@@ -238,14 +306,14 @@ class ThreadCoroutines:
     left leaves the loop and blocks in ``queue.get()`` again.
     """
 
-    def __init__(self, queue, wakers, limit, run_item):
+    def __init__(self, queue, wakers, limit, run_item, event_loop="asyncio"):
         self.queue = queue
         self.wakers = wakers  # set of callables, shared by the backend's threads
         self.limit = limit
         self.run_item = run_item  # run_item(item) -> None, or a coroutine still to run
         self.tasks = set()  # the loop holds tasks weakly: an awaited stream could lose them
         self.closing = False  # took the shutdown sentinel: finish what runs, then leave
-        self.loop = _new_loop()
+        self.loop = _new_loop(event_loop)
         self._waker = functools.partial(self.loop.call_soon_threadsafe, self._take)
         self._listening = False
 
@@ -338,7 +406,8 @@ class SerialCoroutines:
     until it is done, as it does for any serial task. Either way the task never runs on the
     caller's own loop."""
 
-    def __init__(self):
+    def __init__(self, event_loop="asyncio"):
+        self._choice = event_loop
         self._loop = None
         self._helper = None  # (thread, loop) for callers inside a running loop
         self._lock = threading.Lock()
@@ -350,14 +419,14 @@ class SerialCoroutines:
             asyncio.get_running_loop()
         except RuntimeError:
             if self._loop is None:
-                self._loop = _new_loop()
+                self._loop = _new_loop(self._choice)
             return self._loop.run_until_complete(coro)
         return asyncio.run_coroutine_threadsafe(coro, self._helper_loop()).result()
 
     def _helper_loop(self):
         with self._lock:
             if self._helper is None:
-                self._helper = _loop_thread("shoal-serial-loop")
+                self._helper = _loop_thread("shoal-serial-loop", self._choice)
             return self._helper[1]
 
     def close(self):

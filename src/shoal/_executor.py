@@ -10,7 +10,7 @@ import time
 import weakref
 
 from ._arena import DEFAULT_THRESHOLD, unshare, unshare_function
-from ._aio import is_coroutine_function
+from ._aio import check_event_loop, is_coroutine_function
 from ._errors import RemoteTraceback
 from ._pickle import iter_items
 from ._thread import SerialBackend, ThreadBackend
@@ -54,12 +54,14 @@ class Executor(concurrent.futures.Executor):
 
     A coroutine function (``async def``) given to ``submit``/``map``/``starmap`` runs in the
     worker's own event loop; ``concurrency=K`` lets each worker run up to K such tasks at
-    once (plain functions still run one at a time per worker).
+    once (plain functions still run one at a time per worker). ``event_loop`` picks that
+    loop: ``"auto"`` (uvloop when installed, else asyncio's), ``"asyncio"``, ``"uvloop"``, or
+    a function returning a new loop.
     """
 
     def __init__(self, max_workers=None, backend="process", *, initializer=None, initargs=(),
                  retries=2, preload=(), max_tasks_per_worker=None, buffer_threshold=DEFAULT_THRESHOLD,
-                 concurrency=1):
+                 concurrency=1, event_loop="auto"):
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
@@ -76,6 +78,7 @@ class Executor(concurrent.futures.Executor):
             raise ValueError(f"buffer_threshold must be an int >= 0 (bytes) or None, not {buffer_threshold!r}")
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or not 1 <= concurrency < 2**31:
             raise ValueError(f"concurrency must be a positive int, not {concurrency!r}")
+        event_loop = check_event_loop(event_loop)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be callable")
         if isinstance(preload, str):
@@ -83,6 +86,7 @@ class Executor(concurrent.futures.Executor):
         self.max_workers = max_workers
         self.backend = backend
         self.concurrency = concurrency
+        self.event_loop = event_loop
         self._max_tasks_per_worker = max_tasks_per_worker
         self._shutdown = False   # no new tasks or agent operations
         self._stopping = False   # the backend is being stopped: queued agent operations fail
@@ -92,11 +96,11 @@ class Executor(concurrent.futures.Executor):
             from ._process import ProcessBackend
             self._backend = ProcessBackend(max_workers, initializer, initargs, retries,
                                            tuple(preload), max_tasks_per_worker, buffer_threshold,
-                                           concurrency=concurrency)
+                                           concurrency=concurrency, event_loop=event_loop)
         elif backend == "thread":
-            self._backend = ThreadBackend(max_workers, initializer, initargs, concurrency)
+            self._backend = ThreadBackend(max_workers, initializer, initargs, concurrency, event_loop)
         else:
-            self._backend = SerialBackend(max_workers, initializer, initargs)
+            self._backend = SerialBackend(max_workers, initializer, initargs, event_loop)
         _live.add(self)
 
     def __repr__(self):

@@ -260,13 +260,13 @@ class ProcessBackend:
 
     def __init__(self, max_workers, initializer, initargs, retries, preload, max_tasks_per_worker,
                  buffer_threshold, spin_us=100, task_ring_bytes=1 << 18, result_ring_bytes=1 << 18,
-                 concurrency=1):
+                 concurrency=1, event_loop="asyncio"):
         for name in preload:  # a typo fails here; an import error, at the first task
             if importlib.util.find_spec(name) is None:
                 raise ModuleNotFoundError(f"shoal: no module named {name!r} to preload", name=name)
         threshold = buffer_threshold
         init = dumps((os.getcwd(), list(sys.path), initializer, tuple(initargs),
-                      threshold if threshold is not None else 1 << 62))
+                      threshold if threshold is not None else 1 << 62, event_loop))
         self._arena = None if threshold is None else arena()
         self._threshold = threshold
         self._max_workers = max_workers

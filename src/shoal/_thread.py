@@ -40,8 +40,9 @@ class ThreadBackend:
 
     name = "thread"
 
-    def __init__(self, max_workers, initializer, initargs, concurrency=1, **_):
+    def __init__(self, max_workers, initializer, initargs, concurrency=1, event_loop="asyncio", **_):
         self._queue = queue.SimpleQueue()
+        self._event_loop = event_loop
         self._wakers = set()  # event loops of threads running coroutines, with room for more
         self._concurrency = concurrency
         self._init_error = None
@@ -71,7 +72,8 @@ class ThreadBackend:
                 if started is not None:  # a coroutine: this thread's event loop takes over
                     if coroutines is None:
                         coroutines = _aio.ThreadCoroutines(self._queue, self._wakers,
-                                                           self._concurrency, self._run_item)
+                                                           self._concurrency, self._run_item,
+                                                           self._event_loop)
                     coroutines.start(*started)
                     del started
                     if coroutines.serve():
@@ -151,9 +153,10 @@ class SerialBackend:
 
     name = "serial"
 
-    def __init__(self, max_workers, initializer, initargs, **_):
+    def __init__(self, max_workers, initializer, initargs, event_loop="asyncio", **_):
         self._init_error = None
         self._coroutines = None
+        self._event_loop = event_loop
         if initializer is not None:
             try:
                 initializer(*initargs)
@@ -167,7 +170,7 @@ class SerialBackend:
         result = fn(*args, **kwargs)
         if type(result) is CoroutineType:
             if self._coroutines is None:
-                self._coroutines = _aio.SerialCoroutines()
+                self._coroutines = _aio.SerialCoroutines(self._event_loop)
             result = self._coroutines.run(result)
         return result
 

@@ -72,7 +72,8 @@ def _initialize(channel, payload, arena):
     the arena, so the driver can reclaim our blocks if we die) or init_failed."""
     global _threshold
     try:
-        cwd, path, initializer, initargs, _threshold = loads(payload)
+        cwd, path, initializer, initargs, _threshold, event_loop = loads(payload)
+        _aio.set_event_loop(event_loop)
         try:
             os.chdir(cwd)
         except OSError:

@@ -1,7 +1,7 @@
 """asyncio (issue 6): awaiting shoal futures, coroutine tasks in the workers' event loops,
-and ``concurrency=K``. Shared bodies run under serial, thread and process; where the
-serial backend differs by design (it runs each task to completion at submit time) the
-test says so."""
+and ``concurrency=K``. Shared bodies run under serial, thread and process, each on
+asyncio's own loop and on uvloop (``event_loop=``); where the serial backend differs by
+design (it runs each task to completion at submit time) the test says so."""
 
 import asyncio
 import concurrent.futures as cf
@@ -65,6 +65,22 @@ async def loop_identity():
     return os.getpid(), id(asyncio.get_running_loop())
 
 
+async def loop_kind():
+    await asyncio.sleep(0)
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+def new_counting_loop():
+    """A user's loop factory (event_loop=callable): asyncio's loop, marked."""
+    loop = asyncio.new_event_loop()
+    loop.made_by_user_factory = True
+    return loop
+
+
+async def made_by_user_factory():
+    return getattr(asyncio.get_running_loop(), "made_by_user_factory", False)
+
+
 def sync_sleep(seconds, value):
     time.sleep(seconds)
     return value
@@ -112,12 +128,24 @@ def max_overlap(intervals):
     return most
 
 
+LOOPS = ("asyncio", "uvloop")
+
+
+@pytest.fixture(params=LOOPS)
+def event_loop_choice(request):
+    """Each worker event loop in turn: asyncio's (whose selector looks at the task ring)
+    and uvloop (the ring armed while the loop runs)."""
+    return request.param
+
+
 @pytest.fixture
-def make(backend):
-    """Executor factory on the current backend; every executor made is shut down after."""
+def make(backend, event_loop_choice):
+    """Executor factory on the current backend and event loop; every executor made is shut
+    down after."""
     made = []
 
     def factory(workers=2, **kwargs):
+        kwargs.setdefault("event_loop", event_loop_choice)
         ex = shoal.Executor(max_workers=workers, backend=backend, **kwargs)
         made.append(ex)
         return ex
@@ -384,6 +412,56 @@ def test_concurrency_is_shown(backend):
         assert "concurrency=7" in repr(ex)
 
 
+# --- event_loop= ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_the_chosen_event_loop_runs_the_tasks(make, event_loop_choice):
+    ex = make(workers=2, concurrency=3)
+    kinds = {f.result(timeout=20) for f in [ex.submit(loop_kind) for _ in range(6)]}
+    assert kinds == {event_loop_choice}
+    assert ex.event_loop == event_loop_choice
+    assert sorted(ex.map(asquare, range(20))) == [x * x for x in range(20)]
+
+
+@pytest.mark.timeout(60)
+def test_auto_takes_uvloop_when_installed(backend):
+    import importlib.util
+
+    expected = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    with shoal.Executor(max_workers=1, backend=backend, concurrency=2) as ex:
+        assert ex.event_loop == "auto"
+        assert ex.submit(loop_kind).result(timeout=20) == expected
+
+
+@pytest.mark.timeout(60)
+def test_event_loop_can_be_a_factory(backend):
+    with shoal.Executor(max_workers=1, backend=backend, concurrency=2,
+                        event_loop=new_counting_loop) as ex:
+        assert ex.submit(made_by_user_factory).result(timeout=20) is True
+
+
+@pytest.mark.parametrize("bad", ["trio", "", None, 3])
+def test_event_loop_must_be_known(backend, bad):
+    with pytest.raises(ValueError, match="event_loop must be one of"):
+        shoal.Executor(max_workers=1, backend=backend, event_loop=bad)
+
+
+@pytest.mark.timeout(60)
+def test_a_uvloop_worker_takes_frames_while_its_coroutines_wait(make_process_executor):
+    """With uvloop the task ring is armed while the loop runs: a plain task and new
+    coroutine tasks sent while others wait must still start at once."""
+    ex = make_process_executor(max_workers=1, concurrency=4, event_loop="uvloop")
+    ex.submit(nap, 0).result(timeout=20)
+    slow = [ex.submit(nap, 1.5, i) for i in range(2)]
+    time.sleep(0.2)  # the worker sits in uvloop, the ring armed
+    t0 = time.perf_counter()
+    assert ex.submit(square, 7).result(timeout=20) == 49
+    assert ex.submit(asquare, 8).result(timeout=20) == 64
+    assert time.perf_counter() - t0 < 0.5
+    assert [f.result(timeout=20)[0] for f in slow] == [0, 1]
+
+
 # --- serial: the caller's own loop -------------------------------------------------------------
 
 
@@ -407,8 +485,8 @@ def test_serial_coroutine_task_inside_a_running_loop():
 
 
 @pytest.mark.timeout(60)
-def test_crash_with_k_in_flight_fails_all_of_them_without_retries(make_process_executor):
-    ex = make_process_executor(max_workers=1, retries=0, concurrency=3)
+def test_crash_with_k_in_flight_fails_all_of_them_without_retries(make_process_executor, event_loop_choice):
+    ex = make_process_executor(max_workers=1, retries=0, concurrency=3, event_loop=event_loop_choice)
     ex.submit(nap, 0).result(timeout=20)
     futs = [ex.submit(nap, 2.0, "a"), ex.submit(exit_always), ex.submit(nap, 2.0, "b")]
     for f in futs:
@@ -420,8 +498,8 @@ def test_crash_with_k_in_flight_fails_all_of_them_without_retries(make_process_e
 
 
 @pytest.mark.timeout(60)
-def test_crash_with_k_in_flight_retries_all_of_them(make_process_executor, tmp_path):
-    ex = make_process_executor(max_workers=1, retries=2, concurrency=3)
+def test_crash_with_k_in_flight_retries_all_of_them(make_process_executor, event_loop_choice, tmp_path):
+    ex = make_process_executor(max_workers=1, retries=2, concurrency=3, event_loop=event_loop_choice)
     marker = str(tmp_path / "crashed-once")
     futs = [ex.submit(exit_once, marker, 0.3) for _ in range(3)]
     assert [f.result(timeout=30) for f in futs] == ["ok"] * 3
@@ -429,8 +507,8 @@ def test_crash_with_k_in_flight_retries_all_of_them(make_process_executor, tmp_p
 
 
 @pytest.mark.timeout(60)
-def test_a_worker_waiting_on_coroutines_does_not_spin(make_process_executor):
-    ex = make_process_executor(max_workers=1, concurrency=4)
+def test_a_worker_waiting_on_coroutines_does_not_spin(make_process_executor, event_loop_choice):
+    ex = make_process_executor(max_workers=1, concurrency=4, event_loop=event_loop_choice)
     ex.submit(nap, 0).result(timeout=20)
     [pid] = wait_for_workers(ex, 1)
     proc = psutil.Process(pid)
@@ -445,8 +523,8 @@ def test_a_worker_waiting_on_coroutines_does_not_spin(make_process_executor):
 
 
 @pytest.mark.timeout(60)
-def test_output_of_coroutine_tasks_reaches_the_driver(make_process_executor, capfd):
-    ex = make_process_executor(max_workers=1, concurrency=2)
+def test_output_of_coroutine_tasks_reaches_the_driver(make_process_executor, event_loop_choice, capfd):
+    ex = make_process_executor(max_workers=1, concurrency=2, event_loop=event_loop_choice)
     assert ex.submit(print_later, "hello-from-a-coroutine").result(timeout=20) is None
     ex.shutdown(wait=True)
     assert "hello-from-a-coroutine" in capfd.readouterr().out

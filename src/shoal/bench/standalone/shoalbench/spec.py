@@ -3,7 +3,7 @@
 # Systems in table order. A name with brackets is a variant of its peer shown beside
 # the default (the fairness rules in shoal/bench/runner.py say when one is added).
 PEERS = ("serial", "mp_pool", "mp_pool[spawn]", "cf_process", "cf_process[chunked]",
-         "cf_thread", "asyncio", "joblib", "mpire", "ray", "dask")
+         "cf_thread", "asyncio", "asyncio[uvloop]", "joblib", "mpire", "ray", "dask")
 SHOAL = ("shoal", "shoal[thread]", "shoal[direct]")
 ALL_SYSTEMS = PEERS + SHOAL
 
@@ -21,8 +21,8 @@ SYSTEMS = {
     "worker_memory": _CORE,
     "seed_map": _CORE[:3] + ("cf_thread",) + _CORE[3:] + ("shoal[thread]",),
     # threads vs coroutines vs shoal's coroutine tasks (process pools: one of them measured)
-    "io_bound": ("mp_pool", "cf_process", "cf_thread", "asyncio", "joblib", "mpire", "ray", "dask",
-                 "shoal", "shoal[thread]"),
+    "io_bound": ("mp_pool", "cf_process", "cf_thread", "asyncio", "asyncio[uvloop]", "joblib",
+                 "mpire", "ray", "dask", "shoal", "shoal[thread]"),
     "sweep": _CORE,
     "agents": ("serial", "joblib", "ray", "shoal"),
 }

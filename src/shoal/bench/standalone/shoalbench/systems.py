@@ -135,6 +135,13 @@ class System:
         """Frees the agents."""
 
 
+def _installed_loop():
+    """The event loop Ray's and shoal's workers take by default: uvloop when installed."""
+    import importlib.util
+
+    return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio's loop"
+
+
 class Serial(System):
     name = "serial"
 
@@ -324,6 +331,7 @@ class Asyncio(System):
         import asyncio
 
         self.loop = asyncio.new_event_loop()
+        self.loop_name = "asyncio's loop"
 
     def close(self):
         self.loop.close()
@@ -343,7 +351,22 @@ class Asyncio(System):
         return self.loop.run_until_complete(run())
 
     def io_how(self, inflight):
-        return f"asyncio.gather of afetch in the driver, Semaphore({inflight})"
+        return f"asyncio.gather of afetch in the driver, Semaphore({inflight}), {self.loop_name}"
+
+
+class AsyncioUvloop(Asyncio):
+    """The same coroutines on uvloop, the loop Ray's workers and shoal's take when it is
+    installed (uvloop.new_event_loop, as its docs show)."""
+
+    imports = ("uvloop",)
+    name = "asyncio[uvloop]"
+    library = "uvloop"
+
+    def start(self, **options):
+        import uvloop
+
+        self.loop = uvloop.new_event_loop()
+        self.loop_name = "uvloop"
 
 
 class Joblib(System):
@@ -544,7 +567,7 @@ class Ray(System):
 
     def io_how(self, inflight):
         return (f"{self.workers} async actors (max_concurrency={max(1, inflight // self.workers)}) "
-                f"awaiting afetch")
+                f"awaiting afetch on {_installed_loop()}")
     def sweep(self, table, grid, runs, seed, steps):
         # ray.put once per table (kept for later calls): workers read it zero-copy.
         if getattr(self, "_table", None) is not table:
@@ -700,7 +723,7 @@ class Shoal(_FuturesSystem):
 
     def io_how(self, inflight):
         return (f"Executor({self.workers}, backend={self.backend!r}, "
-                f"concurrency={max(1, inflight // self.workers)}).map(afetch)")
+                f"concurrency={max(1, inflight // self.workers)}).map(afetch) on {_installed_loop()}")
 
     def worker_pids(self, sleep_s=0.3):
         super().worker_pids(sleep_s)  # same warm-up as the peers
@@ -735,7 +758,7 @@ class ShoalDirect(Shoal):
 
 
 BY_NAME = {cls.name: cls for cls in (Serial, MpPool, MpPoolSpawn, CfProcess, CfProcessChunked,
-                                     CfThread, Asyncio, Joblib, Mpire, Ray, Dask, Shoal, ShoalThread,
+                                     CfThread, Asyncio, AsyncioUvloop, Joblib, Mpire, Ray, Dask, Shoal, ShoalThread,
                                      ShoalDirect)}
 
 

@@ -243,7 +243,7 @@ def measure_io_bound(system, size, repeats):
             _check(res == expected, "fetch")
             out["ms_total"].append(dt * 1e3)
             out["x_ideal"].append(dt * 1e3 / ideal_ms)
-    return out, (f"{n} GETs to a local stdlib-asyncio HTTP server (own process) answering after "
+    return out, (f"{n} GETs to a local HTTP server (own process, {ioserver.loop_name()}) answering after "
                  f"{delay_ms} ms, a fresh connection each; ideal {ideal_ms:.0f} ms with {inflight} "
                  f"in flight (x_ideal = time / ideal); the server held at most {max(peaks)} at once; "
                  f"{system.io_how(inflight)}")
