@@ -132,9 +132,9 @@ def test_agents_workload_fails_on_wrong_bids():
 @pytest.mark.timeout(300)
 def test_quick_io_bound_runs_threads_coroutines_and_shoal(tmp_path):
     proc, records, table = _run_bench(tmp_path, "--quick", "--only", "io_bound", "--workers", "2",
-                                      "--systems", "cf_thread,asyncio,mp_pool,shoal,shoal[thread]")
+                                      "--systems", "cf_thread,asyncio,asyncio[uvloop],mp_pool,shoal,shoal[thread]")
     by = {(r["system"], r["metric"]): r for r in records}
-    for system in ("cf_thread", "asyncio", "shoal", "shoal[thread]"):
+    for system in ("cf_thread", "asyncio", "asyncio[uvloop]", "shoal", "shoal[thread]"):
         for metric in ("ms_total", "x_ideal"):
             r = by[(system, metric)]
             assert r["status"] == "ok", r
@@ -145,5 +145,7 @@ def test_quick_io_bound_runs_threads_coroutines_and_shoal(tmp_path):
         assert by[(system, "ms_total")]["value"] >= 100
     assert by[("mp_pool", "ms_total")]["status"] == "skipped" and by[("mp_pool", "ms_total")]["note"]
     assert "concurrency=50" in by[("shoal", "ms_total")]["note"]
+    assert "on uvloop" in by[("shoal", "ms_total")]["note"]  # event_loop="auto", uvloop installed
+    assert "uvloop" in by[("asyncio[uvloop]", "ms_total")]["note"]
     assert "| io_bound | x_ideal | x |" in table
     assert proc.returncode == 0, proc.stderr[-3000:]
