@@ -131,7 +131,15 @@ void bind_arena(nb::module_& m) {
                      return -1;
                  return off;
              },
-             nb::arg("buffer"), "The offset of a contiguous buffer that lies in the arena, else -1.");
+             nb::arg("buffer"), "The offset of a contiguous buffer that lies in the arena, else -1.")
+        .def("collapse",
+             [](PyArena& a, std::uint64_t offset, std::uint64_t length) {
+                 nb::gil_scoped_release release;
+                 return a.arena->collapse(offset, length);
+             },
+             nb::arg("offset"), nb::arg("length"),
+             "Backs the huge-page-aligned part of a block with huge pages; bytes collapsed (0: declined).")
+        .def_prop_ro_static("huge_page_bytes", [](nb::handle) { return Arena::huge_page_bytes(); });
 
     nb::exception<ArenaFull>(m, "ArenaFull", PyExc_MemoryError);
 }

@@ -2,6 +2,8 @@
 #include "shoal/arena.hpp"
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdint>
 #include <fcntl.h>
 #include <algorithm>
 #include <new>
@@ -66,7 +68,46 @@ void fetch_min(std::atomic<std::uint64_t>& a, std::uint64_t v) noexcept {
 }
 
 std::string mib(std::uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
+
+#ifndef MADV_COLLAPSE
+constexpr int MADV_COLLAPSE = 25;  // Linux 6.1; older C headers lack the name
+#endif
+
+// Maps `bytes` of `fd` from offset 0 at an address aligned to `align`: a file page at offset
+// o then sits at an address congruent to o, which a huge page needs to be mapped whole.
+void* map_aligned(int fd, std::size_t bytes, std::size_t align) {
+    void* r = ::mmap(nullptr, bytes + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (r == MAP_FAILED) return MAP_FAILED;
+    auto const start = reinterpret_cast<std::uintptr_t>(r);
+    auto const at = (start + align - 1) / align * align;
+    void* p = ::mmap(reinterpret_cast<void*>(at), bytes, PROT_READ | PROT_WRITE,
+                     MAP_SHARED | MAP_NORESERVE | MAP_FIXED, fd, 0);
+    if (p == MAP_FAILED) {
+        int const e = errno;
+        ::munmap(r, bytes + align);
+        errno = e;
+        return MAP_FAILED;
+    }
+    if (at > start) ::munmap(r, at - start);                       // the slack before
+    if (start + align > at) ::munmap(reinterpret_cast<void*>(at + bytes), start + align - at);  // and after
+    return p;
+}
 }  // namespace
+
+std::uint64_t Arena::huge_page_bytes() noexcept {
+    static std::uint64_t const bytes = [] {
+        std::uint64_t n = 0;
+        if (FILE* f = std::fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r")) {
+            unsigned long long v = 0;
+            if (std::fscanf(f, "%llu", &v) == 1) n = v;
+            std::fclose(f);
+        }
+        // A power of two between a page and 1 GiB, else the x86-64 / arm64 (4K pages) size.
+        bool const sane = n >= 4096 && n <= (std::uint64_t{1} << 30) && (n & (n - 1)) == 0;
+        return sane ? n : std::uint64_t{2} << 20;
+    }();
+    return bytes;
+}
 
 std::atomic<std::uint64_t>& Arena::word(std::uint64_t page) const noexcept {
     return reinterpret_cast<std::atomic<std::uint64_t>*>(m_base + k_header_bytes)[page];
@@ -76,7 +117,7 @@ Arena Arena::map(Fd fd, std::uint64_t data_offset, std::uint64_t limit_pages, st
                  std::uint64_t keep_free_pages, std::uint64_t file_bytes) {
     // The whole limit is mapped (address space only); pages exist as the file grows.
     std::size_t const map_bytes = data_offset + limit_pages * k_page;
-    void* p = ::mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd.get(), 0);
+    void* p = map_aligned(fd.get(), map_bytes, huge_page_bytes());
     if (p == MAP_FAILED) throw_errno("mmap(arena)");
     Arena a;
     a.m_fd = std::move(fd);
@@ -324,6 +365,17 @@ std::int64_t Arena::offset_of(void const* p) const noexcept {
     auto const* b = static_cast<std::byte const*>(p);
     if (m_data == nullptr || b < m_data || b >= m_data + m_limit_pages * k_page) return -1;
     return static_cast<std::int64_t>(b - m_data);
+}
+
+std::uint64_t Arena::collapse(std::uint64_t offset, std::uint64_t length) noexcept {
+    if (!contains(offset, length)) return 0;
+    std::uint64_t const huge = huge_page_bytes();
+    auto const begin = reinterpret_cast<std::uintptr_t>(m_data + offset);
+    std::uintptr_t const first = (begin + huge - 1) / huge * huge;
+    std::uintptr_t const last = (begin + length) / huge * huge;
+    if (last <= first) return 0;
+    if (::madvise(reinterpret_cast<void*>(first), last - first, MADV_COLLAPSE) != 0) return 0;
+    return last - first;
 }
 
 std::uint64_t Arena::used_bytes() const noexcept {

@@ -168,9 +168,17 @@ class Shared:
     def __init__(self, obj):
         from ._pickle import dumps
 
-        bufs = Buffers(arena(), DEFAULT_THRESHOLD, by_ref=False)
+        a = arena()
+        bufs = Buffers(a, DEFAULT_THRESHOLD, by_ref=False)
         self._data = dumps(obj, bufs)
         self._blocks = list(bufs.keep)
+        # Shared data is read many times, often at random (a table looked up by every task):
+        # back it with huge pages, as private memory of that size gets by default (see
+        # docs/design.md, "Shared buffers in huge pages").
+        huge = _core.Arena.huge_page_bytes
+        for b in self._blocks:
+            if type(b) is _core.Block and b.length >= 2 * huge:
+                a.collapse(b.offset, b.length)
         self.nbytes = sum(length for _, length in bufs.refs)
         self._value = None
 

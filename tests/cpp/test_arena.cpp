@@ -12,6 +12,8 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
+#include <cstdio>
 #include <thread>
 #include <vector>
 
@@ -296,4 +298,98 @@ TEST(Arena, ResidentFreePagesStayWithinTheKeepLimitOverManyCycles) {
         ASSERT_LE(resident_bytes(a.fd()), 32 * MiB + 2 * MiB) << "round " << round;
     }
     EXPECT_EQ(a.used_bytes(), 0u);
+}
+
+// ---------------------------------------------------------------- huge pages
+
+namespace {
+
+/// Whether this kernel collapses shared memory on request: MADV_COLLAPSE is Linux 6.1, and
+/// shmem_enabled=deny (or force) is the only setting that refuses it.
+bool kernel_collapses_shmem() {
+    struct utsname u{};
+    if (::uname(&u) != 0) return false;
+    int major = 0, minor = 0;
+    if (std::sscanf(u.release, "%d.%d", &major, &minor) != 2) return false;
+    if (major < 6 || (major == 6 && minor < 1)) return false;
+    FILE* f = std::fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "r");
+    if (!f) return false;
+    char line[256] = {};
+    bool const read = std::fgets(line, sizeof line, f) != nullptr;
+    std::fclose(f);
+    return read && std::strstr(line, "[deny]") == nullptr;
+}
+
+/// ShmemPmdMapped of this process, in kB (shared memory it maps with whole huge pages).
+long shmem_pmd_mapped_kb() {
+    FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+    if (!f) return -1;
+    char line[256];
+    long kb = -1;
+    while (std::fgets(line, sizeof line, f))
+        if (std::sscanf(line, "ShmemPmdMapped: %ld kB", &kb) == 1) break;
+    std::fclose(f);
+    return kb;
+}
+
+}  // namespace
+
+TEST(Arena, EveryProcessMapsItCongruentToTheFileModuloTheHugePage) {
+    Arena a = make(256 * MiB);
+    std::uint64_t const huge = Arena::huge_page_bytes();
+    ASSERT_GE(huge, 4096u);
+    ASSERT_EQ(huge & (huge - 1), 0u);
+    auto const mine = reinterpret_cast<std::uintptr_t>(a.data()) % huge;
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    int afd = a.fd();
+    ChildGuard child(fork_child([&] {
+        Arena c = Arena::attach(dup_fd(afd));
+        std::uintptr_t theirs = reinterpret_cast<std::uintptr_t>(c.data()) % huge;
+        return ::write(fds[1], &theirs, sizeof theirs) == sizeof theirs ? 0 : 1;
+    }));
+    ASSERT_TRUE(readable_within(fds[0], 10000));
+    std::uintptr_t theirs = 1;
+    ASSERT_EQ(::read(fds[0], &theirs, sizeof theirs), static_cast<ssize_t>(sizeof theirs));
+    EXPECT_EQ(theirs, mine);
+    EXPECT_TRUE(child.wait(std::chrono::seconds(10)).exited(0));
+    for (int fd : fds) ::close(fd);
+}
+
+TEST(Arena, CollapseKeepsTheBytesAndOtherProcessesMapThemWhole) {
+    Arena a = make(256 * MiB);
+    std::uint64_t const huge = Arena::huge_page_bytes();
+    std::uint64_t const n = 4 * huge + 3 * P;  // whole huge pages inside, ragged edges
+    auto off = a.allocate(n, Arena::k_creator);
+    auto* words = reinterpret_cast<std::uint64_t*>(a.data() + off);
+    for (std::uint64_t i = 0; i < n / 8; ++i) words[i] = i * 0x9E3779B97F4A7C15ULL;
+    EXPECT_EQ(a.collapse(off, 3 * P), 0u);               // no whole huge page inside
+    EXPECT_EQ(a.collapse(a.limit_bytes(), huge), 0u);     // outside the arena
+    std::uint64_t const done = a.collapse(off, n);
+    bool const supported = kernel_collapses_shmem();
+    if (supported) {
+        EXPECT_GE(done, 3 * huge);
+        EXPECT_LE(done, n);
+        EXPECT_EQ(done % huge, 0u);
+    } else {
+        EXPECT_EQ(done, 0u);
+    }
+    for (std::uint64_t i = 0; i < n / 8; ++i) ASSERT_EQ(words[i], i * 0x9E3779B97F4A7C15ULL) << i;
+    int afd = a.fd();
+    ChildGuard child(fork_child([&] {
+        Arena c = Arena::attach(dup_fd(afd));
+        auto const* w = reinterpret_cast<std::uint64_t const*>(c.data() + off);
+        std::uint64_t sum = 0, expect = 0;
+        for (std::uint64_t i = 0; i < n / 8; ++i) {
+            sum += w[i];
+            expect += i * 0x9E3779B97F4A7C15ULL;
+        }
+        if (sum != expect) return 1;
+        long const pmd = shmem_pmd_mapped_kb();
+        if (supported && pmd < static_cast<long>(3 * huge / 1024)) return 2;
+        return 0;
+    }));
+    auto st = child.wait(std::chrono::seconds(20));
+    EXPECT_TRUE(st.exited(0)) << "1: bytes differ in the other process; 2: it did not map huge pages";
+    EXPECT_TRUE(a.free(off, Arena::k_creator));
 }

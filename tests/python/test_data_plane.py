@@ -292,6 +292,39 @@ def test_shared_handle_memory_is_freed_when_collected_and_unused(pool):
     assert wait_until(lambda: used_bytes() == before, timeout=10)
 
 
+def kernel_collapses_shmem():
+    """MADV_COLLAPSE is Linux 6.1; shmem_enabled=deny is the one setting that refuses it."""
+    release = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled") as f:
+            setting = f.read()
+    except OSError:
+        return False
+    return release >= (6, 1) and "[deny]" not in setting
+
+
+def sum_and_huge_mapped(a):
+    """(sum of a, kB of shared memory this worker maps with whole huge pages)."""
+    s = float(a.sum())
+    with open("/proc/self/smaps_rollup") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("ShmemPmdMapped:"))
+    return s, kb
+
+
+def test_shared_arrays_are_backed_by_huge_pages_in_the_workers(pool):
+    """share() asks for huge pages (MADV_COLLAPSE) for a large block, and every worker maps
+    the arena where they fit whole: a table read at random costs fewer TLB misses."""
+    huge = _core.Arena.huge_page_bytes
+    a = np.arange(12 * MB // 8, dtype=np.float64)
+    h = shoal.share(a)
+    got = [pool.submit(sum_and_huge_mapped, h).result(timeout=30) for _ in range(4)]
+    assert all(s == float(a.sum()) for s, _ in got)
+    if kernel_collapses_shmem():
+        assert min(kb for _, kb in got) * 1024 >= 12 * MB - 2 * huge, got
+    else:
+        assert all(kb == 0 for _, kb in got), got
+
+
 def test_dead_workers_blocks_are_reclaimed(make_process_executor):
     ex = make_process_executor(max_workers=2, retries=0)
     ex.submit(identity, 0).result(timeout=30)

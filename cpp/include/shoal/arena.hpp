@@ -85,6 +85,15 @@ public:
     /// The offset of `p` in the data region if it points into it, else -1.
     std::int64_t offset_of(void const* p) const noexcept;
 
+    /// Asks the kernel to back the huge-page-aligned part of [offset, offset + length) with
+    /// huge pages (MADV_COLLAPSE, Linux >= 6.1; shared memory takes them on request even
+    /// where shmem_enabled=never). Every process maps the arena at an address congruent to
+    /// its file offset modulo the huge page size, so each of them then maps those pages
+    /// whole. Best effort: returns the bytes collapsed, 0 when the kernel declines.
+    std::uint64_t collapse(std::uint64_t offset, std::uint64_t length) noexcept;
+    /// The huge page size the mapping is aligned to (hpage_pmd_size; 2 MiB if unknown).
+    static std::uint64_t huge_page_bytes() noexcept;
+
     /// Pages in use (approximate while other processes allocate).
     std::uint64_t used_bytes() const noexcept;
     /// Bytes of file that exist (grown so far).
@@ -101,7 +110,7 @@ private:
     void release_pages(std::uint64_t first, std::uint64_t count) noexcept;
 
     Fd m_fd;
-    std::byte* m_base = nullptr;    // the whole mapping
+    std::byte* m_base = nullptr;    // the whole mapping (aligned to huge_page_bytes())
     std::size_t m_map_bytes = 0;
     std::byte* m_data = nullptr;    // start of the data region
     std::uint64_t m_data_offset = 0;
