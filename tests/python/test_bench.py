@@ -31,7 +31,7 @@ def test_quick_round_trip_records_are_well_formed(tmp_path):
     assert isinstance(records, list)
     assert {r["system"] for r in records} == {"serial", "shoal"}
     for r in records:
-        assert set(r) == set(FIELDS) | {"value", "spread"}, r
+        assert set(r) == set(FIELDS) | {"value", "spread", "samples"}, r
         for key, typ in FIELDS.items():
             assert isinstance(r[key], typ), (key, r)
         assert r["workload"] == "round_trip" and r["metric"] == "us_per_call" and r["unit"] == "us"
@@ -41,7 +41,8 @@ def test_quick_round_trip_records_are_well_formed(tmp_path):
             assert isinstance(r["value"], float) and r["value"] > 0
             lo, hi = r["spread"]
             assert lo <= r["value"] <= hi
-            assert r["repeats"] == 3
+            assert r["repeats"] == 3 and len(r["samples"]) == 3
+            assert [lo, hi] == [min(r["samples"]), max(r["samples"])]
         else:
             assert r["value"] is None and r["spread"] is None
             assert r["note"], "a skipped or failed record says why"
@@ -51,6 +52,32 @@ def test_quick_round_trip_records_are_well_formed(tmp_path):
     # the runner exits non-zero exactly when a shoal row failed
     shoal_failed = any(r["system"] == "shoal" and r["status"] == "failed" for r in records)
     assert proc.returncode == (1 if shoal_failed else 0), proc.stderr[-3000:]
+
+
+@pytest.mark.timeout(300)
+def test_rounds_alternate_the_systems_and_pool_the_repeats(tmp_path):
+    proc, records, table = _run_bench(tmp_path, "--quick", "--only", "round_trip", "--workers", "2",
+                                      "--systems", "serial,shoal", "--rounds", "2", "--repeats", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    order = [line.split()[2] for line in proc.stderr.splitlines() if line.startswith("[bench] round_trip")]
+    assert order == ["serial", "shoal", "shoal", "serial"], order
+    for r in records:
+        assert r["status"] == "ok", r
+        assert r["repeats"] == 4 and len(r["samples"]) == 4
+        assert r["spread"] == [min(r["samples"]), max(r["samples"])]
+        s = sorted(r["samples"])
+        assert r["value"] == pytest.approx((s[1] + s[2]) / 2)
+
+
+def test_merge_rounds_keeps_a_failed_round():
+    from shoal.bench.runner import merge_rounds
+
+    ok = {"workload": "w", "system": "s", "metric": "m", "value": 1.0, "repeats": 2,
+          "spread": [1.0, 1.0], "samples": [1.0, 1.0], "status": "ok", "note": ""}
+    bad = dict(ok, value=None, repeats=0, spread=None, samples=[], status="failed", note="boom")
+    assert merge_rounds([[ok], [bad]]) == [bad]
+    merged = merge_rounds([[ok], [dict(ok, samples=[3.0, 5.0], spread=[3.0, 5.0])]])
+    assert merged[0]["samples"] == [1.0, 1.0, 3.0, 5.0] and merged[0]["value"] == 2.0
 
 
 @pytest.mark.timeout(60)

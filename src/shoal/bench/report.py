@@ -180,7 +180,7 @@ def markdown(records, machine=None, command="", sizes=None, elapsed_s=None, mode
         libs = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items())
         lines += [f"Machine: {machine['cores']} cores ({machine['cpu']}), {machine['memory']}, "
                   f"{machine['os']}, Python {machine['python']}; {libs}.", ""]
-    lines += ["Median of the repeats; lower is better unless the unit is `ratio`. "
+    lines += ["Median of the repeats (of every round, with `--rounds`); lower is better unless the unit is `ratio`. "
               "\"shoal vs best peer\" is how many times better shoal is (>1: shoal wins); "
               "`serial` is never the best peer.", ""]
     header = ["workload", "metric", "unit"] + present + ["shoal vs best peer", "target"]

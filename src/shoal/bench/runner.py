@@ -16,6 +16,9 @@ Fairness rules (BENCHMARKS.md; every number in the README comes from a run under
    sample is a fresh interpreter: construct the pool, wait for the first result, shut
    down, then the same again for a second pool in that interpreter.
 4. Repeats: quick 3, full 5; the value is the median, ``spread`` is [min, max].
+   ``--rounds N`` runs each cell N times, the systems in alternating order (ABC, CBA, ...)
+   so that a machine that drifts slower or faster favours none of them, and pools the
+   repeats of all rounds (the value is their median).
 5. Each peer is used as its own documentation recommends for the shape of work:
    ``ray.put`` for a large shared input and batches of items for tiny tasks (Ray's
    "too fine-grained tasks" anti-pattern); ``client.scatter`` for a large input and
@@ -76,6 +79,9 @@ def _parse(argv):
                    help="comma-separated systems (default: all)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--repeats", type=int, default=None, help="override the repeat count")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run each cell this many times, systems in alternating order, and pool "
+                        "the repeats (for systems within the machine's noise of each other)")
     p.add_argument("--json", dest="json_path", help="write the records here")
     p.add_argument("--markdown", dest="markdown_path", help="write the table here")
     p.add_argument("--plot", dest="plot_path", help="write a PNG of shoal's ratios here")
@@ -84,6 +90,8 @@ def _parse(argv):
     args.systems = _pick(args.systems, spec.ALL_SYSTEMS, "system")
     if args.workers < 1:
         p.error("--workers must be >= 1")
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
     return args
 
 
@@ -141,6 +149,32 @@ def _prepare_agents(size):
         size[key + "iterations"] = tasks.calibrate_battery(size[key + "task_us"])
         size["expected"][variant] = tasks.agents_reference(size[key + "agents"], size[key + "steps"],
                                                            size[key + "iterations"])
+
+
+def merge_rounds(cells):
+    """One cell's records from its rounds: per metric, the samples of every round pooled
+    (median, [min, max]); a metric that did not come out ok in some round keeps that
+    round's record (failed or skipped, with its note)."""
+    if len(cells) == 1:
+        return cells[0]
+    import statistics
+
+    merged = []
+    by_metric = [{r["metric"]: r for r in cell} for cell in cells]
+    for metric in [r["metric"] for r in cells[0]]:
+        rounds = [m.get(metric) for m in by_metric]
+        first = rounds[0]
+        if any(r is None for r in rounds):
+            merged.append(dict(first))
+            continue
+        bad = next((r for r in rounds if r["status"] != "ok" or not r.get("samples")), None)
+        if bad is not None:
+            merged.append(dict(bad))
+            continue
+        samples = [x for r in rounds for x in r["samples"]]
+        merged.append(dict(first, value=statistics.median(samples), samples=samples,
+                           repeats=len(samples), spread=[min(samples), max(samples)]))
+    return merged
 
 
 def _timed(fn, *args):
@@ -222,13 +256,18 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as logdir:
         for workload in args.only:
             chosen = [s for s in spec.SYSTEMS[workload] if s in args.systems]
+            cells = {system: [] for system in chosen}
+            for round_ in range(args.rounds):
+                for system in (chosen if round_ % 2 == 0 else chosen[::-1]):
+                    t0 = time.perf_counter()
+                    cell = _run_cell(workload, system, args, mode, sizes[workload], logdir)
+                    cells[system].append(cell)
+                    status = ",".join(sorted({r["status"] for r in cell}))
+                    where = f" (round {round_ + 1}/{args.rounds})" if args.rounds > 1 else ""
+                    print(f"[bench] {workload:<18} {system:<20} {status:<8} "
+                          f"{time.perf_counter() - t0:6.1f} s{where}", file=sys.stderr, flush=True)
             for system in chosen:
-                t0 = time.perf_counter()
-                cell = _run_cell(workload, system, args, mode, sizes[workload], logdir)
-                records.extend(cell)
-                status = ",".join(sorted({r["status"] for r in cell}))
-                print(f"[bench] {workload:<18} {system:<20} {status:<8} "
-                      f"{time.perf_counter() - t0:6.1f} s", file=sys.stderr, flush=True)
+                records.extend(merge_rounds(cells[system]))
     elapsed = time.perf_counter() - started
     command = "python -m shoal bench " + " ".join(sys.argv[1:] if argv is None else list(argv))
     machine = machine_description()

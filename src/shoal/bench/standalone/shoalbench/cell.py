@@ -29,6 +29,7 @@ def record(workload, system, metric, unit, lower, workers, status, values=(), no
         "repeats": len(values),
         "spread": [min(values), max(values)] if ok else None,
         "status": status if (ok or status != "ok") else "failed", "note": note,
+        "samples": values if ok else [],
     }
 
 
