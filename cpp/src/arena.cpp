@@ -53,8 +53,12 @@ constexpr std::uint64_t run_of(std::uint64_t w) { return (w & 0xffffffffULL) >> 
 
 std::uint64_t round_up(std::uint64_t n, std::uint64_t a) { return (n + a - 1) / a * a; }
 
+// The data region starts on a 2 MiB boundary of the file (and so of every mapping, see
+// map_aligned): a block at a 2 MiB-aligned offset can be backed by huge pages to its edges.
+constexpr std::uint64_t k_data_align = std::uint64_t{2} << 20;
+
 std::uint64_t data_offset_for(std::uint64_t limit_pages) {
-    return round_up(k_header_bytes + limit_pages * 8, Arena::k_page);
+    return round_up(k_header_bytes + limit_pages * 8, k_data_align);
 }
 
 void fetch_max(std::atomic<std::uint64_t>& a, std::uint64_t v) noexcept {
