@@ -192,10 +192,20 @@ class Sleeper:
         return (self.i, x)
 
 
-def test_async_methods_are_awaited_side_by_side(executor):
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_executor(request, backend):
+    """A two-worker executor on the current backend whose loops are asyncio's or uvloop."""
+    ex = shoal.Executor(max_workers=2, backend=backend, event_loop=request.param)
+    try:
+        yield ex
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def test_async_methods_are_awaited_side_by_side(loop_executor):
     """An `async def` method runs for all of a worker's agents at once: 8 agents waiting
     0.3 s each take about 0.3 s, not 8 x 0.3 / 2; results and errors are per agent."""
-    group = executor.agents(Sleeper, range(8))
+    group = loop_executor.agents(Sleeper, range(8))
     t0 = time.perf_counter()
     assert group.call("wait", 0.3) == list(range(8))
     assert time.perf_counter() - t0 < 1.0
@@ -219,10 +229,11 @@ async def _nap(seconds):
     return seconds
 
 
-def test_async_agents_beside_coroutine_tasks(make_process_executor):
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_async_agents_beside_coroutine_tasks(make_process_executor, event_loop):
     """An agent frame that arrives while the worker's loop runs coroutine tasks awaits its
     agents on a helper loop; both finish."""
-    ex = make_process_executor(max_workers=1, concurrency=4)
+    ex = make_process_executor(max_workers=1, concurrency=4, event_loop=event_loop)
     group = ex.agents(Sleeper, range(3))
     naps = [ex.submit(_nap, 0.5) for _ in range(2)]
     time.sleep(0.1)
