@@ -102,10 +102,11 @@ def main(argv):
 
 
 def loop_name():
-    """The server's event loop (for the benchmark's note)."""
+    """The loop this server runs on, and Ray's and shoal's workers by default: uvloop when
+    it is installed (for the benchmark's notes)."""
     import importlib.util
 
-    return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio's loop"
 
 
 @contextlib.contextmanager

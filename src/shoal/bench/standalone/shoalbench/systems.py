@@ -5,7 +5,7 @@
 import math
 import os
 
-from . import tasks
+from . import ioserver, tasks
 
 
 class Unsupported(Exception):
@@ -133,13 +133,6 @@ class System:
 
     def agents_stop(self):
         """Frees the agents."""
-
-
-def _installed_loop():
-    """The event loop Ray's and shoal's workers take by default: uvloop when installed."""
-    import importlib.util
-
-    return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio's loop"
 
 
 class Serial(System):
@@ -567,7 +560,7 @@ class Ray(System):
 
     def io_how(self, inflight):
         return (f"{self.workers} async actors (max_concurrency={max(1, inflight // self.workers)}) "
-                f"awaiting afetch on {_installed_loop()}")
+                f"awaiting afetch on {ioserver.loop_name()}")
     def sweep(self, table, grid, runs, seed, steps):
         # ray.put once per table (kept for later calls): workers read it zero-copy.
         if getattr(self, "_table", None) is not table:
@@ -723,7 +716,7 @@ class Shoal(_FuturesSystem):
 
     def io_how(self, inflight):
         return (f"Executor({self.workers}, backend={self.backend!r}, "
-                f"concurrency={max(1, inflight // self.workers)}).map(afetch) on {_installed_loop()}")
+                f"concurrency={max(1, inflight // self.workers)}).map(afetch) on {ioserver.loop_name()}")
 
     def worker_pids(self, sleep_s=0.3):
         super().worker_pids(sleep_s)  # same warm-up as the peers
