@@ -141,5 +141,6 @@ void bind_arena(nb::module_& m) {
              "Backs the huge-page-aligned part of a block with huge pages; bytes collapsed (0: declined).")
         .def_prop_ro_static("huge_page_bytes", [](nb::handle) { return Arena::huge_page_bytes(); });
 
-    nb::exception<ArenaFull>(m, "ArenaFull", PyExc_MemoryError);
+    // A MemoryError and a shoal.ShoalError (made first, in module.cpp).
+    nb::exception<ArenaFull>(m, "ArenaFull", nb::make_tuple(nb::handle(PyExc_MemoryError), m.attr("ShoalError")));
 }

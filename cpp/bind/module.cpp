@@ -16,6 +16,13 @@ NB_MODULE(_core, m) {
     m.doc() = "shoal's C++ core: shared-memory rings, zygote, process pool.";
     // Pools held by daemon completion threads may outlive module teardown at exit.
     nb::set_leak_warnings(false);
+    // The root of every exception shoal raises for its own reasons: the Python layer's errors
+    // (shoal/_errors.py) derive from it, and so does ArenaFull, bound below.
+    m.attr("ShoalError") = nb::steal(PyErr_NewExceptionWithDoc(
+        "shoal.ShoalError",
+        "Raised for shoal's own reasons (not a task's): every shoal error derives from it as well\n"
+        "as from the standard library class it already subclasses.",
+        PyExc_Exception, nullptr));
     bind_arena(m);
     bind_pool(m);
     bind_zygote(m);

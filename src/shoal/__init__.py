@@ -4,7 +4,8 @@ One API runs the same code serially (for debugging), on threads, or on a pool of
 worker processes forked from a zygote, with a C++ core moving tasks through
 shared-memory rings.
 """
-__all__ = ["Executor", "Future", "AgentGroup", "WorkerCrashedError", "InitializerError", "RemoteTraceback",
+__all__ = ["Executor", "Future", "AgentGroup", "ShoalError", "WorkerCrashedError", "InitializerError",
+           "ExecutorShutdownError", "WorkersUnavailableError", "ExecutorClosedError", "RemoteTraceback",
            "AgentError", "AgentsLostError", "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats",
            "Progress"]
 __version__ = "0.1.0"
@@ -14,11 +15,15 @@ __version__ = "0.1.0"
 _where = {
     "Executor": "._executor",
     "Future": "._future",
+    "ShoalError": "._errors",
     "WorkerCrashedError": "._errors",
+    "ExecutorShutdownError": "._errors",
+    "WorkersUnavailableError": "._errors",
+    "ExecutorClosedError": "._errors",
     "InitializerError": "._errors",
     "RemoteTraceback": "._errors",
-    "share": "._arena",
-    "Shared": "._arena",
+    "share": "._share",
+    "Shared": "._share",
     "set_arena_limit": "._arena",
     "arena_stats": "._arena",
     "ArenaFull": "._core",

@@ -8,7 +8,7 @@ One operation on a group (process backend):
     one frame per worker slot: header (op, group id, block of agent indices, method name)
       │  + the same shared bytes          Pool.submit(..., worker=slot): pinned to the slot
       ▼                                   whose worker holds that block of agents
-    worker: _agent_worker.serve ─ one Python loop over its agents ─ one reply frame
+    worker: process/agent_worker.serve ─ one Python loop over its agents ─ one reply frame
       │  (results, per-agent errors with tracebacks, checkpoint states if enabled)
       ▼
     driver: replies joined in agent order ─► list, or AgentError carrying the rest
@@ -19,39 +19,36 @@ left). A worker that dies takes its block with it: with ``checkpoint=True`` the 
 on the replacement worker from the states saved after each call, and the operation is retried;
 without it the block is lost, which every later operation reports (AgentsLostError).
 
-The thread backend keeps the agents in the driver and runs each operation as one task per
-thread over a block; the serial backend runs it in the caller. Both use the same loop.
+This module holds the group and its operations' state machine (launch per block, retry on a
+crash, join the replies); how an operation reaches a block is the backend's AgentTransport
+(process/agents.py for worker processes, _local.py for agents kept in the driver by the thread
+and serial backends). Every transport runs a block with the same loop, _agent_ops.run_block.
 """
 import collections
 import concurrent.futures
 import itertools
-import pickle
 import threading
 import time
-import weakref
+from typing import Any, Callable, NamedTuple
 
-from . import _agent_worker as _aw
-from . import _core
-from ._arena import unshare
-from ._errors import AgentError, AgentsLostError, RemoteTraceback, WorkerCrashedError
+from . import _agent_ops as ops
+from ._errors import AgentError, AgentsLostError, WorkerCrashedError
 from ._future import Future
-from ._pickle import dumps, loads
 
-__all__ = ["AgentGroup"]
+__all__ = ["AgentGroup", "AgentHost"]
 
 _group_ids = itertools.count(1)
-_OP_NAMES = {_aw.INIT: "construction", _aw.CALL: "call", _aw.EACH: "call_each", _aw.GET: "get",
-             _aw.SET: "set", _aw.GATHER: "gather", _aw.CLOSE: "close"}
+_OP_NAMES = {ops.OP_INIT: "construction", ops.OP_CALL: "call", ops.OP_EACH: "call_each", ops.OP_GET: "get",
+             ops.OP_SET: "set", ops.OP_GATHER: "gather", ops.OP_CLOSE: "close"}
 
 
-def _blocks(n, parts):
-    """[(part, start, stop)] splitting range(n) into `parts` contiguous blocks; empty ones dropped."""
-    out = []
-    for k in range(parts):
-        start, stop = k * n // parts, (k + 1) * n // parts
-        if stop > start:
-            out.append((k, start, stop))
-    return out
+class AgentHost(NamedTuple):
+    """What a group needs of the executor that made it (built by Executor.agents)."""
+
+    backend: Any                       # the executor's Backend: its agent transport carries the group
+    check_open: Callable[[], None]     # raises RuntimeError once the executor is shut down
+    is_shut_down: Callable[[], bool]
+    name: str                          # the backend's name, for repr
 
 
 class AgentGroup:
@@ -62,35 +59,26 @@ class AgentGroup:
     with their exceptions and the others' results. Operations run in the order they were made.
     """
 
-    def __init__(self, executor, cls, init_args, checkpoint=False):
+    def __init__(self, host, cls, init_args, checkpoint=False):
         if not callable(cls):
             raise TypeError(f"agents(): {cls!r} is not a class or callable")
-        executor._check_open()
-        backend = executor._backend
-        if getattr(executor, "_max_tasks_per_worker", None):
-            raise ValueError("agents cannot live in an executor with max_tasks_per_worker: a worker "
-                             "retired after that many tasks would take its agents with it")
+        host.check_open()
+        backend = host.backend
         init_args = list(init_args)
-        self._executor = executor
+        self._host = host
         self._cls = cls
         self._n = len(init_args)
         self._id = next(_group_ids)
-        self._checkpoint = bool(checkpoint) and backend.name == "process"
+        self._checkpoint = bool(checkpoint) and backend.checkpoints
         self._states = [None] * self._n if self._checkpoint else None
         self._lock = threading.Lock()
         self._queue = collections.deque()  # operations not finished; the first one is running
         self._closed = False
         self._lost = {}                    # block number -> WorkerCrashedError (its worker died)
-        if backend.name == "process":
-            self._transport = _ProcessTransport(self, backend)
-        elif backend.name == "thread":
-            self._transport = _LocalTransport(self, backend, executor.max_workers)
-        else:
-            self._transport = _LocalTransport(self, None, 1)
+        self._transport = backend.agent_transport(self)
         self._finalizer = None
-        executor._agent_groups.add(self)
         try:
-            self._wait(self._enqueue(_Operation(self, _aw.INIT, "", extra=init_args)))
+            self._wait(self._enqueue(_Operation(self, ops.OP_INIT, "", extra=init_args)))
         except BaseException:
             try:
                 self.close()  # nothing half-built stays behind in the workers
@@ -107,7 +95,7 @@ class AgentGroup:
     def __repr__(self):
         state = "closed" if self._closed else f"{len(self.lost)} lost" if self._lost else "live"
         return (f"<shoal.AgentGroup of {self._n} {getattr(self._cls, '__qualname__', self._cls)!s} "
-                f"agents, backend={self._executor.backend!r}, {state}>")
+                f"agents, backend={self._host.name!r}, {state}>")
 
     def __enter__(self):
         return self
@@ -133,32 +121,32 @@ class AgentGroup:
     def call(self, method, /, *args, **kwargs):
         """Calls ``agent.method(*args, **kwargs)`` on every agent in parallel; returns the results
         in agent order. The arguments are pickled once for all agents."""
-        return self._wait(self._submit(_aw.CALL, _name(method, "method"), args=args, kwargs=kwargs))
+        return self._wait(self._submit(ops.OP_CALL, _name(method, "method"), args=args, kwargs=kwargs))
 
     def call_each(self, method, args_list):
         """Calls ``method`` on every agent with its own argument: ``args_list[i]`` goes to agent
         ``i`` (a tuple: positional arguments, a dict: keyword arguments, anything else: the one
         argument). Returns the results in agent order."""
-        return self._wait(self._submit(_aw.EACH, _name(method, "method"),
+        return self._wait(self._submit(ops.OP_EACH, _name(method, "method"),
                                        extra=self._per_agent(args_list, "args_list")))
 
     def call_async(self, method, /, *args, **kwargs):
         """Like :meth:`call`, without waiting: returns a :class:`shoal.Future` of the list
         (``await``-able). The arguments are pickled now, so errors in them raise here."""
-        return self._submit(_aw.CALL, _name(method, "method"), args=args, kwargs=kwargs).future
+        return self._submit(ops.OP_CALL, _name(method, "method"), args=args, kwargs=kwargs).future
 
     def get(self, attr):
         """The value of attribute ``attr`` of every agent, in agent order."""
-        return self._wait(self._submit(_aw.GET, _name(attr, "attr")))
+        return self._wait(self._submit(ops.OP_GET, _name(attr, "attr")))
 
     def set(self, attr, values):
         """Sets attribute ``attr`` of agent ``i`` to ``values[i]`` for every agent."""
-        self._wait(self._submit(_aw.SET, _name(attr, "attr"), extra=self._per_agent(values, "values")))
+        self._wait(self._submit(ops.OP_SET, _name(attr, "attr"), extra=self._per_agent(values, "values")))
 
     def gather(self):
         """The agent objects, in agent order: copies brought back from the workers on the
         process backend, the live objects themselves on the thread and serial backends."""
-        return self._wait(self._submit(_aw.GATHER, ""))
+        return self._wait(self._submit(ops.OP_GATHER, ""))
 
     def close(self):
         """Frees the agents (after the operations already made). Later operations raise
@@ -170,10 +158,10 @@ class AgentGroup:
         if self._finalizer is not None:
             self._finalizer.detach()
         try:
-            if self._executor._shutdown:
+            if self._host.is_shut_down():
                 return
             try:
-                self._wait(self._enqueue(_Operation(self, _aw.CLOSE, "")))
+                self._wait(self._enqueue(_Operation(self, ops.OP_CLOSE, "")))
             except (concurrent.futures.BrokenExecutor, AgentError):
                 pass  # a worker died, or all did: their agents are gone already
             self._transport.discard()
@@ -192,7 +180,7 @@ class AgentGroup:
     def _submit(self, op, name, extra=None, args=(), kwargs=None):
         if self._closed:
             raise RuntimeError("the agent group is closed")
-        self._executor._check_open()
+        self._host.check_open()
         return self._enqueue(_Operation(self, op, name, extra=extra, args=args, kwargs=kwargs))
 
     def _enqueue(self, operation):
@@ -219,6 +207,12 @@ class AgentGroup:
 
     def _wait(self, operation):
         return operation.future.result()
+
+    def last_operation_future(self):
+        """The future of the last operation made and not finished (the others run before it),
+        or None: Executor.shutdown waits for it before stopping the workers."""
+        last = self._last_operation()
+        return None if last is None else last.future
 
     def _last_operation(self):
         """The last operation made and not finished (the others run before it), or None."""
@@ -258,9 +252,7 @@ class _Operation:
         self.group = group
         self.op = op
         self.name = name
-        self.future = _GroupFuture()
-        self.future._shoal_group = group
-        self.future._canceller = _never  # a started operation runs to its end
+        self.future = _GroupFuture(group)
         blocks = group._transport.blocks
         self.parts = [None] * len(blocks)      # block -> results list
         self.errors = {}                       # agent index -> exception
@@ -317,7 +309,7 @@ class _Operation:
                 self.errors[i] = exc
             results = errors = states = None
         else:
-            if status == _aw.MISSING:
+            if status == ops.REPLY_MISSING:
                 crash = WorkerCrashedError(
                     f"the worker holding agents {start}..{stop - 1} died between operations "
                     f"and was replaced")
@@ -352,20 +344,20 @@ class _Operation:
         group = self.group
         transport = group._transport
         _, start, stop = transport.blocks[b]
-        if self.op == _aw.CLOSE:
+        if self.op == ops.OP_CLOSE:
             return False  # the agents are gone either way
-        if self.op == _aw.INIT or group._checkpoint:
+        if self.op == ops.OP_INIT or group._checkpoint:
             if self.attempts[b] <= transport.retries:
                 self.attempts[b] += 1
-                if self.op != _aw.INIT:
+                if self.op != ops.OP_INIT:
                     transport.restore(b)
                 self._launch(b)
                 return True
             crash = WorkerCrashedError(f"{crash} (tried {self.attempts[b]} times"
-                                       + ("" if self.op == _aw.INIT else
+                                       + ("" if self.op == ops.OP_INIT else
                                           "; the agents are rebuilt from their checkpoint") + ")",
                                        signal=crash.signal, exitcode=crash.exitcode)
-            if self.op != _aw.INIT:
+            if self.op != ops.OP_INIT:
                 transport.restore(b)  # the group stays whole; this operation failed on the block
         else:
             group._lost[b] = crash
@@ -397,64 +389,29 @@ class _Operation:
             self.future._fail(err)
         finally:
             self.prepared = None
-            if group._n >= _TRIM_AGENTS and group._executor._backend.name == "process":
-                _trim_soon()
+            group._transport.operation_finished()
             group._finished(self)
 
 
-# The frames and results of thousands of agents come and go through the driver's heap, and
-# glibc keeps freed memory (measured: ~20 MB after 20 calls on 10,000 agents, more than the
-# workers' own overhead). Allocators such as jemalloc and mimalloc return it on a timer; so
-# does shoal, for the driver: shortly after an operation on a large group (once the caller
-# has had time to drop the previous results), malloc_trim returns the free pages (~0.3 ms).
-_TRIM_AGENTS = 1000   # groups at least this large
-_TRIM_DELAY_S = 0.05  # after the last such operation
-_trimmer = None
-_trimmer_lock = threading.Lock()
-
-
-def _trim_soon():
-    global _trimmer
-    t = _trimmer
-    if t is None or not t.is_alive():  # first use, or a forked driver
-        with _trimmer_lock:
-            if _trimmer is None or not _trimmer.is_alive():
-                _trimmer = _Trimmer()
-                _trimmer.start()
-            t = _trimmer
-    t.event.set()
-
-
-class _Trimmer(threading.Thread):
-    def __init__(self):
-        super().__init__(name="shoal-trim-heap", daemon=True)
-        self.event = threading.Event()
-        self.trims = 0
-
-    def run(self):
-        event = self.event
-        while True:
-            event.wait()
-            while event.is_set():  # until no operation finished for a while
-                event.clear()
-                time.sleep(_TRIM_DELAY_S)
-            _core.trim_heap()
-            self.trims += 1
-
-
-def _never():
-    return False
-
-
 class _GroupFuture(Future):
-    """The future of an operation: a thread that waits on it takes the pool's results itself."""
+    """The future of an operation: a thread that waits on it takes the pool's results itself.
+    A started operation runs to its end: cancel() returns False once it is queued."""
+
+    __slots__ = ("_group",)
+
+    def __init__(self, group):
+        super().__init__()
+        self._group = group
+
+    def _canceller(self):
+        return False
 
     def result(self, timeout=None):
-        self._shoal_group._help(self, timeout)
+        self._group._help(self, timeout)
         return super().result(timeout=0 if timeout is not None else None)
 
     def exception(self, timeout=None):
-        self._shoal_group._help(self, timeout)
+        self._group._help(self, timeout)
         return super().exception(timeout=0 if timeout is not None else None)
 
 
@@ -509,181 +466,3 @@ def _span(indices):
     return "agents " + ", ".join(map(str, indices[:10])) + (", ..." if len(indices) > 10 else "")
 
 
-# ---------------------------------------------------------------------- transports
-
-
-class _ProcessTransport:
-    """Blocks live in the worker processes, one per slot; frames are pinned to their slot."""
-
-    def __init__(self, group, backend):
-        self.group = group
-        self.backend = backend
-        from ._worker import AGENT  # the worker's task mode for agent frames
-
-        self.retries = backend._retries
-        self.blocks = _blocks(group._n, backend.slots)
-        self.mode = AGENT
-        # Close frames of groups dropped without close(), sent by the next operation of any
-        # group of this executor (a finalizer may run inside a lock; it only appends here).
-        self.dropped = backend.__dict__.setdefault("_shoal_dropped_agents", collections.deque())
-
-    def _frame(self, b, op, name, extra, ntail=0):
-        """(payload, arena refs, what keeps them alive) of block b's header. Per-agent values
-        (init arguments, call_each arguments, set values, states) have their large buffers
-        placed in the arena for this block's frame only."""
-        _, start, stop = self.blocks[b]
-        group = self.group
-        if extra is None:
-            return dumps((self.mode, (op, group._id, start, stop, name, None, group._checkpoint, ntail))), None, None
-        header = (op, group._id, start, stop, name, extra[start:stop], group._checkpoint, ntail)
-        bufs = self.backend.buffers()
-        payload = dumps((self.mode, header), bufs)
-        if bufs is None or not bufs.refs:
-            return payload, None, None
-        return payload, bufs.refs, bufs.keep
-
-    def prepare(self, operation, extra, args, kwargs):
-        op = operation.op
-        if op != _aw.CALL:
-            return [self._frame(b, op, operation.name, extra) for b in range(len(self.blocks))]
-        # The shared arguments: pickled once; the same bytes follow every block's header, and
-        # their large buffers are in the arena once for all the workers (each worker takes
-        # one copy of its own for its agents: see _agent_worker._own).
-        bufs = self.backend.buffers()
-        tail = dumps((args, kwargs), bufs)
-        refs = keep = None
-        if bufs is not None and bufs.refs:
-            refs, keep = bufs.refs, bufs.keep
-        return [(self._frame(b, op, operation.name, None, len(tail))[0] + tail, refs, keep)
-                for b in range(len(self.blocks))]
-
-    def launch(self, operation, b):
-        dropped = self.dropped
-        while dropped:
-            cls, payload, count, slot = dropped.popleft()
-            self.backend.submit_pinned(cls, payload, count, slot)
-        slot, start, stop = self.blocks[b]
-        payload, refs, keep = operation.prepared[b]
-        return self.backend.submit_pinned(self.group._cls, payload, stop - start, slot, refs, keep)
-
-    def outcome(self, fut):
-        status, results, errors, states = fut.result()  # raises WorkerCrashedError, BrokenExecutor...
-        if status == _aw.STACKED:
-            status, results = _aw.OK, _aw.unstack(results)
-        if errors:
-            errors = {pos: _load_error(blob) for pos, blob in errors.items()}
-        return status, results, errors, states
-
-    def restore(self, b):
-        """Rebuilds block b from its saved states on the slot's (new) worker; the next frame
-        pinned to the slot runs after it."""
-        slot, start, stop = self.blocks[b]
-        # The saved states stay where they are (arena blocks the driver holds): the frame
-        # refers to them, read-only, and the new worker unpickles each agent from its slice.
-        blobs, entries, index = [], [], {}
-        for blob, offset, n in self.group._states[start:stop]:
-            k = index.get(id(blob))
-            if k is None:
-                k = index[id(blob)] = len(blobs)
-                blobs.append(pickle.PickleBuffer(blob))
-            entries.append((k, offset, n))
-        header = (_aw.RESTORE, self.group._id, start, stop, "", (blobs, entries), True, 0)
-        bufs = self.backend.buffers()
-        payload = dumps((self.mode, header), bufs)
-        refs, keep = (bufs.refs, bufs.keep) if bufs is not None and bufs.refs else (None, None)
-        self.backend.submit_pinned(self.group._cls, payload, stop - start, slot, refs, keep)
-
-    def finalizer(self):
-        """Frees the agents in the workers if the group is dropped without close(): the close
-        frames go out with the executor's next agent operation."""
-        frames = [(self.group._cls, self._frame(b, _aw.CLOSE, "", None)[0], stop - start, slot)
-                  for b, (slot, start, stop) in enumerate(self.blocks)]
-        f = weakref.finalize(self.group, self.dropped.extend, frames)
-        f.atexit = False
-        return f
-
-    def discard(self):
-        pass
-
-
-def _load_error(blob):
-    try:
-        exc, tb = loads(blob)
-    except Exception as load_error:  # noqa: BLE001 - the exception's class is unknown here
-        return RuntimeError(f"an agent raised an exception that cannot be unpickled here: {load_error!r}")
-    exc.__cause__ = RemoteTraceback(tb)
-    return exc
-
-
-class _LocalTransport:
-    """Agents in the driver: the serial backend runs a block in the caller, the thread backend
-    runs one block per thread."""
-
-    retries = 0
-
-    def __init__(self, group, backend, parts):
-        self.group = group
-        self.backend = backend  # None: serial, in the caller
-        self.blocks = _blocks(group._n, parts)
-        self.agents = [None] * group._n
-
-    def prepare(self, operation, extra, args, kwargs):
-        # Objects, not frames: a shoal.share handle stands for its value (as in submit).
-        args = tuple(map(unshare, args))
-        kwargs = {k: unshare(v) for k, v in kwargs.items()}
-        if extra is not None and operation.op in (_aw.EACH, _aw.INIT):
-            extra = [_unshare_arg(a) for a in extra]
-        elif extra is not None:
-            extra = list(map(unshare, extra))
-        return extra, args, kwargs
-
-    def launch(self, operation, b):
-        _, start, stop = self.blocks[b]
-        call = (self.agents, start, stop, operation.op, operation.name, operation.prepared,
-                self.group._cls)
-        if self.backend is None:
-            fut = Future()
-            fut.set_running_or_notify_cancel()
-            fut._resolve(_run_local(*call))  # an agent's exception is caught per agent
-            return fut
-        executor = self.group._executor
-        with executor._lock:  # shutdown() sets the flag under it, then stops the threads
-            if executor._stopping:
-                raise concurrent.futures.BrokenExecutor(
-                    "shoal: the executor was shut down before this agent operation started")
-            return self.backend.submit(_run_local, call, {})
-
-    def outcome(self, fut):
-        return fut.result()
-
-    def restore(self, b):
-        raise AssertionError("agents in the driver cannot be lost")
-
-    def finalizer(self):
-        return None
-
-    def discard(self):
-        self.agents = [None] * self.group._n
-
-
-def _unshare_arg(a):
-    """unshare inside an init or call_each argument (a tuple, a dict, or one value)."""
-    t = type(a)
-    if t is tuple:
-        return tuple(map(unshare, a))
-    if t is dict:
-        return {k: unshare(v) for k, v in a.items()}
-    return unshare(a)
-
-
-def _run_local(agents, start, stop, op, name, prepared, cls):
-    extra, args, kwargs = prepared
-    sub = extra[start:stop] if extra is not None else None
-    if op == _aw.CLOSE:
-        agents[start:stop] = [None] * (stop - start)
-        return _aw.OK, None, None, None
-    block = None if op == _aw.INIT else agents[start:stop]
-    results, errors, built = _aw.run_block(block, op, name, sub, args, kwargs, cls)
-    if op == _aw.INIT:
-        agents[start:stop] = built
-    return _aw.OK, results, errors, None

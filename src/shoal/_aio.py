@@ -387,11 +387,10 @@ class ThreadCoroutines:
 
 
 def _fail_with_traceback(fut, exc):
-    from ._thread import _traceback_text
-    from ._errors import RemoteTraceback
+    from ._errors import RemoteTraceback, traceback_text
 
     if exc.__cause__ is None:
-        exc.__cause__ = RemoteTraceback(_traceback_text(exc))
+        exc.__cause__ = RemoteTraceback(traceback_text(exc))
     fut._fail(exc)
 
 

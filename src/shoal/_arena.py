@@ -1,4 +1,4 @@
-"""The shared-memory arena of this process, and shoal.share.
+"""The shared-memory arena of this process (shoal.share's handles: _share.py).
 
 Large buffers (numpy arrays, bytes, anything with the buffer protocol) do not travel through
 the rings: pickle protocol 5 hands them to a :class:`Buffers` collector, which places them in
@@ -9,13 +9,12 @@ receiver unpickles onto views of the arena.
 There is one arena per driver process, created on first use and shared by all its executors
 and workers (like the zygote).
 """
-import functools
 import os
 import threading
 
 from . import _core
 
-__all__ = ["share", "Shared", "set_arena_limit", "arena_stats"]
+__all__ = ["set_arena_limit", "arena_stats"]
 
 DEFAULT_THRESHOLD = 64 * 1024  # buffers at least this large go through the arena
 # In a task frame's reference, this bit of the length marks memory the task only reads (a
@@ -153,81 +152,3 @@ class Buffers:
             if type(b) is _core.Block:
                 b.detach()
         self.keep.clear()
-
-
-class Shared:
-    """A handle to an object whose buffers live in the shared arena (see :func:`share`).
-
-    Pass it to ``submit``, ``map`` and friends in place of the object: each task receives the
-    object itself, rebuilt on read-only views of the arena, with no copy. ``value`` is the same
-    object in the caller. The memory is freed when the handle is garbage collected and no
-    task still uses it."""
-
-    __slots__ = ("_data", "_blocks", "_value", "nbytes", "__weakref__")
-
-    def __init__(self, obj):
-        from ._pickle import dumps
-
-        a = arena()
-        bufs = Buffers(a, DEFAULT_THRESHOLD, by_ref=False)
-        self._data = dumps(obj, bufs)
-        self._blocks = list(bufs.keep)
-        # Shared data is read many times, often at random (a table looked up by every task):
-        # back it with huge pages, as private memory of that size gets by default (see
-        # docs/design.md, "Shared buffers in huge pages").
-        huge = _core.Arena.huge_page_bytes
-        for b in self._blocks:
-            if type(b) is _core.Block and b.length >= 2 * huge:
-                a.collapse(b.offset, b.length)
-        self.nbytes = sum(length for _, length in bufs.refs)
-        self._value = None
-
-    @property
-    def value(self):
-        """The object, on read-only views of the arena (built once, then cached)."""
-        if self._value is None:
-            from ._pickle import loads
-
-            self._value = (loads(self._data, [memoryview(b).toreadonly() for b in self._blocks]),)
-        return self._value[0]
-
-    def __reduce__(self):
-        import pickle
-
-        return (_load_shared, (self._data, *[pickle.PickleBuffer(b) for b in self._blocks]))
-
-    def __repr__(self):
-        return f"<shoal.Shared {len(self._blocks)} buffer(s), {self.nbytes} bytes in the arena>"
-
-
-def _load_shared(data, *views):
-    from ._pickle import loads
-
-    return loads(data, list(views))
-
-
-def share(obj):
-    """Places ``obj``'s large buffers (numpy arrays, bytes, ...) in the shared arena once and
-    returns a :class:`Shared` handle. Passing the handle to any number of tasks costs no copy:
-    in a worker (and in ``handle.value``) the arrays are read-only views of the arena.
-
-    To keep only the shared copy in memory, drop your own reference to ``obj`` afterwards."""
-    if isinstance(obj, Shared):
-        return obj
-    return Shared(obj)
-
-
-def unshare(x):
-    """The object behind a handle (thread and serial backends pass objects, not frames)."""
-    return x.value if type(x) is Shared else x
-
-
-def unshare_function(fn):
-    """``fn`` with the handles it binds (a ``functools.partial`` of ``shoal.share`` handles)
-    replaced by their values, for the thread and serial backends; a process worker gets the
-    values when it loads the function (their buffers mapped from the arena)."""
-    if type(fn) is functools.partial and (any(type(a) is Shared for a in fn.args)
-                                          or any(type(v) is Shared for v in fn.keywords.values())):
-        return functools.partial(fn.func, *map(unshare, fn.args),
-                                 **{k: unshare(v) for k, v in fn.keywords.items()})
-    return fn

@@ -80,6 +80,10 @@ class Backend(abc.ABC):
         """(fn, iterables) for map()/starmap(): the same replacement, item by item, lazily."""
         return fn, iterables
 
+    def prepare_star_items(self, fn, items):
+        """(fn, items) for starmap(): each item a tuple of arguments."""
+        return fn, items
+
     def prepare_value(self, value):
         """One argument value (a sweep's parameter, an agent's argument), as tasks receive it."""
         return value

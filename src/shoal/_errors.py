@@ -1,10 +1,30 @@
-"""shoal's exceptions: each is rooted in the standard library's."""
+"""shoal's exceptions, by cause. Each derives from :class:`ShoalError` (catch that for anything
+shoal raises for its own reasons) and from the standard library class a user of
+``concurrent.futures`` already catches:
+
+    ShoalError
+    ├── WorkerCrashedError      BrokenExecutor   a task's worker died and its retries are used up
+    ├── InitializerError        BrokenExecutor   the executor's initializer failed in a worker
+    ├── ExecutorShutdownError   BrokenExecutor   the executor was shut down before the task ran
+    ├── WorkersUnavailableError BrokenExecutor   the pool could not start or keep its workers
+    ├── ExecutorClosedError     RuntimeError     submit()/map()/agents() after shutdown()
+    ├── AgentError              RuntimeError     an agent operation failed for some agents
+    │   └── AgentsLostError                      ... and agents were lost with their worker
+    └── ArenaFull               MemoryError      the shared arena has no room (shoal._core)
+
+A task's own exception is not wrapped: it reaches the caller with its type, the worker's
+traceback as its ``__cause__`` (:class:`RemoteTraceback`).
+"""
 from concurrent.futures import BrokenExecutor
 
-__all__ = ["WorkerCrashedError", "InitializerError", "RemoteTraceback", "AgentError", "AgentsLostError"]
+from ._core import ShoalError
+
+__all__ = ["ShoalError", "WorkerCrashedError", "InitializerError", "ExecutorShutdownError",
+           "WorkersUnavailableError", "ExecutorClosedError", "RemoteTraceback", "AgentError",
+           "AgentsLostError", "traceback_text"]
 
 
-class WorkerCrashedError(BrokenExecutor):
+class WorkerCrashedError(ShoalError, BrokenExecutor):
     """Raised when the worker running a task died (a signal, ``os._exit``, out of memory)
     and the task used up its retries. ``signal`` or ``exitcode`` says how it ended.
     The executor itself keeps working: a new worker has been started."""
@@ -15,9 +35,24 @@ class WorkerCrashedError(BrokenExecutor):
         self.exitcode = exitcode
 
 
-class InitializerError(BrokenExecutor):
+class InitializerError(ShoalError, BrokenExecutor):
     """Raised for every task of an executor whose ``initializer`` failed in a worker;
     the initializer's own exception is the ``__cause__``."""
+
+
+class ExecutorShutdownError(ShoalError, BrokenExecutor):
+    """Raised for a task (or agent operation) that had not run when its executor was shut down
+    with ``cancel_futures=True``, killed, or garbage collected."""
+
+
+class WorkersUnavailableError(ShoalError, BrokenExecutor):
+    """Raised for the tasks of a pool that could not start or keep its workers (its zygote
+    died, or forking failed); the message says why."""
+
+
+class ExecutorClosedError(ShoalError, RuntimeError):
+    """Raised by ``submit``, ``map``, ``sweep``, ``agents`` and agent operations made after
+    ``shutdown()`` (``concurrent.futures`` raises a RuntimeError there too)."""
 
 
 class RemoteTraceback(Exception):
@@ -31,7 +66,7 @@ class RemoteTraceback(Exception):
         return self.tb
 
 
-class AgentError(RuntimeError):
+class AgentError(ShoalError, RuntimeError):
     """Raised by an operation on an agent group (``call``, ``get``, ...) when it failed for some
     agents: a method raised, an argument or result could not be pickled, or the agents' worker
     died. The other agents' results are kept.
@@ -54,3 +89,10 @@ class AgentsLostError(AgentError):
     """Raised by every operation on an agent group that has lost agents: their worker died and
     the group was created without ``checkpoint=True``. ``lost`` names them; the operation still
     ran on the others, whose results are in ``results``."""
+
+
+def traceback_text(exc):
+    """The formatted traceback of ``exc``, as a worker sends it."""
+    import traceback  # here: it imports ~10 modules, and most workers never need it
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -1,23 +1,19 @@
-"""shoal.Executor: one API over the serial, thread and process backends."""
+"""shoal.Executor: one API over every backend (serial, thread, process; see _backend.py)."""
 import atexit
-import collections
 import concurrent.futures
-import itertools
 import os
-import queue
 import threading
-import time
 import weakref
 
-from ._arena import DEFAULT_THRESHOLD, unshare, unshare_function
-from ._aio import check_event_loop, is_coroutine_function
-from ._errors import RemoteTraceback
-from ._pickle import iter_items
-from ._thread import SerialBackend, ThreadBackend
+from ._agents import AgentGroup, AgentHost
+from ._aio import check_event_loop
+from ._arena import DEFAULT_THRESHOLD
+from ._backend import BACKEND_NAMES, BackendConfig, make_backend
+from ._errors import ExecutorClosedError
+from ._sweep import sweep as _sweep
 
 __all__ = ["Executor"]
 
-_BACKENDS = ("process", "thread", "serial")
 _live = weakref.WeakSet()
 
 
@@ -29,20 +25,6 @@ def _shutdown_live_executors():
             ex.shutdown(wait=True)
         except BaseException:  # noqa: BLE001 - never block interpreter exit on one executor
             pass
-
-# Adaptive chunking: aim for about this much work per chunk, measured as it runs. Each chunk
-# costs the driver a wake-up and some Python (~70-100 µs of CPU on a 2-core machine whose cores
-# the workers are using): 1 ms chunks lost ~10 % of map_cpu's efficiency, 10 ms chunks ~1 %, and
-# tasks of 5-10 ms went one per chunk (the sweep workload's 7 ms runs: ~3 % behind Pool.starmap's
-# chunks of 25); at 50 ms it is level with Pool.starmap. When the
-# input's length is known, a chunk also never exceeds its share of what is left, so the last
-# chunks stay small and the workers finish together. A chunk's arguments and results together
-# stay under _MAX_CHUNK_BYTES (as measured on the chunks so far): the window holds 4 chunks per
-# worker, and chunks of many large arrays would hold gigabytes.
-_TARGET_CHUNK_S = 0.05
-_TARGET_COROUTINE_CHUNK_S = 0.01  # coroutine chunks (concurrency > 1): see _MapWindow
-_MAX_CHUNK = 1 << 16
-_MAX_CHUNK_BYTES = 16 << 20
 
 
 class Executor(concurrent.futures.Executor):
@@ -66,8 +48,8 @@ class Executor(concurrent.futures.Executor):
             max_workers = os.cpu_count() or 1
         if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
             raise ValueError(f"max_workers must be a positive int, not {max_workers!r}")
-        if backend not in _BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(map(repr, _BACKENDS))}, not {backend!r}")
+        if not isinstance(backend, str) or backend not in BACKEND_NAMES:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_NAMES))}, not {backend!r}")
         if not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an int >= 0, not {retries!r}")
         if max_tasks_per_worker is not None and (not isinstance(max_tasks_per_worker, int)
@@ -89,18 +71,12 @@ class Executor(concurrent.futures.Executor):
         self.event_loop = event_loop
         self._max_tasks_per_worker = max_tasks_per_worker
         self._shutdown = False   # no new tasks or agent operations
-        self._stopping = False   # the backend is being stopped: queued agent operations fail
         self._lock = threading.Lock()
         self._agent_groups = weakref.WeakSet()  # for shutdown(): their queued operations run first
-        if backend == "process":
-            from ._process import ProcessBackend
-            self._backend = ProcessBackend(max_workers, initializer, initargs, retries,
-                                           tuple(preload), max_tasks_per_worker, buffer_threshold,
-                                           concurrency=concurrency, event_loop=event_loop)
-        elif backend == "thread":
-            self._backend = ThreadBackend(max_workers, initializer, initargs, concurrency, event_loop)
-        else:
-            self._backend = SerialBackend(max_workers, initializer, initargs, event_loop)
+        self._backend = make_backend(backend, BackendConfig(
+            max_workers=max_workers, initializer=initializer, initargs=tuple(initargs), retries=retries,
+            preload=tuple(preload), max_tasks_per_worker=max_tasks_per_worker,
+            buffer_threshold=buffer_threshold, concurrency=concurrency, event_loop=event_loop))
         _live.add(self)
 
     def __repr__(self):
@@ -112,7 +88,7 @@ class Executor(concurrent.futures.Executor):
 
     def _check_open(self):
         if self._shutdown:
-            raise RuntimeError("cannot schedule new tasks after shutdown")
+            raise ExecutorClosedError("cannot schedule new tasks after shutdown")
 
     def submit(self, fn, /, *args, **kwargs):
         """Schedules ``fn(*args, **kwargs)``; returns a :class:`shoal.Future` (which can also
@@ -121,12 +97,7 @@ class Executor(concurrent.futures.Executor):
         self._check_open()
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
-        if self.backend != "process":  # objects, not frames: a handle stands for its value
-            fn = unshare_function(fn)
-            args = tuple(map(unshare, args))
-            if kwargs:
-                kwargs = {k: unshare(v) for k, v in kwargs.items()}
-        return self._backend.submit(fn, args, kwargs)
+        return self._backend.submit(*self._backend.prepare(fn, args, kwargs))
 
     def map(self, fn, *iterables, timeout=None, chunksize=None, ordered=True, progress=False):
         """Lazy ``map``: reads the inputs only as far as needed to keep the workers busy,
@@ -147,17 +118,15 @@ class Executor(concurrent.futures.Executor):
         if progress is not False:
             bar = _progress_for(progress, iterables, "map")
         length = _known_length(*iterables)
-        if self.backend != "process":
-            fn = unshare_function(fn)
-            iterables = [map(unshare, it) for it in iterables]
-        args = zip(*iterables)
-        if self.backend == "serial":
-            self._backend.check()
-            return _serial_map(self._backend, fn, args, timeout, bar)
+        fn, iterables = self._backend.prepare_items(fn, iterables)
         if len(iterables) == 1:  # items travel bare, not as 1-tuples: called as fn(x)
-            return _MapIterator(self, fn, iterables[0], timeout, chunksize, ordered, star=False, bar=bar,
-                                length=length)
-        return _MapIterator(self, fn, args, timeout, chunksize, ordered, bar=bar, length=length)
+            return self._map(fn, iterables[0], False, timeout, chunksize, ordered, bar, length)
+        return self._map(fn, zip(*iterables), True, timeout, chunksize, ordered, bar, length)
+
+    def _map(self, fn, args, star, timeout, chunksize, ordered, bar, length):
+        return self._backend.map(fn, args, star=star, timeout=timeout, chunksize=chunksize,
+                                 ordered=ordered, bar=bar, length=length,
+                                 max_workers=self.max_workers, concurrency=self.concurrency)
 
     def starmap(self, fn, iterable, timeout=None, chunksize=None, ordered=True, progress=False):
         """Like :meth:`map`, with each item of ``iterable`` unpacked as the arguments."""
@@ -166,14 +135,8 @@ class Executor(concurrent.futures.Executor):
         if progress is not False:
             bar = _progress_for(progress, (iterable,), "starmap")
         length = _known_length(iterable)
-        if self.backend != "process":
-            fn = unshare_function(fn)
-            iterable = (tuple(map(unshare, a)) for a in iterable)
-        if self.backend == "serial":
-            self._backend.check()
-            return _serial_map(self._backend, fn, (tuple(a) for a in iterable), timeout, bar)
-        return _MapIterator(self, fn, (tuple(a) for a in iterable), timeout, chunksize, ordered, bar=bar,
-                            length=length)
+        fn, args = self._backend.prepare_star_items(fn, (tuple(a) for a in iterable))
+        return self._map(fn, args, True, timeout, chunksize, ordered, bar, length)
 
     def sweep(self, fn, params, runs=1, seed=None, product=True, progress=False, errors="raise",
               stream=False):
@@ -192,10 +155,9 @@ class Executor(concurrent.futures.Executor):
         failed task into a row with an ``error`` column instead of raising.
         See docs/api.md for the details."""
         self._check_open()
-        from ._sweep import sweep
-
-        return sweep(self, fn, params, runs=runs, seed=seed, product=product, progress=progress,
-                     errors=errors, stream=stream)
+        return _sweep(self._backend, fn, params, runs=runs, seed=seed, product=product, progress=progress,
+                      errors=errors, stream=stream, max_workers=self.max_workers,
+                      concurrency=self.concurrency)
 
     def agents(self, cls, init_args, *, checkpoint=False):
         """Builds one ``cls`` agent per item of ``init_args`` (a dict: keyword arguments, a
@@ -203,9 +165,13 @@ class Executor(concurrent.futures.Executor):
         evenly and kept in place; returns a :class:`shoal.AgentGroup` to call them in parallel.
         ``checkpoint=True`` saves each agent's state after every call so that agents whose
         worker dies are rebuilt on its replacement (process backend). See docs/api.md."""
-        from ._agents import AgentGroup
-
-        return AgentGroup(self, cls, init_args, checkpoint=checkpoint)
+        if self._max_tasks_per_worker:
+            raise ValueError("agents cannot live in an executor with max_tasks_per_worker: a worker "
+                             "retired after that many tasks would take its agents with it")
+        host = AgentHost(self._backend, self._check_open, lambda: self._shutdown, self.backend)
+        group = AgentGroup(host, cls, init_args, checkpoint=checkpoint)
+        self._agent_groups.add(group)
+        return group
 
     def worker_pids(self):
         """Process ids of the live workers (process backend; empty otherwise)."""
@@ -213,15 +179,19 @@ class Executor(concurrent.futures.Executor):
 
     # -------------------------------------------------------------- lifetime
 
-    def shutdown(self, wait=True, *, cancel_futures=False):
+    def shutdown(self, wait=True, *, cancel_futures=False, kill_workers=False):
         """Stops accepting tasks. Queued tasks still run unless ``cancel_futures``;
-        ``wait`` blocks until they are done and the workers have exited."""
+        ``wait`` blocks until they are done and the workers have exited. ``kill_workers``
+        (as in loky) also cancels what is queued and stops the workers at once, failing the
+        running tasks with ExecutorShutdownError."""
         with self._lock:
             self._shutdown = True
+        if kill_workers:
+            self._backend.cancel_all()
+            self._backend.shutdown(True, kill=True)
+            return
         if wait and not cancel_futures:
             self._finish_agent_operations()
-        with self._lock:
-            self._stopping = True
         if cancel_futures:
             self._backend.cancel_all()
         self._backend.shutdown(wait)
@@ -233,22 +203,16 @@ class Executor(concurrent.futures.Executor):
         if threading.current_thread().name.startswith("shoal-"):
             return
         for group in list(self._agent_groups):
-            last = group._last_operation()
+            last = group.last_operation_future()
             if last is not None:
                 try:
-                    last.future.exception()
+                    last.exception()
                 except BaseException:  # noqa: BLE001 - it failed or was cancelled: it is done
                     pass
 
-    def _terminate(self):
-        """Cancels what is queued and stops the workers now (Ctrl-C, interpreter exit)."""
-        self._shutdown = self._stopping = True
-        self._backend.cancel_all()
-        self._backend.shutdown(True, kill=True)
-
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            self._terminate()
+            self.shutdown(wait=True, kill_workers=True)  # Ctrl-C: nothing more runs
         else:
             self.shutdown(wait=True)
         return False
@@ -266,167 +230,3 @@ def _progress_for(progress, iterables, desc):
     from ._progress import known_length, progress_for
 
     return progress_for(progress, known_length(*iterables), desc)
-
-
-def _serial_map(backend, fn, args, timeout=None, bar=None):
-    """Runs each item when it is asked for, in the caller. `timeout` is checked between
-    items (a running item cannot be interrupted in the caller's own thread)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    call = backend.call
-    try:
-        for a in args:
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError()
-            y = call(fn, a, {})
-            if bar is not None:
-                bar.update(1)
-            yield y
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def _raise_chunk_error(err):
-    exc, tb = err
-    if tb is not None:
-        exc.__cause__ = RemoteTraceback(tb)
-    raise exc
-
-
-class _MapWindow:
-    """Keeps a bounded window of chunks in flight for one map() call."""
-
-    def __init__(self, executor, fn, args, timeout, chunksize, ordered, star=True, bar=None, length=None):
-        self._backend = executor._backend
-        self._left = length  # items not yet submitted, when the input's length is known
-        self._item_bytes = 0  # the most bytes per item (arguments + results) a chunk has held
-        self._fn = fn
-        self._star = star
-        self._bar = bar
-        self._args = iter(args)
-        self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._fixed = chunksize
-        self._size = chunksize or 1
-        self._ordered = ordered
-        self._window = 4 * executor.max_workers
-        self._target = _TARGET_CHUNK_S
-        self._slots = 2 * executor.max_workers  # a chunk is at most 1/slots of what is left
-        if executor.concurrency > 1 and is_coroutine_function(fn):
-            # Enough chunks to keep `concurrency` running in every worker, and as many queued.
-            self._window = max(self._window, 2 * executor.concurrency * executor.max_workers)
-            # A chunk's items are awaited one after another, and its time is mostly waiting:
-            # longer chunks would leave slots idle (500 waits of 20 ms in chunks of 2 take
-            # three rounds of 40 ms on 100 slots, not five of 20).
-            self._target = _TARGET_COROUTINE_CHUNK_S
-            self._slots = executor.concurrency * executor.max_workers
-        self._pending = collections.deque()   # ordered: futures in input order
-        self._done = queue.SimpleQueue()       # unordered: futures as they finish
-        self._outstanding = 0
-        self._exhausted = False
-        self._fill()  # start now, so errors in pickling arguments show at the call
-
-    def _learn(self, n_items, seconds, nbytes=0):
-        if self._fixed or n_items == 0:
-            return
-        per_item = max(seconds / n_items, 1e-8)
-        target = int(self._target / per_item)
-        if nbytes:
-            self._item_bytes = max(self._item_bytes, nbytes / n_items)
-        if self._item_bytes:
-            target = min(target, int(_MAX_CHUNK_BYTES / self._item_bytes))
-        if self._left is not None:  # at most a share of what is left: the workers finish together
-            target = min(target, -(-self._left // self._slots))
-        self._size = max(1, min(_MAX_CHUNK, target, self._size * 8))
-
-    def _fill(self):
-        while not self._exhausted and self._outstanding < self._window:
-            items = list(itertools.islice(self._args, self._size))
-            if not items:
-                self._exhausted = True
-                break
-            if self._left is not None:
-                self._left -= len(items)
-            fut = self._backend.submit_chunk(self._fn, items, self._star)
-            fut._shoal_items = items
-            self._outstanding += 1
-            if self._ordered:
-                self._pending.append(fut)
-            else:
-                fut.add_done_callback(self._done.put)
-            # Chunks grow only from measured times (_learn): a blind ramp would hand one
-            # worker 32 items of a task that turns out to take a second each.
-
-    def _remaining(self):
-        if self._deadline is None:
-            return None
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError()
-        return left
-
-    def _next_done(self):
-        """The next finished chunk's future (its items in ``fut._shoal_items``), taken out
-        of the window, or None at the end. Its result may still be an exception."""
-        if self._outstanding == 0:
-            self._fill()
-            if self._outstanding == 0:
-                return None
-        try:
-            if self._ordered:
-                fut = self._pending[0]
-                fut.exception(self._remaining())  # waits; raises only on timeout or cancel
-                self._pending.popleft()
-            else:
-                fut = self._done.get(timeout=self._remaining())
-        except (concurrent.futures.TimeoutError, queue.Empty):
-            raise TimeoutError() from None
-        self._outstanding -= 1
-        return fut
-
-    def _next_chunk(self):
-        """The next finished chunk's (packed results, error or None, arena buffers), or None
-        at the end."""
-        fut = self._next_done()
-        if fut is None:
-            return None
-        results, err, elapsed, buffers = fut.result()
-        self._learn(len(fut._shoal_items), elapsed, getattr(fut, "_shoal_nbytes", 0))
-        self._fill()
-        return results, err, buffers
-
-    def close(self):
-        """Cancels chunks not yet handed to a worker."""
-        self._exhausted = True
-        for fut in self._pending:
-            fut.cancel()
-        self._pending.clear()
-
-    def __iter__(self):
-        # itertools.chain hands out the items at C speed; the generator runs once per chunk
-        # (a generator's `yield from` cost ~30 ns per item, as much as pickling it).
-        return itertools.chain.from_iterable(self._chunks())
-
-    def _chunks(self):
-        """Each finished chunk's results (a list, or an iterator that loads them one by one),
-        in order; a chunk's error is raised after its good results."""
-        bar = self._bar
-        try:
-            while True:
-                chunk = self._next_chunk()
-                if chunk is None:
-                    return
-                results, err, buffers = chunk
-                per_item, data = results
-                if bar is not None:
-                    bar.update(len(data))
-                yield iter_items(results, buffers) if per_item else data
-                if err is not None:
-                    _raise_chunk_error(err)
-        finally:
-            if bar is not None:
-                bar.close()
-            self.close()
-
-
-def _MapIterator(executor, fn, args, timeout, chunksize, ordered, star=True, bar=None, length=None):
-    return iter(_MapWindow(executor, fn, args, timeout, chunksize, ordered, star, bar, length))

@@ -3,6 +3,7 @@ import sys
 # The C pickler itself: pickle.py would also import re and enum, ~3 ms more at every worker start.
 import _pickle as pickle
 
+from . import _arena
 from ._core import plain_items
 
 PROTOCOL = 5
@@ -289,8 +290,6 @@ def loads_function(data):
     """The inverse of :func:`dumps_function`, in a worker (its arena is the driver's)."""
     if data[:1] != b"R":
         return loads(data)
-    from . import _arena
-
     count = int.from_bytes(data[1:5], "little")
     entries = []
     for i in range(count):

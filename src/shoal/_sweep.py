@@ -16,8 +16,8 @@ import itertools
 import traceback
 import weakref
 
-from ._arena import unshare, unshare_function
 from ._errors import RemoteTraceback, WorkerCrashedError
+from ._mapping import MapWindow
 from ._pickle import loads
 
 __all__ = ["sweep"]
@@ -69,16 +69,16 @@ class _SweepCall:
                            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
 
-# executor -> {id(fn): _SweepCall}: the wrapper is registered once per executor and function,
+# backend -> {id(fn): _SweepCall}: the wrapper is registered once per executor and function,
 # so repeated sweeps of one function send it (and what it holds, e.g. a large table) once.
 _calls = weakref.WeakKeyDictionary()
 _CALLS_KEPT = 64
 
 
-def _call_for(executor, fn):
-    table = _calls.get(executor)
+def _call_for(backend, fn):
+    table = _calls.get(backend)
     if table is None:
-        table = _calls[executor] = {}
+        table = _calls[backend] = {}
     call = table.get(id(fn))
     if call is None or call.fn is not fn:
         call = _SweepCall(fn)
@@ -171,8 +171,10 @@ def _check(fn, runs, product, errors, stream):
 class _Sweep:
     """One sweep call: its tasks, and the rows their results become."""
 
-    def __init__(self, executor, fn, names, sets, runs, entropy, key, keep):
-        self.executor = executor
+    def __init__(self, backend, fn, names, sets, runs, entropy, key, keep, max_workers=1, concurrency=1):
+        self.backend = backend
+        self.max_workers = max_workers
+        self.concurrency = concurrency
         self.fn = fn
         self.names = names
         self.sets = sets
@@ -187,12 +189,9 @@ class _Sweep:
 
     def items(self):
         entropy, key, keep = self.entropy, self.key, self.keep
-        local = self.executor.backend != "process"  # objects, not frames: a handle is its value
+        prepare = self.backend.prepare_value  # e.g. a shoal.share handle stands for its value
         for i in range(self.n):
-            kwargs = self.kwargs(i)
-            if local:
-                kwargs = {k: unshare(v) for k, v in kwargs.items()}
-            yield (i, kwargs, entropy, key, keep)
+            yield (i, {k: prepare(v) for k, v in self.kwargs(i).items()}, entropy, key, keep)
 
     def describe(self, index):
         params = ", ".join(f"{k}={v!r}" for k, v in self.kwargs(index).items())
@@ -246,20 +245,20 @@ class _Sweep:
     def rows_parallel(self, ordered, bar):
         """Starts the tasks now (an argument that cannot be pickled raises here, in the
         caller) and returns the generator of their rows."""
-        from ._executor import _MapWindow
-
-        call = _call_for(self.executor, self.fn)
-        window = _MapWindow(self.executor, call, self.items(), None, None, ordered, star=False,
-                            length=self.n)
+        call = _call_for(self.backend, self.fn)
+        window = MapWindow(self.backend, call, self.items(), timeout=None, chunksize=None, ordered=ordered,
+                           star=False, length=self.n, max_workers=self.max_workers,
+                           concurrency=self.concurrency)
         return self._collect(window, call, bar)
 
     def _collect(self, window, call, bar):
         try:
             while True:
-                fut = window._next_done()
-                if fut is None:
+                finished = window.next_finished()
+                if finished is None:
                     return
-                for index, row in self._settle(window, call, fut, fut._shoal_items, True):
+                fut, items = finished
+                for index, row in self._settle(window, call, fut, items, True):
                     yield index, row
                     if bar is not None:
                         bar.update(1)
@@ -270,9 +269,9 @@ class _Sweep:
         """(index, row) for each item of a finished chunk. Under errors="keep", the items
         behind one whose result could not travel run again, and a chunk whose worker died
         runs again item by item, so that only the task that crashed is charged for it."""
-        backend = self.executor._backend
+        backend = self.backend
         try:
-            packed, err, elapsed, buffers = fut.result()
+            outcome = fut.result()
         except WorkerCrashedError as exc:
             if not self.keep and len(items) > 1:
                 if hasattr(exc, "add_note"):
@@ -286,8 +285,8 @@ class _Sweep:
                                         [item], False)
             return
         if learn:
-            window._learn(len(items), elapsed, getattr(fut, "_shoal_nbytes", 0))
-            window._fill()
+            window.learned(len(items), outcome)
+        packed, err, buffers = outcome.results, outcome.error, outcome.buffers
         per_item, data = packed
         for item, value in zip(items, data):
             index = item[0]
@@ -310,10 +309,7 @@ class _Sweep:
                                         rest, False)
 
     def rows(self, ordered, bar):
-        if self.executor.backend == "serial":
-            self.executor._backend.check()
-            return self.rows_serial(bar)
-        return self.rows_parallel(ordered, bar)
+        return self.backend.sweep_rows(self, ordered, bar)
 
 
 def _table(rows, sweep):
@@ -338,15 +334,14 @@ def _table(rows, sweep):
     return frame
 
 
-def sweep(executor, fn, params, runs=1, seed=None, product=True, progress=False, errors="raise",
-          stream=False):
-    """Executor.sweep (see its docstring and docs/api.md)."""
+def sweep(backend, fn, params, runs=1, seed=None, product=True, progress=False, errors="raise",
+          stream=False, max_workers=1, concurrency=1):
+    """Executor.sweep on ``backend`` (see its docstring and docs/api.md)."""
     _check(fn, runs, product, errors, stream)
     names, sets = _parameter_sets(params, product)
     entropy, key = _seed_root(seed)
-    if executor.backend != "process":
-        fn = unshare_function(fn)  # a bound shoal.share handle stands for its value
-    job = _Sweep(executor, fn, names, sets, runs, entropy, key, errors == "keep")
+    fn = backend.prepare(fn, (), {})[0]  # e.g. a bound shoal.share handle stands for its value
+    job = _Sweep(backend, fn, names, sets, runs, entropy, key, errors == "keep", max_workers, concurrency)
     bar = None
     if progress is not False:
         from ._progress import progress_for

@@ -56,7 +56,7 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _in_shoal_worker():
-    worker = sys.modules.get("shoal._worker")
+    worker = sys.modules.get("shoal.process.worker")
     return worker is not None and worker.in_worker
 
 
@@ -249,7 +249,7 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
         takes over."""
         if self._workers is not None:
             self._dispatch.close()
-            self._workers._terminate()
+            self._workers.shutdown(wait=True, kill_workers=True)
             self._workers = None
         if ensure_ready:
             self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel,

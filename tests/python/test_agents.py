@@ -580,26 +580,26 @@ class Bidder:
 def test_driver_heap_is_returned_after_operations_on_large_groups(make_process_executor):
     """After an operation on a group of thousands of agents the driver returns its freed heap
     to the system (malloc_trim) shortly after; small groups never pay for it."""
-    from shoal import _agents
+    from shoal.process import agents as _agents
 
     ex = make_process_executor(max_workers=2)
     small = ex.agents(Bidder, range(8))
-    time.sleep(4 * _agents._TRIM_DELAY_S)  # a trim an earlier test asked for is done
-    before = _agents._trimmer.trims if _agents._trimmer is not None else 0
+    time.sleep(4 * _agents.TRIM_DELAY_S)  # a trim an earlier test asked for is done
+    before = _agents.trimmer.trims if _agents.trimmer is not None else 0
     small.call("bid", 1.0)
-    time.sleep(4 * _agents._TRIM_DELAY_S)
-    assert (_agents._trimmer.trims if _agents._trimmer is not None else 0) == before
-    large = ex.agents(Bidder, range(_agents._TRIM_AGENTS))
+    time.sleep(4 * _agents.TRIM_DELAY_S)
+    assert (_agents.trimmer.trims if _agents.trimmer is not None else 0) == before
+    large = ex.agents(Bidder, range(_agents.TRIM_AGENTS))
     for step in range(3):
         bids = large.call("bid", float(step))
-        assert len(bids) == _agents._TRIM_AGENTS and bids[7][0] == 7 * step
-    assert wait_until(lambda: _agents._trimmer is not None and _agents._trimmer.trims > before, 10)
+        assert len(bids) == _agents.TRIM_AGENTS and bids[7][0] == 7 * step
+    assert wait_until(lambda: _agents.trimmer is not None and _agents.trimmer.trims > before, 10)
     large.close()
     small.close()
 
 
 def _store_has(gid):
-    from shoal import _agent_worker as aw
+    from shoal.process import agent_worker as aw
 
     return gid in aw._store
 

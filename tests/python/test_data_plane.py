@@ -254,14 +254,19 @@ def pool(make_process_executor):
 
 def test_map_keeps_chunks_of_large_items_small(pool):
     """Chunks aim at 50 ms of work, but a chunk's arguments and results stay under
-    _MAX_CHUNK_BYTES: identity over 1 MB arrays is fast, yet at most 8 go together."""
-    from shoal import _executor
+    MAX_CHUNK_BYTES: identity over 1 MB arrays is fast, yet at most 8 go together."""
+    from shoal import _mapping
 
     a = np.ones(MB // 8)
-    window = _executor._MapWindow(pool, identity, [a] * 200, None, None, True, star=False, length=200)
-    sizes = [len(list(chunk)) for chunk in window._chunks()]
+    window = _mapping.MapWindow(pool._backend, identity, [a] * 200, timeout=None, chunksize=None, ordered=True,
+                                star=False, length=200, max_workers=pool.max_workers)
+    sizes = []
+    while (finished := window.next_finished()) is not None:
+        fut, items = finished
+        window.learned(len(items), fut.result())
+        sizes.append(len(items))
     assert sum(sizes) == 200
-    assert _executor._MAX_CHUNK_BYTES == 16 * MB
+    assert _mapping.MAX_CHUNK_BYTES == 16 * MB
     assert max(sizes) <= 8, sizes  # 16 MB / (1 MB in + 1 MB out)
     assert max(sizes) > 1, sizes  # they did grow
 

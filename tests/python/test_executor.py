@@ -663,7 +663,7 @@ def test_workers_share_the_first_tasks_module():
     with shoal.Executor(max_workers=2, backend="process") as ex:
         got = [ex.submit(imported_by).result(timeout=30) for _ in range(6)]
         pids = set(ex.worker_pids())
-    zygote_pid = shoal._process.zygote().pid
+    zygote_pid = shoal.process.driver.zygote().pid
     assert {w for _, w in got} <= pids
     assert all(importer == zygote_pid for importer, _ in got), (got, zygote_pid)
 

@@ -47,7 +47,8 @@ def main(control_fd=3):
     import _signal  # not `signal`: it imports enum (~2 ms)
 
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
-    from . import _core, _worker  # noqa: F401 - imported here so workers share them
+    from .. import _core
+    from . import worker as _worker  # imported here so workers share it
 
     server = _core.ZygoteServer(control_fd)
     gc.freeze()

@@ -1,5 +1,7 @@
 """The loop a worker process runs: take a task frame, run it, send the result frame.
 
+The payloads it reads and writes are described, beside the driver's side, in protocol.py.
+
 A worker is forked from the zygote. It waits on its task ring in C++ with the GIL
 released, runs each task under the GIL, and writes the result to its result ring.
 It leaves with os._exit so nothing inherited from the zygote runs at exit.
@@ -11,15 +13,13 @@ import sys
 import time
 from types import CoroutineType
 
-from . import _agent_worker, _aio, _core
-from ._chunk import call_items
-from ._arena import DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_arena
-from ._pickle import dumps, dumps_exception, iter_items, pack_items, loads, loads_function
-
-CALL = 0   # payload: (args, kwargs) -> result
-CHUNK = 1  # payload: packed [args, ...] -> (packed results, None or (exc, tb), seconds)
-CHUNK1 = 2  # the same with one argument per item: packed [x, ...], each called as fn(x)
-AGENT = 3  # an operation on this worker's agents; fn is the agent class (see _agent_worker)
+from .. import _aio, _core
+from .._arena import DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_arena
+from .._chunk import call_items
+from .._pickle import dumps, iter_items, loads_function
+from . import agent_worker
+from .protocol import (OUTPUT_STDERR, OUTPUT_STDOUT, TASK_AGENTS, TASK_CALL, TASK_CHUNK, decode_setup,
+                       decode_task, encode_chunk_reply, encode_error)
 
 in_worker = False  # True in a worker process (e.g. for joblib: no nested process pools)
 
@@ -72,17 +72,18 @@ def _initialize(channel, payload, arena):
     the arena, so the driver can reclaim our blocks if we die) or init_failed."""
     global _threshold
     try:
-        cwd, path, initializer, initargs, _threshold, event_loop = loads(payload)
-        _aio.set_event_loop(event_loop)
+        setup = decode_setup(payload)
+        _threshold = setup.buffer_threshold
+        _aio.set_event_loop(setup.event_loop)
         try:
-            os.chdir(cwd)
+            os.chdir(setup.cwd)
         except OSError:
             pass
-        sys.path[:] = path
-        if initializer is not None:
-            initializer(*initargs)
+        sys.path[:] = setup.path
+        if setup.initializer is not None:
+            setup.initializer(*setup.initargs)
     except BaseException as exc:  # noqa: BLE001 - every failure is reported
-        channel.send(_core.FRAME_INIT_FAILED, 0, 0, 0, 0, dumps_exception(exc))
+        channel.send(_core.FRAME_INIT_FAILED, 0, 0, 0, 0, encode_error(exc))
         _flush_streams()
         os._exit(1)
     channel.send(_core.FRAME_READY, 0, 0, 0 if arena is None else arena.owner, 0, b"")
@@ -101,33 +102,14 @@ def _run_chunk(fn, packed, star, views):
     return call_items(fn, iter_items(packed, views) if packed[0] else packed[1], star)
 
 
-def _dump_chunk(results, exc, elapsed, bufs):
-    """(packed results, (exc, tb) or None, seconds); a result that cannot be pickled
-    ends the chunk there with the pickling error."""
-    err = None if exc is None else loads(dumps_exception(exc))
-    try:
-        return dumps((pack_items(results, bufs), err, elapsed), bufs)
-    except BaseException:  # noqa: BLE001 - find the first result that does not pickle
-        if bufs is not None:
-            bufs.truncate(0)
-        good = []
-        for r in results:
-            try:
-                good.append(dumps(r, bufs))
-            except BaseException as pickling_error:  # noqa: BLE001
-                err = loads(dumps_exception(pickling_error))
-                break
-        return dumps(((True, good), err, elapsed), bufs)
-
-
 def run(channel, arena=None):
     """Serves tasks until a shutdown frame; never returns."""
     global in_worker
     in_worker = True
     if arena is not None:
         set_worker_arena(arena)
-    sys.stdout = _Forward(channel, 1)
-    sys.stderr = _Forward(channel, 2)
+    sys.stdout = _Forward(channel, OUTPUT_STDOUT)
+    sys.stderr = _Forward(channel, OUTPUT_STDERR)
     coroutines = _aio.WorkerCoroutines(channel, functools.partial(_coroutine_done, channel, arena))
     handle = _frame_handler(channel, arena, coroutines)
     recv = channel.recv
@@ -161,26 +143,26 @@ def _frame_handler(channel, arena, coroutines):
             try:
                 fn = functions.get_function(aux)
                 views = None if refs is None else [view(o, n & LENGTH, n >= READ_ONLY) for o, n in refs]
-                mode, data = loads(payload, views)
-                if mode == CALL:
+                mode, data = decode_task(payload, views)
+                if mode == TASK_CALL:
                     out = fn(*data[0], **data[1])
                     if type(out) is CoroutineType:  # the arguments' blocks live until it answers
                         coroutines.start(out, (task_id, count, start, mode))
                         return
                     out = dumps(out, bufs)
-                elif mode == AGENT:
-                    out = _agent_worker.serve(fn, data, payload, views, bufs)
+                elif mode == TASK_AGENTS:
+                    out = agent_worker.serve(fn, data, payload, views, bufs)
                 elif _aio.is_coroutine_function(fn):
                     _start_coroutine_chunk(coroutines, fn, data, mode, views, (task_id, count, start, mode))
                     return
                 else:
-                    results, exc = _run_chunk(fn, data, mode == CHUNK, views)
-                    out = _dump_chunk(results, exc, (clock() - start) / 1e9, bufs)
+                    results, exc = _run_chunk(fn, data, mode == TASK_CHUNK, views)
+                    out = encode_chunk_reply(results, exc, (clock() - start) / 1e9, bufs)
             except BaseException as exc:  # noqa: BLE001 - the task's failure, not ours
                 flags = ERROR
                 if bufs is not None:
                     bufs.truncate(0)  # frees what the result had placed
-                out = dumps_exception(exc)
+                out = encode_error(exc)
             views = data = None  # the driver frees the arguments' blocks once we answer
             sys.stdout.flush()
             sys.stderr.flush()
@@ -208,7 +190,7 @@ def _frame_handler(channel, arena, coroutines):
 def _start_coroutine_chunk(coroutines, fn, packed, mode, views, token):
     """A chunk of a coroutine function: its items are awaited one after another."""
     items = iter_items(packed, views) if packed[0] else packed[1]
-    coroutines.start(_aio.await_items(fn, items, mode == CHUNK), token)
+    coroutines.start(_aio.await_items(fn, items, mode == TASK_CHUNK), token)
 
 
 def _coroutine_done(channel, arena, token, failed, value):
@@ -219,17 +201,17 @@ def _coroutine_done(channel, arena, token, failed, value):
     try:
         if failed:
             flags = _core.FLAG_ERROR
-            out = dumps_exception(value)
-        elif mode == CALL:
+            out = encode_error(value)
+        elif mode == TASK_CALL:
             out = dumps(value, bufs)
         else:
             results, exc = value
-            out = _dump_chunk(results, exc, (time.perf_counter_ns() - start) / 1e9, bufs)
+            out = encode_chunk_reply(results, exc, (time.perf_counter_ns() - start) / 1e9, bufs)
     except BaseException as exc:  # noqa: BLE001 - a result that cannot be pickled
         flags = _core.FLAG_ERROR
         if bufs is not None:
             bufs.truncate(0)
-        out = dumps_exception(exc)
+        out = encode_error(exc)
     value = None
     sys.stdout.flush()
     sys.stderr.flush()

@@ -1,10 +1,21 @@
-"""The process backend: tasks run in worker processes forked from the per-process zygote.
+"""The process backend, driver side: tasks run in worker processes forked from the zygote.
 
-    submit ─► pickle args ─► _core.Pool.submit ─► (C++: scheduler, rings, workers)
-                                                        │
-    Future ◄─ _Completions thread ◄─ Pool.wait_completions ◄┘
+A task's path (the threads and calls that exist; payload layouts: protocol.py):
 
-Functions are pickled once per executor and cached in the workers by id.
+    caller thread                                   C++ (cpp/src/pool.cpp, no GIL)
+    ProcessBackend.submit
+      FunctionTable.acquire(fn) ─ first time: Pool.define_function (FUNCTION frame, once)
+      protocol.encode_task ─ large buffers into the arena (Buffers)
+      Pool.submit ──────────────────────────────►  scheduler ─► a worker's task ring
+                                                              worker.py: run ─► result ring
+      ◄─ True when results are ready: _deliver_ready  ◄──────  drained by whichever thread
+                                                               calls into the pool
+    Future.result() ─ _ProcessFuture._help: Pool.take ─► _deliver ─► Future resolved
+    (nobody waiting: the "shoal-completions" thread's Pool.take(background=True) delivers)
+
+Completions are delivered in the order they were taken (a task's output before its result),
+whichever thread took them. Functions are pickled once per executor and cached in the workers
+by id; an entry is forgotten once no task uses it and the table is past its capacity.
 """
 import importlib.util
 import itertools
@@ -12,17 +23,19 @@ import os
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
-from . import _core
-from ._aio import is_coroutine_function
-from ._arena import READ_ONLY, Buffers, arena
-from ._errors import InitializerError, RemoteTraceback, WorkerCrashedError
-from ._future import Future
-from ._pickle import dumps, dumps_function, loads, pack_items
-from ._worker import CALL, CHUNK, CHUNK1
-
-from concurrent.futures import BrokenExecutor
+from .. import _core
+from .._aio import is_coroutine_function
+from .._arena import READ_ONLY, Buffers, arena
+from .._backend import Backend, BackendConfig, ChunkOutcome
+from .._errors import (ExecutorShutdownError, InitializerError, RemoteTraceback, WorkerCrashedError,
+                       WorkersUnavailableError)
+from .._future import Future
+from .._pickle import dumps_function
+from .agents import ProcessAgentTransport
+from .protocol import (OUTPUT_STDOUT, TASK_CALL, TASK_CHUNK, TASK_CHUNK1, WorkerSetup, decode_reply,
+                       encode_setup, encode_task)
 
 _zygote = None
 _zygote_lock = threading.Lock()
@@ -36,64 +49,97 @@ def zygote():
         if _zygote is None or _zygote_pid != os.getpid() or not _zygote.alive():
             # sys.path travels one entry per line (json would cost the zygote 15 ms to import).
             code = ("import sys; sys.path[:] = sys.argv[1].split('\\n'); "
-                    "import shoal._zygote as z; z.main()")
+                    "import shoal.process.zygote as z; z.main()")
             # -S: no site (its .pth files cost several ms); sys.path is the driver's anyway.
             _zygote = _core.ZygoteClient([sys.executable, "-S", "-c", code, "\n".join(sys.path)])
             _zygote_pid = os.getpid()
         return _zygote
 
 
-class _FunctionTable:
+class FunctionEntry:
+    """A function registered with the pool: its id in the workers and how many tasks use it."""
+
+    __slots__ = ("fn", "fn_id", "outstanding")
+
+    def __init__(self, fn, fn_id):
+        self.fn = fn
+        self.fn_id = fn_id
+        self.outstanding = 1
+
+
+class FunctionTable:
     """Function ids for this executor: each function is pickled and registered once.
     Functions with no task outstanding are forgotten past `capacity` (least recently used)."""
 
-    def __init__(self, pool, arena, threshold, capacity=512):
+    # Past this many functions, unused ones are forgotten (here and in every worker). A larger
+    # table keeps more functions (and what they hold) alive; a smaller one pickles and sends
+    # again functions that come back after a while.
+    CAPACITY = 512
+
+    def __init__(self, pool, arena, threshold, capacity=CAPACITY):
         self._pool = pool
         self._arena = arena  # shared data the functions hold travels by reference
         self._threshold = threshold
         self._capacity = capacity
-        self._by_obj = OrderedDict()  # id(fn) -> [fn, fn_id, outstanding]
+        self._by_obj = OrderedDict()  # id(fn) -> FunctionEntry
         self._by_fn_id = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
     def acquire(self, fn):
+        """The id of ``fn`` in the workers, registered now if new; one more task uses it."""
         with self._lock:
             entry = self._by_obj.get(id(fn))
-            if entry is not None and entry[0] is fn:
+            if entry is not None and entry.fn is fn:
                 self._by_obj.move_to_end(id(fn))
-                entry[2] += 1
-                return entry[1]
+                entry.outstanding += 1
+                return entry.fn_id
         blob = dumps_function(fn, self._arena, self._threshold)  # raises in the caller if it cannot
         with self._lock:
             fn_id = next(self._ids)
             self._pool.define_function(fn_id, blob)
-            entry = [fn, fn_id, 1]
+            entry = FunctionEntry(fn, fn_id)
             old = self._by_obj.pop(id(fn), None)
             if old is not None:
-                self._by_fn_id.pop(old[1], None)
-                self._pool.forget_function(old[1]) if old[2] == 0 else None
+                self._by_fn_id.pop(old.fn_id, None)
+                if old.outstanding == 0:
+                    self._pool.forget_function(old.fn_id)
             self._by_obj[id(fn)] = entry
             self._by_fn_id[fn_id] = entry
             self._evict()
             return fn_id
 
     def release(self, fn_id):
+        """A task of function ``fn_id`` is done."""
         with self._lock:
             entry = self._by_fn_id.get(fn_id)
             if entry is not None:
-                entry[2] -= 1
+                entry.outstanding -= 1
 
     def _evict(self):
         while len(self._by_obj) > self._capacity:
             for key, entry in self._by_obj.items():
-                if entry[2] == 0:
+                if entry.outstanding == 0:
                     del self._by_obj[key]
-                    del self._by_fn_id[entry[1]]
-                    self._pool.forget_function(entry[1])
+                    del self._by_fn_id[entry.fn_id]
+                    self._pool.forget_function(entry.fn_id)
                     break
             else:
                 return
+
+
+class TaskEntry:
+    """A task the pool has not completed: its future, function, and what must live until it
+    completes (its arguments' arena buffers)."""
+
+    __slots__ = ("future", "fn_id", "keep", "chunk", "nbytes")
+
+    def __init__(self, future, fn_id, keep, chunk, nbytes=0):
+        self.future = future
+        self.fn_id = fn_id
+        self.keep = keep      # arena buffers of the arguments, or None
+        self.chunk = chunk    # a map() chunk: resolves to a ChunkOutcome
+        self.nbytes = nbytes  # a chunk's argument bytes (arena copies included)
 
 
 class _State:
@@ -103,7 +149,7 @@ class _State:
     def __init__(self, pool, retries):
         self.pool = pool
         self.retries = retries
-        self.futures = {}  # task id -> (Future, fn_id, arena buffers kept alive or None, chunk?)
+        self.futures = {}  # task id -> TaskEntry
         self.lock = threading.Lock()
         self.functions = None
         self.order = threading.Condition()  # batches are delivered in the order taken
@@ -135,9 +181,11 @@ def _deliver(state, taken):
 
 def _deliver_batch(state, batch):
     futures = state.futures
+    # Each completion: (kind, flags, task_id, aux, status_kind, status_value, status_text, worker,
+    # payload, arena blocks or None); see _core.Completion.
     for kind, flags, task_id, _aux, status_kind, status_value, status_text, _w, payload, buffers in batch:
         if kind == _OUTPUT:
-            stream = sys.stdout if flags == 1 else sys.stderr
+            stream = sys.stdout if flags == OUTPUT_STDOUT else sys.stderr
             try:
                 stream.write(payload.decode("utf-8", "replace"))
                 stream.flush()
@@ -147,11 +195,11 @@ def _deliver_batch(state, batch):
         entry = futures.pop(task_id, None)  # atomic: no lock needed
         if entry is None:
             continue
-        fut, fn_id, _kept, chunk = entry
-        state.functions.release(fn_id)
+        fut = entry.future
+        state.functions.release(entry.fn_id)
         if kind == _RESULT:
             try:
-                value = loads(payload, buffers)
+                value = decode_reply(payload, buffers)
             except BaseException as exc:  # noqa: BLE001 - fails this task only
                 fut._fail(exc)
                 continue
@@ -159,10 +207,11 @@ def _deliver_batch(state, batch):
                 exc, tb = value
                 exc.__cause__ = RemoteTraceback(tb)
                 fut._fail(exc)
-            elif chunk:
+            elif entry.chunk:
                 # What the chunk's arguments and results hold (map() caps chunks by it).
-                fut._shoal_nbytes += len(payload) + (sum(map(len, buffers)) if buffers else 0)
-                fut._resolve(value + (buffers,))
+                nbytes = entry.nbytes + len(payload) + (sum(map(len, buffers)) if buffers else 0)
+                results, error, seconds = value
+                fut._resolve(ChunkOutcome(results, error, seconds, buffers, nbytes))
             else:
                 fut._resolve(value)
         elif kind == _CRASHED:
@@ -175,15 +224,17 @@ def _deliver_batch(state, batch):
         elif kind == _INIT_FAILED:
             err = InitializerError("the executor's initializer failed in a worker")
             try:
-                cause, tb = loads(payload)
+                cause, tb = decode_reply(payload)
                 cause.__cause__ = RemoteTraceback(tb)
                 err.__cause__ = cause
             except Exception:
                 pass
             fut._fail(err)
+        elif payload:  # the pool cannot keep workers: the payload says why
+            reason = payload.decode("utf-8", "replace")
+            fut._fail(WorkersUnavailableError(f"shoal: cannot run the task: {reason}"))
         else:
-            reason = payload.decode("utf-8", "replace") or "the executor was shut down"
-            fut._fail(BrokenExecutor(f"shoal: cannot run the task: {reason}"))
+            fut._fail(ExecutorShutdownError("shoal: cannot run the task: the executor was shut down"))
 
 
 _RESULT, _OUTPUT, _CRASHED, _INIT_FAILED = (_core.COMPLETION_RESULT, _core.COMPLETION_OUTPUT,
@@ -207,25 +258,32 @@ def _complete(state):
     with state.lock:
         rest = list(state.futures.values())
         state.futures.clear()
-    for fut, *_ in rest:
-        fut._fail(BrokenExecutor("shoal: the executor was shut down before the task ran"))
+    for entry in rest:
+        entry.future._fail(ExecutorShutdownError("shoal: the executor was shut down before the task ran"))
 
 
 class _ProcessFuture(Future):
     """A future whose waiter, instead of sleeping until another thread delivers the result,
     takes results from the pool itself: one thread hop less per task."""
 
+    __slots__ = ("_state_", "_task_id")
+
+    def __init__(self, state, task_id):
+        super().__init__()
+        self._state_ = state     # the backend's _State
+        self._task_id = task_id
+
     def _canceller(self):
-        state = self._shoal_state
-        if not state.pool.cancel(self._shoal_id):
+        state = self._state_
+        if not state.pool.cancel(self._task_id):
             return False  # already running
-        entry = state.futures.pop(self._shoal_id, None)  # frees its arena buffers
+        entry = state.futures.pop(self._task_id, None)  # frees its arena buffers
         if entry is not None:
-            state.functions.release(entry[1])
+            state.functions.release(entry.fn_id)
         return True
 
     def _help(self, timeout):
-        state = self._shoal_state
+        state = self._state_
         pool = state.pool
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -240,7 +298,7 @@ class _ProcessFuture(Future):
                 return
             _deliver(state, taken)
             batch = taken[1]
-            if len(batch) > 1 or (batch and batch[0][2] != self._shoal_id):
+            if len(batch) > 1 or (batch and batch[0][2] != self._task_id):
                 pool.interrupt()  # other callers may wait for what we delivered
 
     def result(self, timeout=None):
@@ -255,31 +313,40 @@ class _ProcessFuture(Future):
         return super().exception(timeout=0 if timeout is not None else None)
 
 
-class ProcessBackend:
-    name = "process"
+class ProcessBackend(Backend):
+    """Tasks run in worker processes forked from this process's zygote (see the diagram above)."""
 
-    def __init__(self, max_workers, initializer, initargs, retries, preload, max_tasks_per_worker,
-                 buffer_threshold, spin_us=100, task_ring_bytes=1 << 18, result_ring_bytes=1 << 18,
-                 concurrency=1, event_loop="asyncio"):
-        for name in preload:  # a typo fails here; an import error, at the first task
+    name = "process"
+    checkpoints = True  # a worker can die: agents can be rebuilt from checkpoints
+
+    # The worker spins this long on an empty task ring before it sleeps on its futex: a task
+    # that comes sooner starts without a wake-up (~5-10 µs), at the cost of up to this much
+    # CPU per idle period.
+    SPIN_US = 100
+    # Each worker's task and result rings. A frame larger than a ring goes in fragments; larger
+    # rings hold more small tasks in flight per worker, and cost that much shared memory each.
+    RING_BYTES = 1 << 18
+
+    def __init__(self, config: BackendConfig):
+        super().__init__(config)
+        for name in config.preload:  # a typo fails here; an import error, at the first task
             if importlib.util.find_spec(name) is None:
                 raise ModuleNotFoundError(f"shoal: no module named {name!r} to preload", name=name)
-        threshold = buffer_threshold
-        init = dumps((os.getcwd(), list(sys.path), initializer, tuple(initargs),
-                      threshold if threshold is not None else 1 << 62, event_loop))
+        threshold = config.buffer_threshold
+        self._setup = encode_setup(WorkerSetup(
+            cwd=os.getcwd(), path=list(sys.path), initializer=config.initializer, initargs=config.initargs,
+            buffer_threshold=threshold if threshold is not None else 1 << 62, event_loop=config.event_loop))
         self._arena = None if threshold is None else arena()
         self._threshold = threshold
-        self._max_workers = max_workers
-        self._retries = retries
-        # The workers are forked at the first task, once the zygote has imported its function's
-        # module (see docs/design.md, "The first task's module"); the zygote starts now.
-        self._pool_args = (max_workers, retries, max_tasks_per_worker or 0, list(dict.fromkeys(preload)),
-                           int(spin_us * 1000), task_ring_bytes, result_ring_bytes, init)
-        self._concurrency = concurrency
+        # Close frames of agent groups dropped unclosed (process/agents.py), sent with the next
+        # agent operation.
+        self.dropped_agent_frames = deque()
         self._pool = self._state = self._functions = self._thread = None
         self._ids = itertools.count(1)
         self._start_lock = threading.Lock()
         self._closed = False
+        # The workers are forked at the first task, once the zygote has imported its function's
+        # module (see docs/design.md, "The first task's module"); the zygote starts now.
         zygote()
 
     def _start(self, fn=None):
@@ -289,10 +356,16 @@ class ProcessBackend:
             if self._pool is None:
                 if self._closed:
                     raise RuntimeError("cannot schedule new futures after shutdown")
-                pool = _core.Pool(zygote(), *self._pool_args, _module_hints(fn), self._arena,
-                                  self._concurrency)
-                self._state = _State(pool, self._retries)
-                self._functions = self._state.functions = _FunctionTable(pool, self._arena, self._threshold)
+                config = self.config
+                pool = _core.Pool(
+                    zygote(), workers=config.max_workers, retries=config.retries,
+                    max_items_per_worker=config.max_tasks_per_worker or 0,
+                    preload=list(dict.fromkeys(config.preload)), spin_ns=self.SPIN_US * 1000,
+                    task_ring_bytes=self.RING_BYTES, result_ring_bytes=self.RING_BYTES,
+                    init_payload=self._setup, hints=_module_hints(fn), arena=self._arena,
+                    concurrency=config.concurrency)
+                self._state = _State(pool, config.retries)
+                self._functions = self._state.functions = FunctionTable(pool, self._arena, self._threshold)
                 self._thread = threading.Thread(target=_complete, args=(self._state,),
                                                 name="shoal-completions", daemon=True)
                 self._thread.start()
@@ -305,19 +378,18 @@ class ProcessBackend:
         fn_id = self._functions.acquire(fn)
         bufs = None if self._arena is None else Buffers(self._arena, self._threshold)
         try:
-            payload = dumps((mode, data if mode == CALL else pack_items(data, bufs)), bufs)
+            payload = encode_task(mode, data, bufs)
         except BaseException:
             self._functions.release(fn_id)
             raise
         task_id = next(self._ids)
-        fut = _ProcessFuture()
-        fut._shoal_state = self._state
-        fut._shoal_id = task_id
+        fut = _ProcessFuture(self._state, task_id)
         refs = bufs.refs if bufs is not None and bufs.refs else None
-        if mode != CALL:  # bytes of the arguments (arena copies included), for map()'s chunk cap
-            fut._shoal_nbytes = len(payload) + (sum(n for _, n in refs if n < READ_ONLY) if refs else 0)
+        chunk = mode != TASK_CALL
+        # A chunk's argument bytes (arena copies included), for map()'s chunk cap.
+        nbytes = len(payload) + (sum(n for _, n in refs if n < READ_ONLY) if refs else 0) if chunk else 0
         # The arguments' arena buffers live until the task completes (the entry is dropped).
-        self._state.futures[task_id] = (fut, fn_id, bufs.keep if refs else None, mode != CALL)
+        self._state.futures[task_id] = TaskEntry(fut, fn_id, bufs.keep if refs else None, chunk, nbytes)
         # A coroutine task counts against the per-worker `concurrency`, not the adaptive limit.
         if self._pool.submit(task_id, fn_id, count, payload, refs, is_coroutine_function(fn)):
             self._deliver_ready()
@@ -338,10 +410,8 @@ class ProcessBackend:
             self._start(fn)
         fn_id = self._functions.acquire(fn)
         task_id = next(self._ids)
-        fut = _ProcessFuture()
-        fut._shoal_state = self._state
-        fut._shoal_id = task_id
-        self._state.futures[task_id] = (fut, fn_id, keep, False)
+        fut = _ProcessFuture(self._state, task_id)
+        self._state.futures[task_id] = TaskEntry(fut, fn_id, keep, False)
         try:
             ready = self._pool.submit(task_id, fn_id, count, payload, refs, worker=worker)
         except BaseException:
@@ -356,16 +426,14 @@ class ProcessBackend:
         """A collector for one payload's out-of-band buffers (None without an arena)."""
         return None if self._arena is None else Buffers(self._arena, self._threshold)
 
-    @property
-    def slots(self):
-        """The number of worker slots (a slot keeps its index when its process is replaced)."""
-        return self._max_workers
-
     def submit(self, fn, args, kwargs):
-        return self._submit(fn, CALL, (args, kwargs), 1)
+        return self._submit(fn, TASK_CALL, (args, kwargs), 1)
 
     def submit_chunk(self, fn, items, star=True):
-        return self._submit(fn, CHUNK if star else CHUNK1, items, len(items))
+        return self._submit(fn, TASK_CHUNK if star else TASK_CHUNK1, items, len(items))
+
+    def agent_transport(self, group):
+        return ProcessAgentTransport(group, self)
 
     def worker_pids(self):
         if self._pool is None:
@@ -373,7 +441,7 @@ class ProcessBackend:
                 return []
             self._start()
             deadline = time.monotonic() + 5.0  # the forks were just requested: wait for them
-            while len(self._pool.worker_pids()) < self._max_workers and time.monotonic() < deadline:
+            while len(self._pool.worker_pids()) < self.slots and time.monotonic() < deadline:
                 time.sleep(0.001)
         return [int(p) for p in self._pool.worker_pids()]
 
@@ -385,8 +453,8 @@ class ProcessBackend:
             entries = [self._state.futures.pop(i, None) for i in ids]
         for e in entries:
             if e is not None:
-                e[0]._canceller = None  # already off the queue
-                e[0].cancel()
+                e.future._canceller = None  # already off the queue
+                e.future.cancel()
 
     def shutdown(self, wait, kill=False):
         with self._start_lock:  # no pool is started after this
