@@ -2,7 +2,9 @@
 import atexit
 import concurrent.futures
 import os
+import sys
 import threading
+import time
 import weakref
 
 from ._agents import AgentGroup, AgentHost
@@ -17,12 +19,24 @@ __all__ = ["Executor"]
 _live = weakref.WeakSet()
 
 
+# At an exit caused by Ctrl-C, running tasks get this long to finish before their workers are
+# stopped: long enough for a task that was about to end, short enough that the program exits
+# as promptly as one without shoal.
+EXIT_GRACE_S = 0.25
+
+
 @atexit.register
 def _shutdown_live_executors():
-    """At exit, like concurrent.futures: queued work finishes, then workers stop."""
+    """At a normal exit, like concurrent.futures: queued work finishes, then workers stop. At
+    an exit caused by Ctrl-C (an uncaught KeyboardInterrupt), queued work is cancelled and
+    running tasks are stopped after a short grace: the program exits promptly."""
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     for ex in list(_live):
         try:
-            ex.shutdown(wait=True)
+            if interrupted:
+                ex._stop_at_exit()
+            else:
+                ex.shutdown(wait=True)
         except BaseException:  # noqa: BLE001 - never block interpreter exit on one executor
             pass
 
@@ -46,8 +60,11 @@ class Executor(concurrent.futures.Executor):
                  concurrency=1, event_loop="auto"):
         if max_workers is None:
             max_workers = os.cpu_count() or 1
-        if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
-            raise ValueError(f"max_workers must be a positive int, not {max_workers!r}")
+        # The messages are concurrent.futures' own where it has one (users compare them).
+        if not isinstance(max_workers, int) or isinstance(max_workers, bool):
+            raise ValueError(f"max_workers must be an int greater than 0, not {max_workers!r}")
+        if max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
         if not isinstance(backend, str) or backend not in BACKEND_NAMES:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_NAMES))}, not {backend!r}")
         if not isinstance(retries, int) or retries < 0:
@@ -88,7 +105,7 @@ class Executor(concurrent.futures.Executor):
 
     def _check_open(self):
         if self._shutdown:
-            raise ExecutorClosedError("cannot schedule new tasks after shutdown")
+            raise ExecutorClosedError("cannot schedule new futures after shutdown")
 
     def submit(self, fn, /, *args, **kwargs):
         """Schedules ``fn(*args, **kwargs)``; returns a :class:`shoal.Future` (which can also
@@ -110,8 +127,11 @@ class Executor(concurrent.futures.Executor):
         self._check_open()
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
-        if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
-            raise ValueError(f"chunksize must be a positive int or None, not {chunksize!r}")
+        if chunksize is not None:
+            if not isinstance(chunksize, int) or isinstance(chunksize, bool):
+                raise ValueError(f"chunksize must be an int >= 1 or None, not {chunksize!r}")
+            if chunksize < 1:
+                raise ValueError("chunksize must be >= 1.")
         if not iterables:
             raise TypeError("map() needs at least one iterable")
         bar = None
@@ -209,6 +229,18 @@ class Executor(concurrent.futures.Executor):
                     last.exception()
                 except BaseException:  # noqa: BLE001 - it failed or was cancelled: it is done
                     pass
+
+    def _stop_at_exit(self):
+        """Cancels what is queued, lets running tasks end for EXIT_GRACE_S, then stops the
+        workers without waiting for them."""
+        with self._lock:
+            self._shutdown = True
+        self._backend.cancel_all()
+        self._backend.shutdown(False)
+        deadline = time.monotonic() + EXIT_GRACE_S
+        while self._backend.worker_pids() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._backend.shutdown(False, kill=True)
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):

@@ -8,13 +8,12 @@ rows do not depend on the backend, the number of workers or the order tasks fini
 
 The tasks run on the executor's map machinery (chunks adapt to the measured task time, a
 bounded window of chunks in flight). Each item is ``(i, parameters, entropy, key, keep)``;
-the function travels once per executor as ``_SweepCall(fn)`` (cached per executor and
-function, so a second sweep of the same function does not send it again).
+the function travels once per executor as ``_SweepCall(fn)`` (a second sweep of the same
+function does not send it again: see ``_SweepCall.__shoal_identity__``).
 """
 import collections.abc
 import itertools
 import traceback
-import weakref
 
 from ._errors import RemoteTraceback, WorkerCrashedError
 from ._mapping import MapWindow
@@ -57,6 +56,11 @@ class _SweepCall:
     def __init__(self, fn):
         self.fn = fn
 
+    def __shoal_identity__(self):
+        """Two sweeps of one function are the same function for a backend's function table:
+        it (and what it holds, e.g. a large table) is sent once while the function lives."""
+        return (_SweepCall, self.fn)
+
     def __call__(self, item):
         index, kwargs, entropy, key, keep = item
         rng = _generator(entropy, key + (index,))
@@ -67,26 +71,6 @@ class _SweepCall:
         except Exception as exc:  # noqa: BLE001 - becomes the task's row
             return _Failed(_error_text(exc),
                            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-
-
-# backend -> {id(fn): _SweepCall}: the wrapper is registered once per executor and function,
-# so repeated sweeps of one function send it (and what it holds, e.g. a large table) once.
-_calls = weakref.WeakKeyDictionary()
-_CALLS_KEPT = 64
-
-
-def _call_for(backend, fn):
-    table = _calls.get(backend)
-    if table is None:
-        table = _calls[backend] = {}
-    call = table.get(id(fn))
-    if call is None or call.fn is not fn:
-        call = _SweepCall(fn)
-        table.pop(id(fn), None)
-        table[id(fn)] = call
-        while len(table) > _CALLS_KEPT:
-            table.pop(next(iter(table)))
-    return call
 
 
 # ------------------------------------------------------------------- checks
@@ -245,7 +229,7 @@ class _Sweep:
     def rows_parallel(self, ordered, bar):
         """Starts the tasks now (an argument that cannot be pickled raises here, in the
         caller) and returns the generator of their rows."""
-        call = _call_for(self.backend, self.fn)
+        call = _SweepCall(self.fn)
         window = MapWindow(self.backend, call, self.items(), timeout=None, chunksize=None, ordered=ordered,
                            star=False, length=self.n, max_workers=self.max_workers,
                            concurrency=self.concurrency)

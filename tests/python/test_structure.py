@@ -150,3 +150,36 @@ def test_queued_tasks_of_a_killed_executor_fail_with_executor_shutdown(backend):
     for f in queued:
         assert f.cancelled() or isinstance(f.exception(timeout=10), shoal.ExecutorShutdownError)
     assert running.done()
+
+
+# Messages that match concurrent.futures' own (users compare them).
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_bad_max_workers_says_what_concurrent_futures_says(backend, bad):
+    with pytest.raises(ValueError) as ours:
+        shoal.Executor(bad, backend=backend)
+    with pytest.raises(ValueError) as theirs:
+        concurrent.futures.ProcessPoolExecutor(bad)
+    assert str(ours.value) == str(theirs.value) == "max_workers must be greater than 0"
+
+
+def test_closed_executor_says_what_concurrent_futures_says(backend):
+    ours = shoal.Executor(1, backend=backend)
+    ours.shutdown()
+    theirs = concurrent.futures.ThreadPoolExecutor(1)
+    theirs.shutdown()
+    with pytest.raises(RuntimeError) as a:
+        ours.submit(abs, 1)
+    with pytest.raises(RuntimeError) as b:
+        theirs.submit(abs, 1)
+    assert str(a.value) == str(b.value)
+
+
+def test_bad_chunksize_says_what_concurrent_futures_says(backend):
+    with shoal.Executor(1, backend=backend) as ex:
+        with pytest.raises(ValueError) as ours:
+            ex.map(abs, [1], chunksize=0)
+    with concurrent.futures.ProcessPoolExecutor(1) as pp:
+        with pytest.raises(ValueError) as theirs:
+            pp.map(abs, [1], chunksize=0)
+    assert str(ours.value) == str(theirs.value)

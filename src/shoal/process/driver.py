@@ -23,13 +23,15 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
+from types import MethodType
 
 from .. import _core
 from .._aio import is_coroutine_function
 from .._arena import READ_ONLY, Buffers, arena
 from .._backend import Backend, BackendConfig, ChunkOutcome
-from .._errors import (ExecutorShutdownError, InitializerError, RemoteTraceback, WorkerCrashedError,
+from .._errors import (ExecutorClosedError, ExecutorShutdownError, InitializerError, RemoteTraceback, WorkerCrashedError,
                        WorkersUnavailableError)
 from .._future import Future
 from .._pickle import dumps_function
@@ -50,30 +52,65 @@ def zygote():
             # sys.path travels one entry per line (json would cost the zygote 15 ms to import).
             code = ("import sys; sys.path[:] = sys.argv[1].split('\\n'); "
                     "import shoal.process.zygote as z; z.main()")
-            # -S: no site (its .pth files cost several ms); sys.path is the driver's anyway.
-            _zygote = _core.ZygoteClient([sys.executable, "-S", "-c", code, "\n".join(sys.path)])
+            # The driver's interpreter flags, so the workers' interpreter is set up as the
+            # driver's is: `site` runs unless the driver ran without it (a virtualenv's prefix,
+            # sysconfig paths and .pth files; ~5-10 ms, once per driver process, since the
+            # workers are forked from the zygote after it).
+            argv = [sys.executable, *_interpreter_flags(), "-c", code, "\n".join(sys.path)]
+            _zygote = _core.ZygoteClient(argv)
             _zygote_pid = os.getpid()
         return _zygote
 
 
+def _interpreter_flags():
+    """Command-line options that reproduce this interpreter's sys.flags and -X/-W options."""
+    import subprocess  # only when a zygote starts
+
+    return subprocess._args_from_interpreter_flags()
+
+
+def function_identity(fn):
+    """The objects that make two callables the same function for the table. A bound method is
+    its object and its function (every ``obj.method`` access makes a new method object); a
+    wrapper of shoal's (a sweep's call) says what it wraps; anything else is itself."""
+    if type(fn) is MethodType:
+        return (fn.__self__, fn.__func__)
+    identity = getattr(type(fn), "__shoal_identity__", None)
+    return identity(fn) if identity is not None else (fn,)
+
+
 class FunctionEntry:
-    """A function registered with the pool: its id in the workers and how many tasks use it."""
+    """A function registered with the pool: its id in the workers, how many tasks use it, and
+    weak references to what identifies it (strong ones only for objects that cannot be
+    weakly referenced, such as builtins)."""
 
-    __slots__ = ("fn", "fn_id", "outstanding")
+    __slots__ = ("key", "fn_id", "outstanding", "refs", "dead")
 
-    def __init__(self, fn, fn_id):
-        self.fn = fn
+    def __init__(self, key, fn_id, refs):
+        self.key = key
         self.fn_id = fn_id
         self.outstanding = 1
+        self.refs = refs
+        self.dead = False  # an object it refers to is gone: forgotten once no task uses it
+
+    def matches(self, identity):
+        for ref, obj in zip(self.refs, identity):
+            if (ref() if type(ref) is weakref.ref else ref) is not obj:
+                return False
+        return True
 
 
 class FunctionTable:
-    """Function ids for this executor: each function is pickled and registered once.
-    Functions with no task outstanding are forgotten past `capacity` (least recently used)."""
+    """Function ids for this executor: each function is pickled and registered once, and
+    forgotten (here and in every worker) once it is gone and no task uses it.
 
-    # Past this many functions, unused ones are forgotten (here and in every worker). A larger
-    # table keeps more functions (and what they hold) alive; a smaller one pickles and sends
-    # again functions that come back after a while.
+    The table keeps no function alive: entries hold weak references, and when the function (or
+    a bound method's object) is collected, a FORGET frame drops it from the workers. Functions
+    that cannot be weakly referenced (builtins) stay until the table is past its capacity."""
+
+    # Past this many functions, unused ones are forgotten (least recently used first). A larger
+    # table keeps more such functions alive; a smaller one pickles and sends again functions
+    # that come back after a while.
     CAPACITY = 512
 
     def __init__(self, pool, arena, threshold, capacity=CAPACITY):
@@ -81,33 +118,39 @@ class FunctionTable:
         self._arena = arena  # shared data the functions hold travels by reference
         self._threshold = threshold
         self._capacity = capacity
-        self._by_obj = OrderedDict()  # id(fn) -> FunctionEntry
+        self._by_key = OrderedDict()  # identity ids -> FunctionEntry
         self._by_fn_id = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._dead = deque()  # keys whose objects were collected (appended by weakref callbacks)
 
     def acquire(self, fn):
         """The id of ``fn`` in the workers, registered now if new; one more task uses it."""
+        identity = function_identity(fn)
+        key = tuple(map(id, identity))
         with self._lock:
-            entry = self._by_obj.get(id(fn))
-            if entry is not None and entry.fn is fn:
-                self._by_obj.move_to_end(id(fn))
+            entry = self._by_key.get(key)
+            if entry is not None and not entry.dead and entry.matches(identity):
+                self._by_key.move_to_end(key)
                 entry.outstanding += 1
                 return entry.fn_id
         blob = dumps_function(fn, self._arena, self._threshold)  # raises in the caller if it cannot
+        died = self._died
+        refs = tuple(_weak(obj, lambda _ref, key=key: died(key)) for obj in identity)
         with self._lock:
             fn_id = next(self._ids)
             self._pool.define_function(fn_id, blob)
-            entry = FunctionEntry(fn, fn_id)
-            old = self._by_obj.pop(id(fn), None)
-            if old is not None:
-                self._by_fn_id.pop(old.fn_id, None)
+            entry = FunctionEntry(key, fn_id, refs)
+            old = self._by_key.pop(key, None)
+            if old is not None:  # an object that was collected, its id now reused
+                old.dead = True
                 if old.outstanding == 0:
-                    self._pool.forget_function(old.fn_id)
-            self._by_obj[id(fn)] = entry
+                    self._drop(old)
+            self._by_key[key] = entry
             self._by_fn_id[fn_id] = entry
             self._evict()
-            return fn_id
+            self._reap()
+        return fn_id
 
     def release(self, fn_id):
         """A task of function ``fn_id`` is done."""
@@ -115,17 +158,56 @@ class FunctionTable:
             entry = self._by_fn_id.get(fn_id)
             if entry is not None:
                 entry.outstanding -= 1
+                if entry.dead and entry.outstanding == 0:
+                    self._drop(entry)
+            if self._dead:
+                self._reap()
+
+    def __len__(self):
+        return len(self._by_fn_id)
+
+    def _died(self, key):
+        """From a weakref callback: may run in any thread, at any point (even inside this
+        table's own lock in the same thread), so it only queues the key, then reaps if it can."""
+        self._dead.append(key)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._reap()
+            finally:
+                self._lock.release()
+
+    def _reap(self):
+        while self._dead:
+            entry = self._by_key.get(self._dead.popleft())
+            if entry is not None and not entry.dead:
+                entry.dead = True
+                if entry.outstanding == 0:
+                    self._drop(entry)
+
+    def _drop(self, entry):
+        if self._by_key.get(entry.key) is entry:
+            del self._by_key[entry.key]
+        if self._by_fn_id.pop(entry.fn_id, None) is not None:
+            try:
+                self._pool.forget_function(entry.fn_id)
+            except Exception:  # noqa: BLE001 - the pool is closed: the workers are gone anyway
+                pass
 
     def _evict(self):
-        while len(self._by_obj) > self._capacity:
-            for key, entry in self._by_obj.items():
+        while len(self._by_key) > self._capacity:
+            for entry in self._by_key.values():
                 if entry.outstanding == 0:
-                    del self._by_obj[key]
-                    del self._by_fn_id[entry.fn_id]
-                    self._pool.forget_function(entry.fn_id)
+                    self._drop(entry)
                     break
             else:
                 return
+
+
+def _weak(obj, callback):
+    try:
+        return weakref.ref(obj, callback)
+    except TypeError:  # builtins, and objects without __weakref__: held while in the table
+        return obj
 
 
 class TaskEntry:
@@ -355,7 +437,7 @@ class ProcessBackend(Backend):
         with self._start_lock:
             if self._pool is None:
                 if self._closed:
-                    raise RuntimeError("cannot schedule new futures after shutdown")
+                    raise ExecutorClosedError("cannot schedule new futures after shutdown")
                 config = self.config
                 pool = _core.Pool(
                     zygote(), workers=config.max_workers, retries=config.retries,

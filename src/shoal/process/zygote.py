@@ -15,17 +15,6 @@ import sys
 _IDLE_MS = 50
 
 
-def _site_builtins():
-    """What `site` would have set up (we run with -S: sys.path comes from the driver, and the
-    .pth files of site-packages cost several ms): exit(), quit(), help(), sitecustomize."""
-    import site
-
-    site.setquit()
-    site.setcopyright()
-    site.sethelper()
-    site.execsitecustomize()
-
-
 def _import_hint(name, origin):
     """Imports the module of an executor's first task function, so that its workers share it,
     but only if it is the driver's module: the same file, found from the zygote's sys.path."""
@@ -41,8 +30,6 @@ def _import_hint(name, origin):
 
 
 def main(control_fd=3):
-    if sys.flags.no_site:
-        _site_builtins()
     # A terminal's Ctrl-C is the driver's to handle; workers inherit this.
     import _signal  # not `signal`: it imports enum (~2 ms)
 
