@@ -16,8 +16,11 @@ int block_getbuffer(PyObject* self, Py_buffer* view, int flags) {
         view->obj = nullptr;
         return -1;
     }
-    return PyBuffer_FillInfo(view, self, b->arena->data() + b->offset, static_cast<Py_ssize_t>(b->length),
-                             b->readonly ? 1 : 0, flags);
+    // A read-only block is a view through the read-only mapping (in a worker): a C extension
+    // that writes to it anyway faults here instead of changing shared data for everyone.
+    std::byte* p = b->readonly ? const_cast<std::byte*>(b->arena->read_only_data()) : b->arena->data();
+    return PyBuffer_FillInfo(view, self, p + b->offset, static_cast<Py_ssize_t>(b->length), b->readonly ? 1 : 0,
+                             flags);
 }
 
 void block_releasebuffer(PyObject*, Py_buffer*) {}

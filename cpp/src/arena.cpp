@@ -79,13 +79,12 @@ constexpr int MADV_COLLAPSE = 25;  // Linux 6.1; older C headers lack the name
 
 // Maps `bytes` of `fd` from offset 0 at an address aligned to `align`: a file page at offset
 // o then sits at an address congruent to o, which a huge page needs to be mapped whole.
-void* map_aligned(int fd, std::size_t bytes, std::size_t align) {
+void* map_aligned(int fd, std::size_t bytes, std::size_t align, int prot = PROT_READ | PROT_WRITE) {
     void* r = ::mmap(nullptr, bytes + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (r == MAP_FAILED) return MAP_FAILED;
     auto const start = reinterpret_cast<std::uintptr_t>(r);
     auto const at = (start + align - 1) / align * align;
-    void* p = ::mmap(reinterpret_cast<void*>(at), bytes, PROT_READ | PROT_WRITE,
-                     MAP_SHARED | MAP_NORESERVE | MAP_FIXED, fd, 0);
+    void* p = ::mmap(reinterpret_cast<void*>(at), bytes, prot, MAP_SHARED | MAP_NORESERVE | MAP_FIXED, fd, 0);
     if (p == MAP_FAILED) {
         int const e = errno;
         ::munmap(r, bytes + align);
@@ -181,7 +180,12 @@ Arena Arena::attach(Fd fd) {
     if (magic != k_magic || page != k_page || limit_pages == 0 || limit_pages > (std::uint64_t{1} << 36) ||
         data_offset != data_offset_for(limit_pages) || grow == 0)
         throw std::runtime_error("Arena::attach: not a shoal arena");
-    return map(std::move(fd), data_offset, limit_pages, grow, keep, static_cast<std::uint64_t>(st.st_size));
+    Arena a = map(std::move(fd), data_offset, limit_pages, grow, keep, static_cast<std::uint64_t>(st.st_size));
+    void* ro = map_aligned(a.m_fd.get(), a.m_map_bytes, huge_page_bytes(), PROT_READ);
+    if (ro == MAP_FAILED) throw_errno("mmap(arena, read-only)");
+    a.m_ro_base = static_cast<std::byte*>(ro);
+    a.m_ro_data = a.m_ro_base + data_offset;
+    return a;
 }
 
 Arena::Arena(Arena&& o) noexcept { *this = std::move(o); }
@@ -189,6 +193,9 @@ Arena::Arena(Arena&& o) noexcept { *this = std::move(o); }
 Arena& Arena::operator=(Arena&& o) noexcept {
     if (this != &o) {
         if (m_base) ::munmap(m_base, m_map_bytes);
+        if (m_ro_base) ::munmap(m_ro_base, m_map_bytes);
+        m_ro_base = std::exchange(o.m_ro_base, nullptr);
+        m_ro_data = std::exchange(o.m_ro_data, nullptr);
         m_fd = std::move(o.m_fd);
         m_base = std::exchange(o.m_base, nullptr);
         m_map_bytes = std::exchange(o.m_map_bytes, 0);
@@ -204,6 +211,7 @@ Arena& Arena::operator=(Arena&& o) noexcept {
 
 Arena::~Arena() {
     if (m_base) ::munmap(m_base, m_map_bytes);
+    if (m_ro_base) ::munmap(m_ro_base, m_map_bytes);
 }
 
 std::uint32_t Arena::register_owner() noexcept {
@@ -367,8 +375,11 @@ bool Arena::contains(std::uint64_t offset, std::uint64_t length) noexcept {
 
 std::int64_t Arena::offset_of(void const* p) const noexcept {
     auto const* b = static_cast<std::byte const*>(p);
-    if (m_data == nullptr || b < m_data || b >= m_data + m_limit_pages * k_page) return -1;
-    return static_cast<std::int64_t>(b - m_data);
+    std::uint64_t const size = m_limit_pages * k_page;
+    if (m_data != nullptr && b >= m_data && b < m_data + size) return static_cast<std::int64_t>(b - m_data);
+    if (m_ro_data != nullptr && b >= m_ro_data && b < m_ro_data + size)
+        return static_cast<std::int64_t>(b - m_ro_data);
+    return -1;
 }
 
 std::uint64_t Arena::collapse(std::uint64_t offset, std::uint64_t length) noexcept {

@@ -9,6 +9,7 @@ import queue
 import time
 
 from ._aio import is_coroutine_function
+from ._core import ArenaFull
 from ._errors import RemoteTraceback
 from ._pickle import iter_items
 
@@ -72,6 +73,7 @@ class MapWindow:
         self._done = queue.SimpleQueue()       # unordered: (future, items) as they finish
         self._outstanding = 0
         self._exhausted = False
+        self._held = []  # items read but not submitted: the arena had no room for them yet
         self._fill()  # start now, so errors in pickling arguments show at the call
 
     # ------------------------------------------------------------------ for sweeps
@@ -105,6 +107,7 @@ class MapWindow:
     def close(self):
         """Cancels chunks not yet handed to a worker."""
         self._exhausted = True
+        self._held = []
         for fut, _ in self._pending:
             fut.cancel()
         self._pending.clear()
@@ -125,14 +128,31 @@ class MapWindow:
         self._size = max(1, min(MAX_CHUNK, target, self._size * 8))
 
     def _fill(self):
-        while not self._exhausted and self._outstanding < self._window:
-            items = list(itertools.islice(self._args, self._size))
-            if not items:
-                self._exhausted = True
+        while self._outstanding < self._window:
+            if self._held:
+                items, self._held = self._held[:self._size], self._held[self._size:]
+            elif self._exhausted:
                 break
+            else:
+                items = list(itertools.islice(self._args, self._size))
+                if not items:
+                    self._exhausted = True
+                    break
+            try:
+                fut = self._backend.submit_chunk(self._fn, items, self._star)
+            except ArenaFull:
+                # The chunks in flight hold the arena: wait for them to finish. With none in
+                # flight, a smaller chunk may fit; a single item that does not can never fit.
+                self._held[:0] = items
+                if self._outstanding:
+                    break
+                if len(items) == 1:
+                    self._held.clear()
+                    raise
+                self._size = max(1, len(items) // 2)
+                continue
             if self._left is not None:
                 self._left -= len(items)
-            fut = self._backend.submit_chunk(self._fn, items, self._star)
             self._outstanding += 1
             if self._ordered:
                 self._pending.append((fut, items))

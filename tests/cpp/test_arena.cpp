@@ -394,3 +394,25 @@ TEST(Arena, CollapseKeepsTheBytesAndOtherProcessesMapThemWhole) {
     EXPECT_TRUE(st.exited(0)) << "1: bytes differ in the other process; 2: it did not map huge pages";
     EXPECT_TRUE(a.free(off, Arena::k_creator));
 }
+
+TEST(Arena, AnAttachedArenaSeesSharedDataThroughAReadOnlyMapping) {
+    Arena a = make(64 * MiB);
+    auto off = a.allocate(P, Arena::k_creator);
+    fill(a, off, P, 0x11);
+    Arena c = Arena::attach(dup_fd(a.fd()));
+    ASSERT_NE(c.read_only_data(), c.data());
+    EXPECT_EQ(a.read_only_data(), a.data());  // the creator has one mapping
+    EXPECT_EQ(std::to_integer<int>(c.read_only_data()[off]), 0x11);
+    fill(a, off, P, 0x22);  // the same pages: a change shows through both mappings
+    EXPECT_EQ(std::to_integer<int>(c.read_only_data()[off + P - 1]), 0x22);
+    EXPECT_EQ(c.offset_of(c.read_only_data() + off), static_cast<std::int64_t>(off));
+    EXPECT_EQ(c.offset_of(c.data() + off), static_cast<std::int64_t>(off));
+    // A write through the read-only mapping faults in the process that makes it.
+    ChildGuard child(fork_child([&] {
+        const_cast<std::byte*>(c.read_only_data())[off] = std::byte{0x33};
+        return 0;
+    }));
+    ChildEnd end = child.wait(std::chrono::seconds(20));
+    EXPECT_TRUE(end.finished && !end.exited(0)) << end.str();
+    EXPECT_TRUE(all_equal(a, off, P, 0x22));
+}

@@ -456,3 +456,24 @@ def test_ten_thousand_tasks_moving_ten_megabytes_leave_memory_flat(pool):
     # Freed pages are kept for reuse up to a bound, never accumulated.
     assert resident_bytes() <= max(resident, 256 * MB) + 64 * MB, (resident_bytes(), resident)
     assert private_bytes() <= heap + 64 * MB, (private_bytes(), heap)
+
+
+@pytest.mark.timeout(180)
+def test_map_waits_for_arena_room_when_items_in_flight_would_pass_the_limit():
+    """12 arrays of 40 MB under a 256 MB limit: each fits, all at once would not. map() waits
+    for the chunks in flight to free their blocks; a single item that can never fit still
+    raises ArenaFull."""
+    out = run_driver("""
+        import numpy as np, shoal
+        def total(a): return float(a[0] + a[-1])
+        shoal.set_arena_limit("256M")
+        arrays = [np.full(40 * 2**20 // 8, float(i)) for i in range(12)]
+        with shoal.Executor(2) as ex:
+            print("map:", list(ex.map(total, arrays)) == [2.0 * i for i in range(12)])
+            try:
+                list(ex.map(total, [np.ones(300 * 2**20 // 8)]))
+            except shoal.ArenaFull:
+                print("too big: ArenaFull")
+        """)
+    assert out.returncode == 0, out.stderr
+    assert "map: True" in out.stdout and "too big: ArenaFull" in out.stdout, out.stdout + out.stderr

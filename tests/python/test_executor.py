@@ -819,3 +819,10 @@ def test_many_map_items(executor):
     n = 200_000
     assert list(executor.map(square, range(n))) == [i * i for i in range(n)]
     assert sum(executor.map(square, range(n), ordered=False)) == sum(i * i for i in range(n))
+
+
+def test_worker_pids_right_after_the_first_submit_lists_the_starting_workers():
+    with shoal.Executor(max_workers=2, backend="process") as ex:
+        ex.submit(sleep_return, 0.5)
+        pids = ex.worker_pids()
+        assert len(pids) == 2 and os.getpid() not in pids

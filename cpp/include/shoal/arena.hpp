@@ -53,7 +53,8 @@ public:
 
     /// Creates an arena (the driver). Throws std::system_error.
     static Arena create(Options options);
-    /// Maps an arena created by another process (a worker). Throws on a bad header.
+    /// Maps an arena created by another process (a worker), twice: read-write, and read-only
+    /// for memory the worker must not change (see read_only_data). Throws on a bad header.
     static Arena attach(Fd fd);
 
     Arena() noexcept = default;
@@ -63,6 +64,10 @@ public:
 
     int fd() const noexcept { return m_fd.get(); }
     std::byte* data() const noexcept { return m_data; }
+    /// The data region through a read-only mapping of the same pages (an attached arena), so
+    /// that a write through a view of shared data faults in the process that made it instead
+    /// of changing it for every process; data() where there is no such mapping (the creator).
+    std::byte const* read_only_data() const noexcept { return m_ro_data ? m_ro_data : m_data; }
     std::uint64_t limit_bytes() const noexcept { return m_limit_pages * k_page; }
 
     /// A fresh owner id for a process using the arena (the creator is k_creator).
@@ -82,7 +87,8 @@ public:
     /// True when [offset, offset + length) lies in the part of the data region that exists
     /// (so a view of it cannot fault). Any reference from a frame is checked with this.
     bool contains(std::uint64_t offset, std::uint64_t length) noexcept;
-    /// The offset of `p` in the data region if it points into it, else -1.
+    /// The offset of `p` in the data region if it points into it (through either mapping),
+    /// else -1.
     std::int64_t offset_of(void const* p) const noexcept;
 
     /// Asks the kernel to back the huge-page-aligned part of [offset, offset + length) with
@@ -113,6 +119,8 @@ private:
     std::byte* m_base = nullptr;    // the whole mapping (aligned to huge_page_bytes())
     std::size_t m_map_bytes = 0;
     std::byte* m_data = nullptr;    // start of the data region
+    std::byte* m_ro_base = nullptr; // the read-only mapping of an attached arena (same size)
+    std::byte const* m_ro_data = nullptr;
     std::uint64_t m_data_offset = 0;
     std::uint64_t m_limit_pages = 0;
     std::uint64_t m_grow_pages = 1;

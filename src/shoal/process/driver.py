@@ -408,6 +408,8 @@ class ProcessBackend(Backend):
     # Each worker's task and result rings. A frame larger than a ring goes in fragments; larger
     # rings hold more small tasks in flight per worker, and cost that much shared memory each.
     RING_BYTES = 1 << 18
+    # worker_pids() waits this long after the pool started for the workers being forked.
+    WORKERS_START_S = 5.0
 
     def __init__(self, config: BackendConfig):
         super().__init__(config)
@@ -451,6 +453,7 @@ class ProcessBackend(Backend):
                 self._thread = threading.Thread(target=_complete, args=(self._state,),
                                                 name="shoal-completions", daemon=True)
                 self._thread.start()
+                self._started = time.monotonic()
                 self._pool = pool
             return self._pool
 
@@ -518,14 +521,19 @@ class ProcessBackend(Backend):
         return ProcessAgentTransport(group, self)
 
     def worker_pids(self):
+        """The workers' pids. Right after the pool starts (its first task), the workers being
+        forked are waited for (up to WORKERS_START_S), so the list is never empty then."""
         if self._pool is None:
             if self._closed:
                 return []
             self._start()
-            deadline = time.monotonic() + 5.0  # the forks were just requested: wait for them
-            while len(self._pool.worker_pids()) < self.slots and time.monotonic() < deadline:
+        pids = self._pool.worker_pids()
+        if len(pids) < self.slots and not self._closed:
+            deadline = self._started + self.WORKERS_START_S
+            while len(pids) < self.slots and time.monotonic() < deadline:
                 time.sleep(0.001)
-        return [int(p) for p in self._pool.worker_pids()]
+                pids = self._pool.worker_pids()
+        return [int(p) for p in pids]
 
     def cancel_all(self):
         if self._pool is None:
