@@ -116,3 +116,26 @@ def test_sweeps_of_one_function_send_it_once(make_process_executor):
     gc.collect()
     assert alive() is None
     time.sleep(0.1)
+
+
+def table_sum(table, i):
+    return float(table[:1000].sum())
+
+
+def test_shared_memory_a_dropped_function_holds_lives_until_the_workers_forget_it(make_process_executor):
+    """partial(model, share(t)): the user drops both right after submit, before the worker has
+    loaded the function; the shared block must not be reused under it."""
+    import functools
+
+    ex = make_process_executor(max_workers=1)
+    ex.submit(time.sleep, 0.01).result(timeout=30)
+    busy = ex.submit(time.sleep, 1.0)
+    h = shoal.share(np.ones(1 << 20))
+    f = functools.partial(table_sum, h)
+    fut = ex.submit(f, 0)
+    del f, h
+    gc.collect()
+    other = shoal.share(np.full(1 << 20, 7.0))  # would take the freed block
+    assert fut.result(timeout=30) == 1000.0
+    busy.result(timeout=30)
+    del other

@@ -84,14 +84,17 @@ class FunctionEntry:
     weak references to what identifies it (strong ones only for objects that cannot be
     weakly referenced, such as builtins)."""
 
-    __slots__ = ("key", "fn_id", "outstanding", "refs", "dead")
+    __slots__ = ("key", "fn_id", "outstanding", "refs", "dead", "arena_views")
 
-    def __init__(self, key, fn_id, refs):
+    def __init__(self, key, fn_id, refs, arena_views):
         self.key = key
         self.fn_id = fn_id
         self.outstanding = 1
         self.refs = refs
         self.dead = False  # an object it refers to is gone: forgotten once no task uses it
+        # Views of the shared arena memory the function refers to (a partial of a
+        # shoal.share handle): held until the workers forget it, since they map that memory.
+        self.arena_views = arena_views
 
     def matches(self, identity):
         for ref, obj in zip(self.refs, identity):
@@ -134,13 +137,14 @@ class FunctionTable:
                 self._by_key.move_to_end(key)
                 entry.outstanding += 1
                 return entry.fn_id
-        blob = dumps_function(fn, self._arena, self._threshold)  # raises in the caller if it cannot
+        arena_views = []
+        blob = dumps_function(fn, self._arena, self._threshold, arena_views)  # raises here if it cannot
         died = self._died
         refs = tuple(_weak(obj, lambda _ref, key=key: died(key)) for obj in identity)
         with self._lock:
             fn_id = next(self._ids)
             self._pool.define_function(fn_id, blob)
-            entry = FunctionEntry(key, fn_id, refs)
+            entry = FunctionEntry(key, fn_id, refs, arena_views or None)
             old = self._by_key.pop(key, None)
             if old is not None:  # an object that was collected, its id now reused
                 old.dead = True
