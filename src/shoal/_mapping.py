@@ -17,7 +17,7 @@ __all__ = ["MapWindow"]
 
 # Adaptive chunking: aim for about this much work per chunk, measured as it runs. Each chunk
 # costs the driver a wake-up and some Python (~70-100 µs of CPU on a 2-core machine whose cores
-# the workers are using): 1 ms chunks lost ~10 % of map_cpu's efficiency, 10 ms chunks ~1 %, and
+# the workers are using): 1 ms chunks lost 20-30 % of map_cpu's efficiency, 10 ms chunks ~1 %, and
 # tasks of 5-10 ms went one per chunk; at 50 ms it is level with Pool.starmap. Longer chunks
 # would leave workers idle at the end of a map and hold more results back. When the input's
 # length is known, a chunk also never exceeds its share of what is left, so the last chunks

@@ -434,7 +434,7 @@ class ProcessBackend(Backend):
         self._start_lock = threading.Lock()
         self._closed = False
         # The workers are forked at the first task, once the zygote has imported its function's
-        # module (see docs/design.md, "The first task's module"); the zygote starts now.
+        # module (docs/design.md, "Zygote"); the zygote starts now.
         zygote()
 
     def _start(self, fn=None):
