@@ -126,6 +126,7 @@ class FunctionTable:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._dead = deque()  # keys whose objects were collected (appended by weakref callbacks)
+        self._pid = os.getpid()  # a fork()ed copy of the driver must never touch the pool
 
     def acquire(self, fn):
         """The id of ``fn`` in the workers, registered now if new; one more task uses it."""
@@ -139,8 +140,14 @@ class FunctionTable:
                 return entry.fn_id
         arena_views = []
         blob = dumps_function(fn, self._arena, self._threshold, arena_views)  # raises here if it cannot
-        died = self._died
-        refs = tuple(_weak(obj, lambda _ref, key=key: died(key)) for obj in identity)
+        table = weakref.ref(self)  # the callbacks must not keep the table (and its pool) alive
+
+        def died(_ref, key=key):
+            t = table()
+            if t is not None:
+                t._died(key)
+
+        refs = tuple(_weak(obj, died) for obj in identity)
         with self._lock:
             fn_id = next(self._ids)
             self._pool.define_function(fn_id, blob)
@@ -173,6 +180,8 @@ class FunctionTable:
     def _died(self, key):
         """From a weakref callback: may run in any thread, at any point (even inside this
         table's own lock in the same thread), so it only queues the key, then reaps if it can."""
+        if os.getpid() != self._pid:
+            return
         self._dead.append(key)
         if self._lock.acquire(blocking=False):
             try:
@@ -423,7 +432,8 @@ class ProcessBackend(Backend):
         threshold = config.buffer_threshold
         self._setup = encode_setup(WorkerSetup(
             cwd=os.getcwd(), path=list(sys.path), initializer=config.initializer, initargs=config.initargs,
-            buffer_threshold=threshold if threshold is not None else 1 << 62, event_loop=config.event_loop))
+            buffer_threshold=threshold if threshold is not None else 1 << 62, event_loop=config.event_loop,
+            env=dict(os.environ)))
         self._arena = None if threshold is None else arena()
         self._threshold = threshold
         # Close frames of agent groups dropped unclosed (process/agents.py), sent with the next

@@ -80,6 +80,9 @@ def _initialize(channel, payload, arena):
         except OSError:
             pass
         sys.path[:] = setup.path
+        if os.environ != setup.env:  # the zygote was started before the driver changed it
+            os.environ.clear()
+            os.environ.update(setup.env)
         if setup.initializer is not None:
             setup.initializer(*setup.initargs)
     except BaseException as exc:  # noqa: BLE001 - every failure is reported
