@@ -498,7 +498,8 @@ class IMapIterator:
     def __init__(self, pool):
         self._pool = pool
         self._cond = threading.Condition(threading.Lock())
-        self._items = collections.deque()  # (success, value)
+        self._items = collections.deque()  # (success, value), filled by the map thread
+        self._ready = collections.deque()  # taken by the reader from _items, under the lock
         self._finished = False
         self._stopped = False  # an error ended the iteration
         pool._begin()
@@ -508,14 +509,19 @@ class IMapIterator:
         return self
 
     def next(self, timeout=None):
-        with self._cond:
-            if not self._items and not self._finished:
-                self._cond.wait_for(lambda: self._items or self._finished, timeout)
-            if not self._items:
-                if self._finished:
-                    raise StopIteration
-                raise multiprocessing.TimeoutError
-            success, value = self._items.popleft()
+        try:
+            success, value = self._ready.popleft()  # no lock: what the map thread handed over
+        except IndexError:
+            with self._cond:
+                if not self._items and not self._finished:
+                    self._cond.wait_for(lambda: self._items or self._finished, timeout)
+                if not self._items:
+                    if self._finished:
+                        raise StopIteration from None
+                    raise multiprocessing.TimeoutError from None
+                # Take everything there: the next items cost a deque pop each, not a lock.
+                self._ready, self._items = self._items, collections.deque()
+            success, value = self._ready.popleft()
         if success:
             return value
         raise value
