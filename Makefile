@@ -5,7 +5,11 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.shoal-deps
 PYDEPS  := nanobind scikit-build-core cloudpickle numpy pandas psutil pytest pytest-timeout ninja cmake \
-           joblib tqdm uvloop
+           joblib tqdm uvloop \
+           mesa networkx emcee schwimmbad nbclient nbformat ipykernel
+# radCAD pins numpy<1.26.4 and pandas 1.x, which would downgrade the project's numpy and pandas;
+# its engine runs on today's (tests/python/test_integrations.py), so it is installed without them.
+NODEPS  := radcad==0.14.0
 BUILD   := build/py
 JOBS    ?= 2
 
@@ -17,6 +21,7 @@ $(STAMP): Makefile
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q $(PYDEPS)
+	$(VPY) -m pip install -q --no-deps $(NODEPS)
 	touch $(STAMP)
 
 venv: $(STAMP)

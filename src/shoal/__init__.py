@@ -7,7 +7,7 @@ shared-memory rings.
 __all__ = ["Executor", "Future", "AgentGroup", "ShoalError", "WorkerCrashedError", "InitializerError",
            "ExecutorShutdownError", "WorkersUnavailableError", "ExecutorClosedError", "RemoteTraceback",
            "AgentError", "AgentsLostError", "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats",
-           "Progress"]
+           "Progress", "Pool", "patch_pools"]
 __version__ = "0.1.0"
 
 # The names load on first use, so that a worker process (which imports shoal._worker)
@@ -31,6 +31,8 @@ _where = {
     "AgentError": "._errors",
     "AgentsLostError": "._errors",
     "AgentGroup": "._agents",
+    "Pool": "._pool",
+    "patch_pools": "._patch",
 }
 
 

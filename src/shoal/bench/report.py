@@ -3,7 +3,7 @@ from shoalbench import spec
 
 __all__ = ["markdown", "plot", "ratios", "targets"]
 
-NOT_PEERS = {"serial", "shoal", "shoal[thread]", "shoal[direct]"}  # never the "best peer"
+NOT_PEERS = {"serial", "shoal", "shoal[thread]", "shoal[direct]", "shoal.Pool"}  # never the "best peer"
 
 
 def _index(records):
@@ -91,14 +91,30 @@ def targets(records, sizes=None):
     out[(w, "us_per_task")] = verdict([vs(w, "us_per_task", "cf_process", 10)] +
                                       ([vs(w, "us_per_task", best, 3)] if best else
                                        [(None, "no peer result")]))
+    def pool_vs_mp(w, m):
+        """shoal.Pool's check (issue 17): at least as fast as multiprocessing.Pool, when it ran."""
+        if not any(r["workload"] == w and r["system"] == "shoal.Pool" for r in records):
+            return []
+        s, p = _ok(idx, w, m, "shoal.Pool"), _ok(idx, w, m, "mp_pool")
+        if s is None or p is None:
+            return [(None, "shoal.Pool or mp_pool has no result")]
+        return [(p / s >= 1, f"shoal.Pool {p / s:.2g}x vs mp_pool (need >=1x)")]
+
     w = "map_tiny"
     best, _ = best_peer(records, w, "us_per_item")
-    out[(w, "us_per_item")] = verdict([vs(w, "us_per_item", best, 1)] if best
-                                      else [(None, "no peer result")])
+    out[(w, "us_per_item")] = verdict(([vs(w, "us_per_item", best, 1)] if best
+                                       else [(None, "no peer result")]) + pool_vs_mp(w, "us_per_item"))
     w = "map_cpu"
     e = shoal(w, "efficiency")
+    # shoal.Pool vs mp_pool by efficiency: each repeat's own serial loop measures the machine's
+    # load at that moment, which ms_total alone leaves in (the machine is shared).
+    pool_check = []
+    if any(r["workload"] == w and r["system"] == "shoal.Pool" for r in records):
+        s, p = _ok(idx, w, "efficiency", "shoal.Pool"), _ok(idx, w, "efficiency", "mp_pool")
+        pool_check = ([(s >= p, f"shoal.Pool {s:.2f} vs mp_pool {p:.2f} (need >=)")] if s and p
+                      else [(None, "shoal.Pool or mp_pool has no result")])
     out[(w, "efficiency")] = verdict([(e >= 0.9, f"{e:.2f} (need >=0.9)") if e is not None
-                                      else (None, "shoal has no result")])
+                                      else (None, "shoal has no result")] + pool_check)
     w = "big_args"
     direct, mp = _ok(idx, w, "ms_per_task", "shoal[direct]"), _ok(idx, w, "ms_per_task", "mp_pool")
     direct_check = ((mp / direct >= 5, f"shoal[direct] {mp / direct:.2g}x vs mp_pool (need >=5x)")

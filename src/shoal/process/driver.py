@@ -17,6 +17,7 @@ Completions are delivered in the order they were taken (a task's output before i
 whichever thread took them. Functions are pickled once per executor and cached in the workers
 by id; an entry is forgotten once no task uses it and the table is past its capacity.
 """
+import functools
 import importlib.util
 import itertools
 import os
@@ -585,6 +586,8 @@ def _module_hints(fn):
     of its top-level package first), so that the workers forked after it share that module
     instead of each importing it. Nothing for __main__, closures, lambdas, builtins and
     functions pickled by value."""
+    while isinstance(fn, functools.partial):  # a partial (Mesa's batch_run): its function's module
+        fn = fn.func
     fn = getattr(fn, "__func__", fn)  # a bound method: its function's module
     name = getattr(fn, "__module__", None)
     if not isinstance(name, str) or name in ("__main__", "builtins") or name in sys.builtin_module_names:

@@ -4,7 +4,7 @@
 # the default (the fairness rules in shoal/bench/runner.py say when one is added).
 PEERS = ("serial", "mp_pool", "mp_pool[spawn]", "cf_process", "cf_process[chunked]",
          "cf_thread", "asyncio", "asyncio[uvloop]", "joblib", "mpire", "ray", "dask")
-SHOAL = ("shoal", "shoal[thread]", "shoal[direct]")
+SHOAL = ("shoal", "shoal[thread]", "shoal[direct]", "shoal.Pool")
 ALL_SYSTEMS = PEERS + SHOAL
 
 _CORE = ("serial", "mp_pool", "cf_process", "joblib", "mpire", "ray", "dask", "shoal")
@@ -13,8 +13,9 @@ _CORE = ("serial", "mp_pool", "cf_process", "joblib", "mpire", "ray", "dask", "s
 SYSTEMS = {
     "round_trip": _CORE,
     "submit_throughput": _CORE,
-    "map_tiny": _CORE[:3] + ("cf_process[chunked]",) + _CORE[3:],
-    "map_cpu": _CORE,
+    # shoal.Pool: the drop-in for multiprocessing.Pool, measured beside it (issue 17's targets)
+    "map_tiny": _CORE[:3] + ("cf_process[chunked]",) + _CORE[3:] + ("shoal.Pool",),
+    "map_cpu": _CORE + ("shoal.Pool",),
     "big_args": _CORE + ("shoal[direct]",),
     "big_results": _CORE,
     "startup": ("serial", "mp_pool", "mp_pool[spawn]") + _CORE[2:],

@@ -750,9 +750,44 @@ class ShoalDirect(Shoal):
         return obj
 
 
+class ShoalPool(System):
+    """shoal.Pool(W), multiprocessing.Pool's API on shoal's workers, called as mp_pool is."""
+
+    imports = ("shoal",)
+    name = "shoal.Pool"
+    library = "shoal"
+
+    def version(self):
+        try:
+            return super().version()
+        except Exception:
+            import shoal
+
+            return f"shoal {getattr(shoal, '__version__', 'source tree')}"
+
+    def start(self, **options):
+        import shoal
+
+        self.pool = shoal.Pool(self.workers)
+
+    def close(self):
+        self.pool.close()
+        self.pool.join()
+
+    def call(self, fn, *args):
+        return self.pool.apply(fn, args)
+
+    def submit_all(self, fn, args_list):
+        handles = [self.pool.apply_async(fn, a) for a in args_list]
+        return [h.get() for h in handles]
+
+    def map(self, fn, items):
+        return self.pool.map(fn, items)
+
+
 BY_NAME = {cls.name: cls for cls in (Serial, MpPool, MpPoolSpawn, CfProcess, CfProcessChunked,
                                      CfThread, Asyncio, AsyncioUvloop, Joblib, Mpire, Ray, Dask, Shoal, ShoalThread,
-                                     ShoalDirect)}
+                                     ShoalDirect, ShoalPool)}
 
 
 def make(name, workers):
