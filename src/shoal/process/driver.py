@@ -25,7 +25,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 
-from .. import _core
+from .. import _core, _threads
 from .._aio import is_coroutine_function
 from .._arena import READ_ONLY, Buffers, arena
 from .._backend import Backend, BackendConfig, ChunkOutcome
@@ -335,7 +335,8 @@ class ProcessBackend(Backend):
         threshold = config.buffer_threshold
         self._setup = encode_setup(WorkerSetup(
             cwd=os.getcwd(), path=list(sys.path), initializer=config.initializer, initargs=config.initargs,
-            buffer_threshold=threshold if threshold is not None else 1 << 62, event_loop=config.event_loop))
+            buffer_threshold=threshold if threshold is not None else 1 << 62, event_loop=config.event_loop,
+            threads=_threads.worker_plan(config.threads_per_worker, config.max_workers)))
         self._arena = None if threshold is None else arena()
         self._threshold = threshold
         # Close frames of agent groups dropped unclosed (process/agents.py), sent with the next

@@ -35,10 +35,11 @@ from .._pickle import dumps, dumps_exception, loads, pack_items
 # ------------------------------------------------------------------ worker setup (function 0)
 
 WorkerSetup = collections.namedtuple(
-    "WorkerSetup", "cwd path initializer initargs buffer_threshold event_loop")
+    "WorkerSetup", "cwd path initializer initargs buffer_threshold event_loop threads")
 WorkerSetup.__doc__ = """The executor's setup, run by each worker before its first task: working
 directory, sys.path, initializer and its arguments, the out-of-band buffer threshold in bytes,
-and the event loop for coroutine tasks (see _aio.check_event_loop)."""
+the event loop for coroutine tasks (see _aio.check_event_loop), and the sizes of the native
+thread pools (``(variables, limits)`` of _threads.worker_plan)."""
 
 
 def encode_setup(setup):
