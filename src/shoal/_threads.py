@@ -8,7 +8,8 @@ Three places act on them (docs/threads.md has the design):
   before it imports anything), so it never starts pool threads of its own and a pool it
   preloads can be raised later;
 * each worker runs :func:`apply` at its setup: the variables for libraries it loads later, and a
-  runtime limit (threadpoolctl; numexpr's own call) for those the zygote already loaded.
+  runtime limit (threadpoolctl, through the controller the zygote built after its imports;
+  numexpr's own call) for those the zygote already loaded.
 
 Importing this module costs nothing beyond ``os`` and ``sys``: the zygote and every worker import it.
 """
@@ -37,8 +38,8 @@ VARIABLES = tuple(dict.fromkeys(v for chain in CHAINS.values() for v in chain))
 ZYGOTE_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                     "NUMEXPR_NUM_THREADS")
 
-# File name prefixes of the libraries threadpoolctl controls: a worker whose process maps none of
-# them needs no runtime limit (and does not import threadpoolctl, ~40 ms).
+# File name prefixes of the libraries threadpoolctl controls: a zygote that maps none of them
+# does not import threadpoolctl (~40 ms), and its workers need no runtime limit.
 _LIBRARY_PREFIXES = ("libopenblas", "libscipy_openblas", "libblas", "libblis", "libmkl_rt", "libflexiblas",
                      "libgomp", "libiomp", "libomp")
 
@@ -141,20 +142,30 @@ def loaded_libraries():
     return any(b"/" + p.encode() in maps for p in _LIBRARY_PREFIXES)
 
 
+# The zygote's threadpoolctl controller of the pools it loaded (None: it loaded none). Built
+# there once, so a worker forked from it shares its pages instead of building its own (~1 MB of
+# USS per worker, past the 2 MB an idle worker may cost).
+_controller = None
+
+
 def zygote_imported():
-    """In the zygote, after it imported modules: if they loaded a native pool, imports
-    threadpoolctl now so that every worker forked later shares it instead of importing it."""
-    if "threadpoolctl" not in sys.modules and loaded_libraries():
-        try:
-            import threadpoolctl  # noqa: F401
-        except ImportError:
-            pass
+    """In the zygote, after it imported modules: if they loaded a native pool, builds the
+    threadpoolctl controller of the pools now loaded (for the workers forked from now on)."""
+    global _controller
+    if not loaded_libraries():
+        return
+    try:
+        import threadpoolctl
+    except ImportError:
+        return
+    _controller = threadpoolctl.ThreadpoolController()
 
 
 def apply(plan):
     """In a worker, at its setup: sets the variables of ``plan`` (see :func:`worker_plan`) for
-    libraries loaded from now on, and limits those already loaded (through threadpoolctl when it
-    is installed; without it they keep the zygote's one thread)."""
+    libraries loaded from now on, and sets the count of those the zygote already loaded (through
+    threadpoolctl when it is installed; without it they keep the zygote's one thread). A worker
+    runs nothing before its setup: what the zygote loaded is all that is loaded."""
     variables, limits = plan
     for name, value in variables.items():
         if value is None:
@@ -164,13 +175,8 @@ def apply(plan):
     numexpr = sys.modules.get("numexpr")
     if numexpr is not None and "numexpr" in limits:
         numexpr.set_num_threads(limits["numexpr"])
-    if not loaded_libraries():
-        return
-    try:
-        import threadpoolctl
-    except ImportError:
-        return
-    for lib in threadpoolctl.ThreadpoolController().lib_controllers:
-        count = limits.get(lib.internal_api)
-        if count is not None and lib.num_threads != count:
-            lib.set_num_threads(count)
+    if _controller is not None:
+        for lib in _controller.lib_controllers:
+            count = limits.get(lib.internal_api)
+            if count is not None and lib.num_threads != count:
+                lib.set_num_threads(count)
