@@ -5,7 +5,7 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.shoal-deps
 PYDEPS  := nanobind scikit-build-core cloudpickle numpy pandas psutil pytest pytest-timeout ninja cmake \
-           joblib tqdm uvloop \
+           joblib tqdm uvloop threadpoolctl \
            mesa networkx emcee schwimmbad nbclient nbformat ipykernel
 # radCAD pins numpy<1.26.4 and pandas 1.x, which would downgrade the project's numpy and pandas;
 # its engine runs on today's (tests/python/test_integrations.py), so it is installed without them.

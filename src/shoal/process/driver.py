@@ -28,7 +28,7 @@ import weakref
 from collections import OrderedDict, deque
 from types import MethodType
 
-from .. import _core
+from .. import _core, _threads
 from .._aio import is_coroutine_function
 from .._arena import READ_ONLY, Buffers, arena
 from .._backend import Backend, BackendConfig, ChunkOutcome
@@ -434,7 +434,8 @@ class ProcessBackend(Backend):
         self._setup = encode_setup(WorkerSetup(
             cwd=os.getcwd(), path=list(sys.path), initializer=config.initializer, initargs=config.initargs,
             buffer_threshold=threshold if threshold is not None else 1 << 62, event_loop=config.event_loop,
-            env=dict(os.environ)))
+            env=dict(os.environ),
+            threads=_threads.worker_plan(config.threads_per_worker, config.max_workers)))
         self._arena = None if threshold is None else arena()
         self._threshold = threshold
         # Close frames of agent groups dropped unclosed (process/agents.py), sent with the next

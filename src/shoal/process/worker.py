@@ -13,7 +13,7 @@ import sys
 import time
 from types import CoroutineType
 
-from .. import _aio, _core
+from .. import _aio, _core, _threads
 from .._arena import DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_arena
 from .._chunk import call_items
 from .._pickle import dumps, iter_items, loads_function
@@ -68,8 +68,8 @@ _threshold = DEFAULT_THRESHOLD  # the executor's buffer_threshold
 
 
 def _initialize(channel, payload, arena):
-    """Runs the executor's setup (cwd, sys.path, initializer); answers ready (with our id in
-    the arena, so the driver can reclaim our blocks if we die) or init_failed."""
+    """Runs the executor's setup (cwd, sys.path, native thread pools, initializer); answers ready
+    (with our id in the arena, so the driver can reclaim our blocks if we die) or init_failed."""
     global _threshold
     try:
         setup = decode_setup(payload)
@@ -83,6 +83,8 @@ def _initialize(channel, payload, arena):
         if os.environ != setup.env:  # the zygote was started before the driver changed it
             os.environ.clear()
             os.environ.update(setup.env)
+        # Before the initializer: what it imports reads the variables set here.
+        _threads.apply(setup.threads)
         if setup.initializer is not None:
             setup.initializer(*setup.initargs)
     except BaseException as exc:  # noqa: BLE001 - every failure is reported

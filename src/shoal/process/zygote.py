@@ -1,6 +1,8 @@
 """The zygote: started once per driver process with posix_spawn; forks workers on request.
 
-It is single-threaded. It imports what workers share (the worker loop, the preload modules,
+It is single-threaded, and its native thread pools stay so: before it imports anything, each
+pool the user left unset is set to one thread (_threads.zygote_defaults; each worker then sizes
+its own at setup, docs/threads.md). It imports what workers share (the worker loop, the preload modules,
 and, once idle, cloudpickle), freezes the garbage collector so forked workers do not copy those
 pages, and then serves fork and import requests from the driver's executors until the driver
 is gone.
@@ -30,6 +32,9 @@ def _import_hint(name, origin):
 
 
 def main(control_fd=3):
+    from .. import _threads
+
+    _threads.zygote_defaults()  # before anything that may load a BLAS or OpenMP runtime
     # A terminal's Ctrl-C is the driver's to handle; workers inherit this.
     import _signal  # not `signal`: it imports enum (~2 ms)
 
@@ -65,6 +70,7 @@ def main(control_fd=3):
                         _import_hint(*name.split("\t", 1))
                     else:
                         importlib.import_module(name)
+                _threads.zygote_imported()
             except BaseException as exc:  # noqa: BLE001 - reported to the driver
                 server.imported(action, False, f"{type(exc).__name__}: {exc}")
             else:
