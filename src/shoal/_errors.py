@@ -8,6 +8,7 @@ shoal raises for its own reasons) and from the standard library class a user of
     ├── ExecutorShutdownError   BrokenExecutor   the executor was shut down before the task ran
     ├── WorkersUnavailableError BrokenExecutor   the pool could not start or keep its workers
     ├── ExecutorClosedError     RuntimeError     submit()/map()/agents() after shutdown()
+    ├── ImportTimeExecutorError RuntimeError     an executor created by a module shoal imports for a worker
     ├── AgentError              RuntimeError     an agent operation failed for some agents
     │   └── AgentsLostError                      ... and agents were lost with their worker
     └── ArenaFull               MemoryError      the shared arena has no room (shoal._core)
@@ -20,8 +21,8 @@ from concurrent.futures import BrokenExecutor
 from ._core import ShoalError
 
 __all__ = ["ShoalError", "WorkerCrashedError", "InitializerError", "ExecutorShutdownError",
-           "WorkersUnavailableError", "ExecutorClosedError", "RemoteTraceback", "AgentError",
-           "AgentsLostError", "traceback_text"]
+           "WorkersUnavailableError", "ExecutorClosedError", "ImportTimeExecutorError", "RemoteTraceback",
+           "AgentError", "AgentsLostError", "traceback_text"]
 
 
 class WorkerCrashedError(ShoalError, BrokenExecutor):
@@ -53,6 +54,21 @@ class WorkersUnavailableError(ShoalError, BrokenExecutor):
 class ExecutorClosedError(ShoalError, RuntimeError):
     """Raised by ``submit``, ``map``, ``sweep``, ``agents`` and agent operations made after
     ``shutdown()`` (``concurrent.futures`` raises a RuntimeError there too)."""
+
+
+class ImportTimeExecutorError(ShoalError, RuntimeError):
+    """Raised when an executor is created while shoal imports a module in its zygote or in a
+    worker (to load a task's function, the initializer or a ``preload`` module): the module
+    creates an executor at import time, with no ``if __name__ == "__main__":`` guard, and
+    would otherwise start processes that import it again without end. ``module`` names it.
+    (``multiprocessing`` raises a RuntimeError in the same case.)"""
+
+    def __init__(self, message, *, module=None):
+        super().__init__(message)
+        self.module = module
+
+    def __reduce__(self):  # raised in a worker, it reaches the caller with its module
+        return (_rebuild, (type(self), self.args, {"module": self.module}))
 
 
 class RemoteTraceback(Exception):
@@ -89,6 +105,10 @@ class AgentsLostError(AgentError):
     """Raised by every operation on an agent group that has lost agents: their worker died and
     the group was created without ``checkpoint=True``. ``lost`` names them; the operation still
     ran on the others, whose results are in ``results``."""
+
+
+def _rebuild(cls, args, kwargs):
+    return cls(*args, **kwargs)
 
 
 def traceback_text(exc):

@@ -10,6 +10,7 @@ from ._aio import check_event_loop
 from ._arena import DEFAULT_THRESHOLD
 from ._backend import BACKEND_NAMES, BackendConfig, make_backend
 from ._errors import ExecutorClosedError
+from ._import_guard import check as _check_not_importing
 from ._sweep import sweep as _sweep
 
 __all__ = ["Executor"]
@@ -44,6 +45,7 @@ class Executor(concurrent.futures.Executor):
     def __init__(self, max_workers=None, backend="process", *, initializer=None, initargs=(),
                  retries=2, preload=(), max_tasks_per_worker=None, buffer_threshold=DEFAULT_THRESHOLD,
                  concurrency=1, event_loop="auto"):
+        _check_not_importing()  # a module shoal imports for a worker must not start executors
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:

@@ -1,0 +1,146 @@
+"""Mistakes a newcomer from multiprocessing makes, and what shoal does about them (issue 19):
+modules that start an executor when imported, __main__ functions that share globals, large
+closures, tracebacks, map over a failing generator, objects that cannot be sent."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import shoal
+from helpers import kill_tree, subprocess_env
+
+# ---------------------------------------------------------------- runaway imports (item 1)
+
+# More processes than this in a driver's session means something forks without end: the
+# watchdog kills the whole session at once (a zygote has its own process group, not session).
+_MAX_PROCESSES = 12
+
+
+def _session_pids(sid):
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.getsid(int(name)) == sid:
+                    pids.append(int(name))
+            except OSError:
+                pass
+    return pids
+
+
+def _kill_session(sid):
+    for _ in range(3):  # a process forking as we kill: go round again
+        for pid in _session_pids(sid):
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        time.sleep(0.05)
+
+
+def run_guarded(argv, cwd, timeout=60):
+    """Runs `python argv` in its own session under a watchdog that kills the whole session as
+    soon as it holds more than _MAX_PROCESSES processes, or at the timeout. Returns
+    (CompletedProcess, most processes seen, whether the watchdog fired)."""
+    proc = subprocess.Popen([sys.executable, *argv], cwd=cwd, env=subprocess_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    seen = [0]
+    fired = threading.Event()
+    stop = threading.Event()
+
+    def watch():
+        deadline = time.monotonic() + timeout
+        while not stop.is_set():
+            n = len(_session_pids(proc.pid))
+            seen[0] = max(seen[0], n)
+            if n > _MAX_PROCESSES or time.monotonic() > deadline:
+                fired.set()
+                _kill_session(proc.pid)
+                return
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        out, err = proc.communicate(timeout=timeout + 10)
+    except subprocess.TimeoutExpired:
+        _kill_session(proc.pid)
+        kill_tree(proc.pid)
+        out, err = proc.communicate()
+        fired.set()
+    finally:
+        stop.set()
+        watcher.join()
+        _kill_session(proc.pid)  # whatever is left (a zygote outliving its driver)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), seen[0], fired.is_set()
+
+
+_UNGUARDED = """\
+import shoal
+
+def double(x):
+    return 2 * x
+
+ex = shoal.Executor(2)
+print("RESULT", ex.submit(double, 21).result(timeout=30), flush=True)
+ex.shutdown()
+"""
+
+
+@pytest.fixture
+def unguarded(tmp_path):
+    (tmp_path / "sim.py").write_text(_UNGUARDED)
+    (tmp_path / "runner.py").write_text("import sim\n")
+    return tmp_path
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("argv", [["-c", "import sim"], ["runner.py"]], ids=["python-c-import", "imported"])
+def test_module_creating_executor_when_imported_raises_and_never_recurses(unguarded, argv):
+    res, most, fired = run_guarded(argv, unguarded)
+    assert not fired, f"processes kept multiplying ({most} at once): killed\n{res.stderr[-3000:]}"
+    assert res.returncode != 0
+    assert "ImportTimeExecutorError" in res.stderr, res.stderr[-3000:]
+    assert "'sim'" in res.stderr and 'if __name__ == "__main__":' in res.stderr
+    assert "RESULT" not in res.stdout
+    assert most <= 5  # the driver, its zygote and two workers (and nothing they started)
+
+
+@pytest.mark.timeout(120)
+def test_module_creating_executor_still_runs_as_a_script(unguarded):
+    res, most, fired = run_guarded(["sim.py"], unguarded)
+    assert not fired and res.returncode == 0, res.stderr[-3000:]
+    assert "RESULT 42" in res.stdout
+
+
+_NESTED = """\
+import shoal
+
+def inner(x):
+    return x + 1
+
+def outer(x):
+    with shoal.Executor(1) as ex:  # created by the task, on purpose
+        return ex.submit(inner, x).result(timeout=30)
+
+if __name__ == "__main__":
+    with shoal.Executor(1) as ex:
+        print("RESULT", ex.submit(outer, 41).result(timeout=60), flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_executor_created_inside_a_task_still_works(tmp_path):
+    (tmp_path / "nested.py").write_text(_NESTED)
+    (tmp_path / "runner.py").write_text("import nested\nnested.__name__ = 'nested'\n"
+                                        "import shoal\nwith shoal.Executor(1) as ex:\n"
+                                        "    print('RESULT', ex.submit(nested.outer, 41).result(timeout=60))\n")
+    for argv in (["nested.py"], ["runner.py"]):
+        res, most, fired = run_guarded(argv, tmp_path)
+        assert not fired and res.returncode == 0, res.stderr[-3000:]
+        assert "RESULT 42" in res.stdout
