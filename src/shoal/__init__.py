@@ -5,7 +5,8 @@ worker processes forked from a zygote, with a C++ core moving tasks through
 shared-memory rings.
 """
 __all__ = ["Executor", "Future", "AgentGroup", "ShoalError", "WorkerCrashedError", "InitializerError",
-           "ExecutorShutdownError", "WorkersUnavailableError", "ExecutorClosedError", "RemoteTraceback",
+           "ExecutorShutdownError", "WorkersUnavailableError", "ExecutorClosedError", "ImportTimeExecutorError",
+           "CannotSendError", "RemoteTraceback",
            "AgentError", "AgentsLostError", "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats",
            "Progress"]
 __version__ = "0.1.0"
@@ -21,6 +22,8 @@ _where = {
     "WorkersUnavailableError": "._errors",
     "ExecutorClosedError": "._errors",
     "InitializerError": "._errors",
+    "ImportTimeExecutorError": "._errors",
+    "CannotSendError": "._errors",
     "RemoteTraceback": "._errors",
     "share": "._share",
     "Shared": "._share",

@@ -9,6 +9,7 @@ shoal raises for its own reasons) and from the standard library class a user of
     ├── WorkersUnavailableError BrokenExecutor   the pool could not start or keep its workers
     ├── ExecutorClosedError     RuntimeError     submit()/map()/agents() after shutdown()
     ├── ImportTimeExecutorError RuntimeError     an executor created by a module shoal imports for a worker
+    ├── CannotSendError         TypeError        an open file, an executor or a future sent to a worker
     ├── AgentError              RuntimeError     an agent operation failed for some agents
     │   └── AgentsLostError                      ... and agents were lost with their worker
     └── ArenaFull               MemoryError      the shared arena has no room (shoal._core)
@@ -21,7 +22,8 @@ from concurrent.futures import BrokenExecutor
 from ._core import ShoalError
 
 __all__ = ["ShoalError", "WorkerCrashedError", "InitializerError", "ExecutorShutdownError",
-           "WorkersUnavailableError", "ExecutorClosedError", "ImportTimeExecutorError", "RemoteTraceback",
+           "WorkersUnavailableError", "ExecutorClosedError", "ImportTimeExecutorError", "CannotSendError",
+           "RemoteTraceback",
            "AgentError", "AgentsLostError", "traceback_text"]
 
 
@@ -69,6 +71,12 @@ class ImportTimeExecutorError(ShoalError, RuntimeError):
 
     def __reduce__(self):  # raised in a worker, it reaches the caller with its module
         return (_rebuild, (type(self), self.args, {"module": self.module}))
+
+
+class CannotSendError(ShoalError, TypeError):
+    """Raised when a task's function, arguments or result hold something that cannot be sent to
+    another process: an open file (cloudpickle would send a snapshot of its contents), an
+    executor or one of its futures. The message says what to send instead."""
 
 
 class RemoteTraceback(Exception):

@@ -24,9 +24,7 @@ def dumps(obj, bufs=None):
         # Classes and functions of __main__ pickle by reference, which a worker cannot resolve:
         # those go by value. (A mere string "__main__" in the data costs only the slower path.)
         if data.find(b"__main__") >= 0:  # not `in`: bytes first tries the operand as an int (a raised TypeError)
-            import cloudpickle
-
-            return cloudpickle.dumps(obj, PROTOCOL)
+            return _by_value(obj)
         return data
     base = len(bufs.refs)
     try:
@@ -38,10 +36,8 @@ def dumps(obj, bufs=None):
         data = _cloudpickle_dumps(obj, first, bufs, base)
     else:
         if data.find(b"__main__") >= 0:
-            import cloudpickle
-
             bufs.truncate(base)
-            data = cloudpickle.dumps(obj, PROTOCOL, buffer_callback=bufs)
+            data = _by_value(obj, bufs)
     if len(data) >= bufs.threshold and _large_bytes_in_band(data, bufs.threshold):
         moved = _dumps_moving(obj, bufs, base)
         if moved is not None:
@@ -51,14 +47,79 @@ def dumps(obj, bufs=None):
     return data
 
 
-def _cloudpickle_dumps(obj, first, bufs=None, base=0):
-    import cloudpickle  # only when needed: workers rarely do
+def _by_value(obj, buffer_callback=None):
+    """cloudpickle's pickle of ``obj`` (functions and classes of ``__main__`` by value), with
+    shoal's changes (see :func:`_pickler_class`)."""
+    import io
 
+    out = io.BytesIO()
+    _pickler_class()(out, PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    return out.getvalue()
+
+
+_Pickler = None
+
+
+def _pickler_class():
+    """cloudpickle's Pickler with two changes, made once cloudpickle is needed:
+
+    - Functions of ``__main__`` share one namespace in a worker (``_main_namespace.py``): their
+      globals travel as a reference to it, and their values merge into it.
+    - Open files raise TypeError (cloudpickle would send a StringIO snapshot of the contents)."""
+    global _Pickler
+    if _Pickler is not None:
+        return _Pickler
+    import collections
+    import io
+
+    import cloudpickle
+    from cloudpickle import cloudpickle as cp
+
+    from . import _main_namespace
+
+    class MainGlobals:
+        """Pickles as a call of _main_namespace.main_globals in the receiving process."""
+
+        def __reduce__(self):
+            return (_main_namespace.main_globals, (getattr(sys.modules["__main__"], "__file__", None),))
+
+    main_globals = MainGlobals()
+
+    from ._errors import CannotSendError
+
+    def refuse_file(f):
+        raise CannotSendError(f"shoal: an open file ({getattr(f, 'name', f)!r}) cannot be sent to a "
+                              "worker process: pass its path (or its contents) and open it in the task")
+
+    class Pickler(cloudpickle.Pickler):
+        dispatch_table = collections.ChainMap(
+            {t: refuse_file for t in (io.TextIOWrapper, io.BufferedReader, io.BufferedWriter,
+                                      io.BufferedRandom, io.FileIO)},
+            cloudpickle.Pickler.dispatch_table)
+
+        def _dynamic_function_reduce(self, func):
+            if func.__globals__.get("__name__") != "__main__":
+                return super()._dynamic_function_reduce(func)
+            code, _, name, defaults, closure = self._function_getnewargs(func)
+            state, slotstate = cp._function_getstate(func)
+            slotstate["__globals__"] = _main_namespace.versioned(slotstate["__globals__"])
+            return (cp._make_function, (code, main_globals, name, defaults, closure),
+                    (state, slotstate), None, None, _main_namespace.function_setstate)
+
+    _Pickler = Pickler
+    return Pickler
+
+
+def _cloudpickle_dumps(obj, first, bufs=None, base=0):
     try:
-        return cloudpickle.dumps(obj, PROTOCOL, buffer_callback=bufs)
-    except Exception:
+        return _by_value(obj, bufs)
+    except Exception as second:
         if bufs is not None:
             bufs.truncate(base)
+        from ._errors import CannotSendError  # here: it imports concurrent.futures (~10 ms)
+
+        if isinstance(second, CannotSendError):
+            raise  # shoal's own answer: says what to do instead
         raise first from None
 
 
@@ -225,7 +286,7 @@ def dumps_function(fn, arena=None, threshold=None):
     refs = None if arena is None else _FunctionBuffers(arena, threshold)
     cp = sys.modules.get("cloudpickle.cloudpickle")
     if cp is not None and getattr(cp, "_PICKLE_BY_VALUE_MODULES", None):
-        data = sys.modules["cloudpickle"].dumps(fn, PROTOCOL, buffer_callback=refs)
+        data = _by_value(fn, refs)
     elif refs is None:
         return dumps(fn)
     else:
@@ -236,10 +297,8 @@ def dumps_function(fn, arena=None, threshold=None):
             data = _cloudpickle_dumps(fn, first, refs, 0)
         else:
             if data.find(b"__main__") >= 0:
-                import cloudpickle
-
                 refs.truncate(0)
-                data = cloudpickle.dumps(fn, PROTOCOL, buffer_callback=refs)
+                data = _by_value(fn, refs)
     if not refs or not refs.refs:
         return data
     # b"R", count, (offset or _INLINE, length) each, the pickle's length, the pickle, then the

@@ -144,3 +144,82 @@ def test_executor_created_inside_a_task_still_works(tmp_path):
         res, most, fired = run_guarded(argv, tmp_path)
         assert not fired and res.returncode == 0, res.stderr[-3000:]
         assert "RESULT 42" in res.stdout
+
+
+# ---------------------------------------------------------------- __main__ shares globals (item 2)
+
+def run_main(code, backend, tmp_path, timeout=60):
+    """Runs ``code`` as a script (its functions live in __main__) with the backend name as
+    argv[1]; returns its stdout, failing with its stderr if it fails."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(code))
+    res, _, fired = run_guarded([str(script), backend], tmp_path, timeout=timeout)
+    assert not fired and res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+_SHARED_GLOBALS = """\
+import sys
+import shoal
+
+M = None
+CACHE = {}
+SCALE = 0
+
+def init():
+    global M
+    M = 1
+
+def get():
+    return M
+
+def put(k, v):
+    CACHE[k] = v
+
+def lookup(k):
+    return CACHE.get(k)
+
+class Counter:
+    n = 0
+
+def bump():
+    Counter.n += 1
+    return Counter.n
+
+if __name__ == "__main__":
+    with shoal.Executor(1, backend=sys.argv[1], initializer=init) as ex:
+        print("initializer", ex.submit(get).result(timeout=30))
+        ex.submit(put, "k", 42).result(timeout=30)
+        print("cache", ex.submit(lookup, "k").result(timeout=30))
+        print("class", [ex.submit(bump).result(timeout=30) for _ in range(2)])
+        scaled = []
+        for s in (2, 3):
+            SCALE = s  # a new lambda each time sees the global's value of its time
+            scaled.append(ex.submit(lambda x: x * SCALE, 1).result(timeout=30))
+        print("scaled", scaled)
+"""
+
+
+def test_main_functions_share_globals(backend, tmp_path):
+    out = run_main(_SHARED_GLOBALS, backend, tmp_path)
+    assert "initializer 1\n" in out
+    assert "cache 42\n" in out
+    assert "class [1, 2]\n" in out
+    assert "scaled [2, 3]\n" in out
+
+
+# ---------------------------------------------------------------- what cannot be sent (item 6)
+
+def _first_line(path):
+    with open(path) as f:
+        return f.readline()
+
+
+def test_open_file_cannot_be_sent_to_a_worker(make_process_executor, tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("hello\n")
+    ex = make_process_executor()
+    with open(path) as f, pytest.raises(shoal.CannotSendError, match="open file") as info:
+        ex.submit(_first_line, f)
+    assert isinstance(info.value, TypeError)
+    assert ex.submit(_first_line, str(path)).result(timeout=30) == "hello\n"
