@@ -223,3 +223,46 @@ def test_open_file_cannot_be_sent_to_a_worker(make_process_executor, tmp_path):
         ex.submit(_first_line, f)
     assert isinstance(info.value, TypeError)
     assert ex.submit(_first_line, str(path)).result(timeout=30) == "hello\n"
+
+
+# ---------------------------------------------------------------- map over a failing input (item 5)
+
+def _square(x):
+    return x * x
+
+
+def _add(x, y):
+    return x + y
+
+
+def _broken_input(n_ok):
+    yield from range(n_ok)
+    raise ValueError(f"the input broke after {n_ok} items")
+
+
+@pytest.mark.parametrize("chunksize", [None, 1, 3])
+def test_map_yields_the_results_before_its_input_raises(executor, chunksize):
+    got = []
+    with pytest.raises(ValueError, match="broke after 5 items"):
+        for y in executor.map(_square, _broken_input(5), chunksize=chunksize):
+            got.append(y)
+    assert got == [0, 1, 4, 9, 16]
+
+
+def test_unordered_map_and_starmap_yield_the_results_before_the_input_raises(executor):
+    got = []
+    with pytest.raises(ValueError, match="broke after 4 items"):
+        for y in executor.map(_square, _broken_input(4), ordered=False):
+            got.append(y)
+    assert sorted(got) == [0, 1, 4, 9]
+    got = []
+    with pytest.raises(ValueError, match="broke after 3 items"):
+        for y in executor.starmap(_add, ((x, x) for x in _broken_input(3))):
+            got.append(y)
+    assert got == [0, 2, 4]
+
+
+def test_map_over_an_input_that_raises_at_once_raises_when_read(executor):
+    results = executor.map(_square, _broken_input(0))  # as the built-in map: nothing raised yet
+    with pytest.raises(ValueError, match="broke after 0 items"):
+        next(results)
