@@ -1,5 +1,7 @@
 """How shoal turns functions, arguments, results and exceptions into bytes and back."""
+import itertools
 import sys
+import threading
 # The C pickler itself: pickle.py would also import re and enum, ~3 ms more at every worker start.
 import _pickle as pickle
 
@@ -270,7 +272,7 @@ class _Loads:
         return loads(next(self._blobs), self._buffers)
 
 
-def dumps_function(fn, arena=None, threshold=None):
+def dumps_function(fn, arena=None, threshold=None, keep=None):
     """By reference when importable (the C pickler: no cloudpickle import for a function in
     a module); by value through cloudpickle when defined in ``__main__``, a notebook, a
     closure or a lambda, or in a module registered with ``cloudpickle.register_pickle_by_value``.
@@ -280,9 +282,12 @@ def dumps_function(fn, arena=None, threshold=None):
     ``functools.partial(model, shoal.share(t))`` or ``share(t).value``) travel as references:
     the workers map them, read-only, instead of each unpickling a copy; the caller keeps ``fn``
     (and so that memory) alive while any worker may load it. numpy arrays that are not in the
-    arena travel after the pickle, and each worker copies them into memory numpy allocates
-    (huge pages where the kernel gives them: a table read at random is ~3 % faster than on the
-    small pages of a bytes object). Other buffers stay in the pickle."""
+    arena are copied into it once per distinct array (:func:`_arena_copy`: a new lambda or
+    closure per call over the same array costs no new copy), and each worker copies them once
+    into memory numpy allocates, shared by every function of that worker that holds the same
+    array (huge pages where the kernel gives them: a table read at random is ~3 % faster than
+    on the small pages of a bytes object). ``keep`` (a list) receives what must stay alive
+    while any worker may load the pickle. Other buffers stay in the pickle."""
     refs = None if arena is None else _FunctionBuffers(arena, threshold)
     cp = sys.modules.get("cloudpickle.cloudpickle")
     if cp is not None and getattr(cp, "_PICKLE_BY_VALUE_MODULES", None):
@@ -301,18 +306,21 @@ def dumps_function(fn, arena=None, threshold=None):
                 data = _by_value(fn, refs)
     if not refs or not refs.refs:
         return data
-    # b"R", count, (offset or _INLINE, length) each, the pickle's length, the pickle, then the
-    # inline buffers one after another.
+    if keep is not None:
+        keep.extend(c for *_, c in refs.refs if c is not None)
+    # b"R", count, (offset or _INLINE, length, copy id or 0) each, the pickle's length, the
+    # pickle, then the inline buffers one after another.
     head = [b"R", len(refs.refs).to_bytes(4, "little")]
-    for offset, length, _ in refs.refs:
-        head.append(offset.to_bytes(8, "little") + length.to_bytes(8, "little"))
+    for offset, length, _, copy in refs.refs:
+        head.append(offset.to_bytes(8, "little") + length.to_bytes(8, "little")
+                    + (0 if copy is None else copy.uid).to_bytes(8, "little"))
     head.append(len(data).to_bytes(8, "little"))
     head.append(data)
-    head.extend(raw for offset, _, raw in refs.refs if offset == _INLINE)
+    head.extend(raw for offset, _, raw, _ in refs.refs if offset == _INLINE)
     return b"".join(head)
 
 
-_INLINE = (1 << 64) - 1  # a function buffer that follows the pickle instead of lying in the arena
+_INLINE = (1 << 64) - 1  # a function buffer that follows the pickle (the arena was full)
 
 
 class _FunctionBuffers:
@@ -323,7 +331,8 @@ class _FunctionBuffers:
     def __init__(self, arena, threshold):
         self.arena = arena
         self.threshold = threshold
-        self.refs = []  # (offset or _INLINE, length, raw view of an inline buffer or None)
+        # (offset or _INLINE, length, raw view of an inline buffer or None, _ArenaCopy or None)
+        self.refs = []
 
     def __call__(self, pickle_buffer):
         try:
@@ -334,15 +343,75 @@ class _FunctionBuffers:
             return True
         offset = self.arena.locate(raw)
         if offset >= 0:
-            self.refs.append((offset, raw.nbytes, None))
+            self.refs.append((offset, raw.nbytes, None, None))
             return False
         if type(raw.obj).__name__ == "ndarray":
-            self.refs.append((_INLINE, raw.nbytes, raw))
+            copy = _arena_copy(self.arena, raw)
+            if copy is None:
+                self.refs.append((_INLINE, raw.nbytes, raw, None))
+            else:
+                self.refs.append((copy.block.offset, raw.nbytes, None, copy))
             return False
         return True
 
     def truncate(self, n):
         del self.refs[n:]
+
+
+class _ArenaCopy:
+    """A copy in the arena of an array some function holds; lives while a function pickle
+    that refers to it may be loaded (the executor's function table keeps it)."""
+
+    __slots__ = ("block", "uid", "source", "arena", "__weakref__")
+
+
+_copies = {}  # id(the array) -> weakref to its _ArenaCopy
+_copy_ids = itertools.count(1)
+_copies_lock = threading.Lock()
+
+
+def _arena_copy(arena, raw):
+    """The arena copy of the array exporting ``raw``: the one made for an earlier function
+    if that array still holds the same bytes (checked at memory speed: a mutated array gets
+    a new copy), else a new one. None if the arena is full."""
+    import weakref
+
+    import numpy
+
+    source = raw.obj
+    with _copies_lock:
+        ref = _copies.get(id(source))
+    copy = None if ref is None else ref()
+    if (copy is not None and copy.arena is arena and copy.source() is source
+            and copy.block.length == raw.nbytes
+            and numpy.array_equal(numpy.frombuffer(copy.block, numpy.uint8), numpy.frombuffer(raw, numpy.uint8))):
+        return copy
+    try:
+        block = arena.copy_in(raw)
+    except MemoryError:  # ArenaFull: the array travels in the function's frame instead
+        return None
+    copy = _ArenaCopy()
+    copy.block, copy.uid, copy.arena = block, next(_copy_ids), arena
+    try:
+        copy.source = weakref.ref(source)
+    except TypeError:  # cannot be watched: not reused
+        copy.source = lambda: None
+        return copy
+    key = id(source)
+
+    def forget(r, key=key):
+        with _copies_lock:
+            if _copies.get(key) is r:
+                del _copies[key]
+
+    with _copies_lock:
+        _copies[key] = weakref.ref(copy, forget)
+    return copy
+
+
+# Worker: each arena copy, copied once more into this worker's own memory, while a function
+# holds it (by copy id; a WeakValueDictionary, made at first use: weakref costs an import).
+_own_copies = None
 
 
 def loads_function(data):
@@ -352,15 +421,16 @@ def loads_function(data):
     count = int.from_bytes(data[1:5], "little")
     entries = []
     for i in range(count):
-        at = 5 + 16 * i
+        at = 5 + 24 * i
         entries.append((int.from_bytes(data[at:at + 8], "little"),
-                        int.from_bytes(data[at + 8:at + 16], "little")))
-    at = 5 + 16 * count
+                        int.from_bytes(data[at + 8:at + 16], "little"),
+                        int.from_bytes(data[at + 16:at + 24], "little")))
+    at = 5 + 24 * count
     size = int.from_bytes(data[at:at + 8], "little")
     body = memoryview(data)[at + 8:at + 8 + size]
     tail = at + 8 + size
     views = []
-    for offset, length in entries:
+    for offset, length, uid in entries:
         if offset == _INLINE:
             import numpy
 
@@ -369,6 +439,21 @@ def loads_function(data):
             own = numpy.empty(length, numpy.uint8)  # numpy's memory: huge pages where given
             own[:] = numpy.frombuffer(data, numpy.uint8, length, tail)
             tail += length
+            views.append(own)
+        elif uid:
+            global _own_copies
+            if _own_copies is None:
+                import weakref
+
+                _own_copies = weakref.WeakValueDictionary()
+            own = _own_copies.get(uid)
+            if own is None or len(own) != length:
+                import numpy
+
+                shared = _arena.worker_arena().view(offset, length, True)  # bounds checked
+                own = numpy.empty(length, numpy.uint8)  # the worker's own, writable, as unpickled
+                own[:] = numpy.frombuffer(shared, numpy.uint8)
+                _own_copies[uid] = own
             views.append(own)
         else:
             views.append(_arena.worker_arena().view(offset, length, True))  # bounds checked

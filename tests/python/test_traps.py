@@ -266,3 +266,62 @@ def test_map_over_an_input_that_raises_at_once_raises_when_read(executor):
     results = executor.map(_square, _broken_input(0))  # as the built-in map: nothing raised yet
     with pytest.raises(ValueError, match="broke after 0 items"):
         next(results)
+
+
+# ---------------------------------------------------------------- large closures (item 3)
+
+def _closure_over(array, i):
+    return lambda: float(array[-1]) + i
+
+
+def test_closures_over_one_array_see_its_contents(executor):
+    np = pytest.importorskip("numpy")
+    big = np.arange(1 << 17, dtype=np.float64)  # 1 MiB: out of band
+    assert [executor.submit(_closure_over(big, i)).result(timeout=30) for i in range(3)] == \
+        [big[-1], big[-1] + 1, big[-1] + 2]
+    big[-1] = -1.0  # changed in place: new functions see the new contents
+    assert executor.submit(_closure_over(big, 0)).result(timeout=30) == -1.0
+
+
+def _rss(pid):
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss
+
+
+@pytest.mark.timeout(120)
+def test_array_held_by_many_functions_is_sent_once(make_process_executor):
+    np = pytest.importorskip("numpy")
+    mib = 8
+    big = np.ones(mib << 17, dtype=np.float64)  # 8 MiB
+    ex = make_process_executor(max_workers=1)
+    ex.submit(_square, 1).result(timeout=30)
+    (worker,) = ex.worker_pids()
+    driver0, worker0 = _rss(os.getpid()), _rss(worker)
+    used0 = shoal.arena_stats()["used_bytes"]
+    n = 24  # each a new function object holding the same array: 192 MiB if each were sent
+    assert [ex.submit(_closure_over(big, i)).result(timeout=30) for i in range(n)] == \
+        [1.0 + i for i in range(n)]
+    grown_arena = shoal.arena_stats()["used_bytes"] - used0
+    assert grown_arena < 2 * (mib << 20), grown_arena          # one arena copy
+    assert _rss(worker) - worker0 < 4 * (mib << 20), _rss(worker) - worker0
+    assert _rss(os.getpid()) - driver0 < 4 * (mib << 20), _rss(os.getpid()) - driver0
+
+
+@pytest.mark.timeout(120)
+def test_arena_copy_of_a_functions_array_goes_with_the_functions():
+    np = pytest.importorskip("numpy")
+    import gc
+
+    big = np.ones(1 << 20, dtype=np.float64)  # 8 MiB
+    ex = shoal.Executor(1, backend="process")
+    try:
+        ex.submit(_square, 1).result(timeout=30)
+        used0 = shoal.arena_stats()["used_bytes"]
+        assert ex.submit(_closure_over(big, 1)).result(timeout=30) == 2.0
+        assert shoal.arena_stats()["used_bytes"] - used0 >= big.nbytes
+    finally:
+        ex.shutdown(wait=True)
+    del ex
+    gc.collect()
+    assert shoal.arena_stats()["used_bytes"] - used0 < big.nbytes

@@ -59,12 +59,13 @@ def zygote():
 class FunctionEntry:
     """A function registered with the pool: its id in the workers and how many tasks use it."""
 
-    __slots__ = ("fn", "fn_id", "outstanding")
+    __slots__ = ("fn", "fn_id", "outstanding", "keep")
 
-    def __init__(self, fn, fn_id):
+    def __init__(self, fn, fn_id, keep=None):
         self.fn = fn
         self.fn_id = fn_id
         self.outstanding = 1
+        self.keep = keep  # the arena copies its pickle refers to (see dumps_function)
 
 
 class FunctionTable:
@@ -94,11 +95,12 @@ class FunctionTable:
                 self._by_obj.move_to_end(id(fn))
                 entry.outstanding += 1
                 return entry.fn_id
-        blob = dumps_function(fn, self._arena, self._threshold)  # raises in the caller if it cannot
+        keep = []
+        blob = dumps_function(fn, self._arena, self._threshold, keep)  # raises in the caller if it cannot
         with self._lock:
             fn_id = next(self._ids)
             self._pool.define_function(fn_id, blob)
-            entry = FunctionEntry(fn, fn_id)
+            entry = FunctionEntry(fn, fn_id, keep or None)
             old = self._by_obj.pop(id(fn), None)
             if old is not None:
                 self._by_fn_id.pop(old.fn_id, None)
