@@ -67,12 +67,15 @@ def _pickler_class():
 
     - Functions of ``__main__`` share one namespace in a worker (``_main_namespace.py``): their
       globals travel as a reference to it, and their values merge into it.
-    - Open files raise TypeError (cloudpickle would send a StringIO snapshot of the contents)."""
+    - Open files raise TypeError (cloudpickle would send a StringIO snapshot of the contents).
+    - Code keeps its file name (cloudpickle writes "<dynamic-code>"), so that a worker's
+      traceback names the script and shows the source line, as ProcessPoolExecutor's does."""
     global _Pickler
     if _Pickler is not None:
         return _Pickler
     import collections
     import io
+    import types
 
     import cloudpickle
     from cloudpickle import cloudpickle as cp
@@ -93,10 +96,15 @@ def _pickler_class():
         raise CannotSendError(f"shoal: an open file ({getattr(f, 'name', f)!r}) cannot be sent to a "
                               "worker process: pass its path (or its contents) and open it in the task")
 
+    def reduce_code(code):
+        make, args = cp._code_reduce(code)
+        return make, tuple(code.co_filename if type(a) is str and a == "<dynamic-code>" else a for a in args)
+
     class Pickler(cloudpickle.Pickler):
         dispatch_table = collections.ChainMap(
             {t: refuse_file for t in (io.TextIOWrapper, io.BufferedReader, io.BufferedWriter,
                                       io.BufferedRandom, io.FileIO)},
+            {types.CodeType: reduce_code},
             cloudpickle.Pickler.dispatch_table)
 
         def _dynamic_function_reduce(self, func):

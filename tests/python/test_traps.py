@@ -325,3 +325,31 @@ def test_arena_copy_of_a_functions_array_goes_with_the_functions():
     del ex
     gc.collect()
     assert shoal.arena_stats()["used_bytes"] - used0 < big.nbytes
+
+
+# ---------------------------------------------------------------- tracebacks (item 4)
+
+_TRACEBACK = """\
+import sys
+import traceback
+import shoal
+
+def boom(x):
+    y = x + 1
+    raise ValueError(f"boom {y}")
+
+if __name__ == "__main__":
+    with shoal.Executor(1, backend=sys.argv[1]) as ex:
+        for run in (lambda: ex.submit(boom, 1).result(timeout=30), lambda: list(ex.map(boom, [1]))):
+            try:
+                run()
+            except ValueError as exc:
+                print("".join(traceback.format_exception(exc)))
+"""
+
+
+def test_traceback_of_a_script_function_names_the_file_and_line(backend, tmp_path):
+    out = run_main(_TRACEBACK, backend, tmp_path)
+    script = str(tmp_path / "script.py")
+    assert out.count(f'File "{script}", line 7, in boom\n    raise ValueError(f"boom {{y}}")') >= 2, out
+    assert "<dynamic-code>" not in out
