@@ -9,7 +9,7 @@ from ._agents import AgentGroup, AgentHost
 from ._aio import check_event_loop
 from ._arena import DEFAULT_THRESHOLD
 from ._backend import BACKEND_NAMES, BackendConfig, make_backend
-from ._errors import ExecutorClosedError
+from ._errors import CannotSendError, ExecutorClosedError
 from ._import_guard import check as _check_not_importing
 from ._sweep import sweep as _sweep
 
@@ -80,6 +80,12 @@ class Executor(concurrent.futures.Executor):
             preload=tuple(preload), max_tasks_per_worker=max_tasks_per_worker,
             buffer_threshold=buffer_threshold, concurrency=concurrency, event_loop=event_loop))
         _live.add(self)
+
+    def __reduce__(self):
+        raise CannotSendError(
+            "shoal: an Executor cannot be sent to a task: its workers cannot submit to it. Submit "
+            "the follow-up tasks from the caller (as results come back), or create a new executor "
+            "inside the task")
 
     def __repr__(self):
         state = "shut down" if self._shutdown else "running"

@@ -353,3 +353,40 @@ def test_traceback_of_a_script_function_names_the_file_and_line(backend, tmp_pat
     script = str(tmp_path / "script.py")
     assert out.count(f'File "{script}", line 7, in boom\n    raise ValueError(f"boom {{y}}")') >= 2, out
     assert "<dynamic-code>" not in out
+
+
+def _uses(thing):
+    return type(thing).__name__
+
+
+def test_executor_and_future_cannot_be_sent_to_a_worker(make_process_executor):
+    ex = make_process_executor()
+    with pytest.raises(shoal.CannotSendError, match="Executor cannot be sent to a task"):
+        ex.submit(_uses, ex)
+    fut = ex.submit(_square, 3)
+    with pytest.raises(shoal.CannotSendError, match="pass its result"):
+        ex.submit(_uses, fut)
+    with pytest.raises(shoal.CannotSendError, match="Executor cannot be sent"):
+        list(ex.map(_uses, [ex]))
+    assert ex.submit(_uses, fut.result(timeout=30)).result(timeout=30) == "int"
+
+
+def test_executor_passed_to_a_task_on_a_local_backend_is_the_same_object(backend):
+    if backend == "process":
+        pytest.skip("sent to another process: see the test above")
+    with shoal.Executor(1, backend=backend) as ex:
+        assert ex.submit(_uses, ex).result(timeout=30) == "Executor"
+
+
+def test_share_of_what_cannot_be_shared_says_so():
+    np = pytest.importorskip("numpy")
+    with pytest.raises(TypeError, match="dtype object"):
+        shoal.share(np.array([object()] * 100_000, dtype=object))
+    with pytest.warns(RuntimeWarning, match="nothing was placed in shared memory"):
+        h = shoal.share({"a": 1, "b": [1, 2, 3]})
+    assert h.nbytes == 0 and h.value == {"a": 1, "b": [1, 2, 3]}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert shoal.share({"table": np.ones(1 << 16)}).nbytes == 8 << 16
