@@ -5,9 +5,8 @@ worker processes forked from a zygote, with a C++ core moving tasks through
 shared-memory rings.
 """
 __all__ = ["Executor", "Future", "AgentGroup", "ShoalError", "WorkerCrashedError", "InitializerError",
-           "ExecutorShutdownError", "WorkersUnavailableError", "ExecutorClosedError", "ImportTimeExecutorError",
-           "CannotSendError", "RemoteTraceback",
-           "AgentError", "AgentsLostError", "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats",
+           "PreloadError", "ExecutorShutdownError", "WorkersUnavailableError", "ExecutorClosedError",
+           "ImportTimeExecutorError", "CannotSendError", "RemoteTraceback", "AgentError", "AgentsLostError", "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats",
            "Progress"]
 __version__ = "0.1.0"
 
@@ -23,6 +22,7 @@ _where = {
     "ExecutorClosedError": "._errors",
     "InitializerError": "._errors",
     "ImportTimeExecutorError": "._errors",
+    "PreloadError": "._errors",
     "CannotSendError": "._errors",
     "RemoteTraceback": "._errors",
     "share": "._share",

@@ -5,6 +5,7 @@ shoal raises for its own reasons) and from the standard library class a user of
     ShoalError
     ├── WorkerCrashedError      BrokenExecutor   a task's worker died and its retries are used up
     ├── InitializerError        BrokenExecutor   the executor's initializer failed in a worker
+    │   └── PreloadError                         ... or a `preload` module failed to import
     ├── ExecutorShutdownError   BrokenExecutor   the executor was shut down before the task ran
     ├── WorkersUnavailableError BrokenExecutor   the pool could not start or keep its workers
     ├── ExecutorClosedError     RuntimeError     submit()/map()/agents() after shutdown()
@@ -21,10 +22,9 @@ from concurrent.futures import BrokenExecutor
 
 from ._core import ShoalError
 
-__all__ = ["ShoalError", "WorkerCrashedError", "InitializerError", "ExecutorShutdownError",
+__all__ = ["ShoalError", "WorkerCrashedError", "InitializerError", "PreloadError", "ExecutorShutdownError",
            "WorkersUnavailableError", "ExecutorClosedError", "ImportTimeExecutorError", "CannotSendError",
-           "RemoteTraceback",
-           "AgentError", "AgentsLostError", "traceback_text"]
+           "RemoteTraceback", "AgentError", "AgentsLostError", "traceback_text"]
 
 
 class WorkerCrashedError(ShoalError, BrokenExecutor):
@@ -41,6 +41,19 @@ class WorkerCrashedError(ShoalError, BrokenExecutor):
 class InitializerError(ShoalError, BrokenExecutor):
     """Raised for every task of an executor whose ``initializer`` failed in a worker;
     the initializer's own exception is the ``__cause__``."""
+
+
+class PreloadError(InitializerError):
+    """Raised by the first task (and every later one) of a process executor whose ``preload``
+    module failed to import: the workers cannot start. ``module`` names it; the
+    ``__cause__`` (a :class:`RemoteTraceback`) holds the import's traceback."""
+
+    def __init__(self, message, *, module=None):
+        super().__init__(message)
+        self.module = module
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.args, {"module": self.module}))
 
 
 class ExecutorShutdownError(ShoalError, BrokenExecutor):

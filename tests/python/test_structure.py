@@ -107,7 +107,7 @@ def test_an_unknown_backend_is_a_clear_error():
         shoal.Executor(1, backend="gpu")
 
 
-ERRORS = [shoal.WorkerCrashedError, shoal.InitializerError, shoal.ExecutorShutdownError,
+ERRORS = [shoal.WorkerCrashedError, shoal.InitializerError, shoal.PreloadError, shoal.ExecutorShutdownError,
           shoal.WorkersUnavailableError, shoal.ExecutorClosedError, shoal.AgentError, shoal.AgentsLostError,
           shoal.ArenaFull, shoal.ImportTimeExecutorError, shoal.CannotSendError]
 

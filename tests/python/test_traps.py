@@ -390,3 +390,29 @@ def test_share_of_what_cannot_be_shared_says_so():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert shoal.share({"table": np.ones(1 << 16)}).nbytes == 8 << 16
+
+
+_PRELOAD = """\
+import concurrent.futures
+import sys
+import traceback
+import shoal
+
+if __name__ == "__main__":
+    with shoal.Executor(1, backend=sys.argv[1], preload=["broken_dep"]) as ex:
+        for _ in range(2):
+            try:
+                ex.submit(abs, -1).result(timeout=30)
+            except shoal.InitializerError as exc:
+                print(type(exc).__name__, exc.module, isinstance(exc, concurrent.futures.BrokenExecutor))
+                print("".join(traceback.format_exception(exc)))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_preload_module_that_fails_to_import_is_a_preload_error(tmp_path):
+    (tmp_path / "broken_dep.py").write_text("import os\nraise RuntimeError('no licence server')\n")
+    out = run_main(_PRELOAD, "process", tmp_path)
+    assert out.count("PreloadError broken_dep True") == 2, out
+    assert "failed to import" in out and "no licence server" in out
+    assert f'File "{tmp_path / "broken_dep.py"}", line 2' in out

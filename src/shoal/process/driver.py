@@ -29,8 +29,8 @@ from .. import _core
 from .._aio import is_coroutine_function
 from .._arena import READ_ONLY, Buffers, arena
 from .._backend import Backend, BackendConfig, ChunkOutcome
-from .._errors import (ExecutorShutdownError, InitializerError, RemoteTraceback, WorkerCrashedError,
-                       WorkersUnavailableError)
+from .._errors import (ExecutorShutdownError, InitializerError, PreloadError, RemoteTraceback,
+                       WorkerCrashedError, WorkersUnavailableError)
 from .._future import Future
 from .._pickle import dumps_function
 from .agents import ProcessAgentTransport
@@ -347,6 +347,7 @@ class ProcessBackend(Backend):
         self._ids = itertools.count(1)
         self._start_lock = threading.Lock()
         self._closed = False
+        self._broken = None  # the PreloadError every task raises once a preload module failed
         # The workers are forked at the first task, once the zygote has imported its function's
         # module (see docs/design.md, "The first task's module"); the zygote starts now.
         zygote()
@@ -358,14 +359,23 @@ class ProcessBackend(Backend):
             if self._pool is None:
                 if self._closed:
                     raise RuntimeError("cannot schedule new futures after shutdown")
+                if self._broken is not None:
+                    raise self._broken  # a preload module failed: not tried again
                 config = self.config
-                pool = _core.Pool(
-                    zygote(), workers=config.max_workers, retries=config.retries,
-                    max_items_per_worker=config.max_tasks_per_worker or 0,
-                    preload=list(dict.fromkeys(config.preload)), spin_ns=self.SPIN_US * 1000,
-                    task_ring_bytes=self.RING_BYTES, result_ring_bytes=self.RING_BYTES,
-                    init_payload=self._setup, hints=_module_hints(fn), arena=self._arena,
-                    concurrency=config.concurrency)
+                try:
+                    pool = _core.Pool(
+                        zygote(), workers=config.max_workers, retries=config.retries,
+                        max_items_per_worker=config.max_tasks_per_worker or 0,
+                        preload=list(dict.fromkeys(config.preload)), spin_ns=self.SPIN_US * 1000,
+                        task_ring_bytes=self.RING_BYTES, result_ring_bytes=self.RING_BYTES,
+                        init_payload=self._setup, hints=_module_hints(fn), arena=self._arena,
+                        concurrency=config.concurrency)
+                except RuntimeError as exc:
+                    self._broken = _preload_error(exc)
+                    if self._broken is None:
+                        raise
+                if self._broken is not None:
+                    raise self._broken  # its __cause__: the import's traceback in the zygote
                 self._state = _State(pool, config.retries)
                 self._functions = self._state.functions = FunctionTable(pool, self._arena, self._threshold)
                 self._thread = threading.Thread(target=_complete, args=(self._state,),
@@ -476,6 +486,23 @@ class ProcessBackend(Backend):
                 self._pool.close(False)
         except Exception:
             pass
+
+
+_PRELOAD_FAILED = "shoal: preload failed in the zygote: "  # cpp/src/pool.cpp; then "module\ntraceback"
+
+
+def _preload_error(exc):
+    """The PreloadError for the Pool's RuntimeError when a preload module failed (else None)."""
+    text = str(exc)
+    if not text.startswith(_PRELOAD_FAILED):
+        return None
+    module, _, tb = text[len(_PRELOAD_FAILED):].partition("\n")
+    err = PreloadError(f"shoal: the preload module {module!r} failed to import in the zygote, so "
+                       f"no worker can start: {tb.strip().splitlines()[-1] if tb.strip() else '?'}",
+                       module=module)
+    err.__cause__ = RemoteTraceback(tb)
+    err.__suppress_context__ = True
+    return err
 
 
 def _module_hints(fn):

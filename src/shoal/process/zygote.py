@@ -72,6 +72,7 @@ def main(control_fd=3):
                     os._exit(1)
             server.forked(action, pid)
         elif action.kind == "import":
+            module = None
             try:
                 for name in action.modules:
                     module, _, origin = name.partition("\t")  # a hint: "module<TAB>file"
@@ -82,8 +83,10 @@ def main(control_fd=3):
                             _import_hint(module, origin)
                         else:
                             importlib.import_module(module)
-            except BaseException as exc:  # noqa: BLE001 - reported to the driver
-                server.imported(action, False, f"{type(exc).__name__}: {exc}")
+            except BaseException:  # noqa: BLE001 - reported to the driver: the module, its traceback
+                import traceback
+
+                server.imported(action, False, f"{module}\n{traceback.format_exc()}")
             else:
                 server.imported(action, True, "")
             gc.freeze()
