@@ -416,3 +416,81 @@ def test_preload_module_that_fails_to_import_is_a_preload_error(tmp_path):
     assert out.count("PreloadError broken_dep True") == 2, out
     assert "failed to import" in out and "no licence server" in out
     assert f'File "{tmp_path / "broken_dep.py"}", line 2' in out
+
+
+# ---------------------------------------------------------------- messages and small gaps (item 7)
+
+def test_arena_limit_messages_name_the_sizes():
+    with pytest.raises(ValueError, match="size such as '512M'.*not 'foo'"):
+        shoal.set_arena_limit("foo")
+    out = run_python_code("""
+        import shoal
+        shoal.set_arena_limit("64K")
+        print(shoal.arena_stats())
+        try:
+            shoal.share(bytes(1 << 20))
+        except MemoryError as e:
+            print(e)
+    """)
+    assert out.splitlines()[0] == "None"  # no arena yet: documented
+    assert "a block of 1 MiB does not fit in the arena limit of 64 KiB" in out, out
+
+
+def run_python_code(code):
+    from helpers import run_python
+
+    res = run_python(code, timeout=60)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+def _die():
+    os.kill(os.getpid(), 9)
+
+
+def test_crash_message_reads_was_killed(make_process_executor):
+    ex = make_process_executor(retries=0)
+    with pytest.raises(shoal.WorkerCrashedError, match="the worker running this task was killed by signal 9"):
+        ex.submit(_die).result(timeout=60)
+
+
+def _fails_for_odd(x, rng):
+    if x % 2:
+        raise ValueError(f"odd {x}")
+    return {"y": x}
+
+
+def test_sweep_keep_errors_column_holds_none_for_good_rows(executor):
+    pytest.importorskip("pandas")
+    rows = executor.sweep(_fails_for_odd, {"x": [0, 1, 2]}, errors="keep")
+    errors = list(rows["error"])
+    assert errors[0] is None and errors[2] is None, errors
+    assert "odd 1" in errors[1]
+
+
+def test_event_loop_attribute_names_the_loop_in_use(backend):
+    import importlib.util
+
+    expected = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    with shoal.Executor(1, backend=backend) as ex:
+        assert ex.event_loop == expected
+
+
+def _waits_for_inner(ex):
+    return ex.submit(_square, 3).result(timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_every_thread_waiting_on_its_own_executor_is_a_deadlock_error():
+    with shoal.Executor(2, backend="thread") as ex:
+        outer = [ex.submit(_waits_for_inner, ex) for _ in range(2)]
+        results = []
+        for f in outer:
+            try:
+                results.append(f.result(timeout=30))
+            except shoal.DeadlockError as exc:
+                results.append(exc)
+        assert any(isinstance(r, shoal.DeadlockError) for r in results), results
+        assert all(r == 9 or isinstance(r, shoal.DeadlockError) for r in results), results
+        # With a thread to spare, waiting on one's own executor works.
+        assert ex.submit(_waits_for_inner, ex).result(timeout=30) == 9
