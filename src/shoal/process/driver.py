@@ -219,7 +219,7 @@ def _deliver_batch(state, batch):
         elif kind == _CRASHED:
             signaled = status_kind == _core.STATUS_SIGNALED
             fut._fail(WorkerCrashedError(
-                f"the worker running this task {status_text} "
+                f"the worker running this task {'was ' if status_text.startswith('killed') else ''}{status_text} "
                 f"(tried {1 + state.retries} time{'s' if state.retries else ''})",
                 signal=status_value if signaled else None,
                 exitcode=None if signaled else status_value))
