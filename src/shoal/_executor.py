@@ -39,7 +39,8 @@ class Executor(concurrent.futures.Executor):
     worker's own event loop; ``concurrency=K`` lets each worker run up to K such tasks at
     once (plain functions still run one at a time per worker). ``event_loop`` picks that
     loop: ``"auto"`` (uvloop when installed, else asyncio's), ``"asyncio"``, ``"uvloop"``, or
-    a function returning a new loop.
+    a function returning a new loop; the ``event_loop`` attribute names the loop in use
+    (``"auto"`` resolved).
     """
 
     def __init__(self, max_workers=None, backend="process", *, initializer=None, initargs=(),
