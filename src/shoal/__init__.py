@@ -6,7 +6,8 @@ shared-memory rings.
 """
 __all__ = ["Executor", "Future", "AgentGroup", "ShoalError", "WorkerCrashedError", "InitializerError",
            "PreloadError", "ExecutorShutdownError", "WorkersUnavailableError", "ExecutorClosedError",
-           "ImportTimeExecutorError", "CannotSendError", "RemoteTraceback", "AgentError", "AgentsLostError", "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats",
+           "ImportTimeExecutorError", "CannotSendError", "DeadlockError", "RemoteTraceback", "AgentError",
+           "AgentsLostError", "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats",
            "Progress"]
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ _where = {
     "ImportTimeExecutorError": "._errors",
     "PreloadError": "._errors",
     "CannotSendError": "._errors",
+    "DeadlockError": "._errors",
     "RemoteTraceback": "._errors",
     "share": "._share",
     "Shared": "._share",

@@ -11,6 +11,7 @@ shoal raises for its own reasons) and from the standard library class a user of
     ├── ExecutorClosedError     RuntimeError     submit()/map()/agents() after shutdown()
     ├── ImportTimeExecutorError RuntimeError     an executor created by a module shoal imports for a worker
     ├── CannotSendError         TypeError        an open file, an executor or a future sent to a worker
+    ├── DeadlockError           RuntimeError     every thread waits inside a task for its own executor
     ├── AgentError              RuntimeError     an agent operation failed for some agents
     │   └── AgentsLostError                      ... and agents were lost with their worker
     └── ArenaFull               MemoryError      the shared arena has no room (shoal._core)
@@ -24,7 +25,7 @@ from ._core import ShoalError
 
 __all__ = ["ShoalError", "WorkerCrashedError", "InitializerError", "PreloadError", "ExecutorShutdownError",
            "WorkersUnavailableError", "ExecutorClosedError", "ImportTimeExecutorError", "CannotSendError",
-           "RemoteTraceback", "AgentError", "AgentsLostError", "traceback_text"]
+           "DeadlockError", "RemoteTraceback", "AgentError", "AgentsLostError", "traceback_text"]
 
 
 class WorkerCrashedError(ShoalError, BrokenExecutor):
@@ -90,6 +91,12 @@ class CannotSendError(ShoalError, TypeError):
     """Raised when a task's function, arguments or result hold something that cannot be sent to
     another process: an open file (cloudpickle would send a snapshot of its contents), an
     executor or one of its futures. The message says what to send instead."""
+
+
+class DeadlockError(ShoalError, RuntimeError):
+    """Raised by ``result()`` or ``exception()`` called inside a task of a thread-backend
+    executor, on a future of that same executor, once every thread of the executor is waiting
+    like this: no thread is left to run the tasks they wait for (``ThreadPoolExecutor`` hangs)."""
 
 
 class RemoteTraceback(Exception):
