@@ -63,11 +63,12 @@ _Pickler = None
 
 
 def _pickler_class():
-    """cloudpickle's Pickler with two changes, made once cloudpickle is needed:
+    """cloudpickle's Pickler with three changes, made once cloudpickle is needed:
 
     - Functions of ``__main__`` share one namespace in a worker (``_main_namespace.py``): their
       globals travel as a reference to it, and their values merge into it.
-    - Open files raise TypeError (cloudpickle would send a StringIO snapshot of the contents).
+    - Open files raise CannotSendError, a TypeError (cloudpickle would send a StringIO snapshot
+      of the contents); sys.stdout and sys.stderr still stand for the worker's own streams.
     - Code keeps its file name (cloudpickle writes "<dynamic-code>"), so that a worker's
       traceback names the script and shows the source line, as ProcessPoolExecutor's does."""
     global _Pickler
@@ -93,6 +94,8 @@ def _pickler_class():
     from ._errors import CannotSendError
 
     def refuse_file(f):
+        if f is sys.stdout or f is sys.stderr:  # the worker's own stream (forwarded to ours)
+            return getattr, (sys, "stdout" if f is sys.stdout else "stderr")
         raise CannotSendError(f"shoal: an open file ({getattr(f, 'name', f)!r}) cannot be sent to a "
                               "worker process: pass its path (or its contents) and open it in the task")
 
