@@ -39,7 +39,7 @@ def main(control_fd=3):
     import _signal  # not `signal`: it imports enum (~2 ms)
 
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
-    from .. import _core
+    from .. import _core, _import_guard
     from . import worker as _worker  # imported here so workers share it
 
     server = _core.ZygoteServer(control_fd)
@@ -64,15 +64,22 @@ def main(control_fd=3):
                     os._exit(1)
             server.forked(action, pid)
         elif action.kind == "import":
+            module = None
             try:
                 for name in action.modules:
-                    if "\t" in name:
-                        _import_hint(*name.split("\t", 1))
-                    else:
-                        importlib.import_module(name)
+                    module, _, origin = name.partition("\t")  # a hint: "module<TAB>file"
+                    # An executor the module creates raises: it would start a zygote that
+                    # imports the module again, without end (see _import_guard.py).
+                    with _import_guard.importing(f"the zygote importing {module!r} for its workers"):
+                        if origin:
+                            _import_hint(module, origin)
+                        else:
+                            importlib.import_module(module)
                 _threads.zygote_imported()
-            except BaseException as exc:  # noqa: BLE001 - reported to the driver
-                server.imported(action, False, f"{type(exc).__name__}: {exc}")
+            except BaseException:  # noqa: BLE001 - reported to the driver: the module, its traceback
+                import traceback
+
+                server.imported(action, False, f"{module}\n{traceback.format_exc()}")
             else:
                 server.imported(action, True, "")
             gc.freeze()
