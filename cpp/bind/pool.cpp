@@ -54,6 +54,22 @@ nb::object completions_to_python(Pool& p, std::vector<Completion>& out, std::uin
 }  // namespace
 
 void bind_pool(nb::module_& m) {
+    // InheritedPoolError -> shoal.InheritedExecutorError (a RuntimeError), defined in Python
+    // where it is documented; plain RuntimeError should that module not import.
+    nb::register_exception_translator([](std::exception_ptr const& p, void*) {
+        try {
+            std::rethrow_exception(p);
+        } catch (InheritedPoolError const& e) {
+            PyObject* type = PyExc_RuntimeError;
+            nb::object cls;
+            try {
+                cls = nb::module_::import_("shoal._errors").attr("InheritedExecutorError");
+                type = cls.ptr();
+            } catch (nb::python_error const&) {
+            }
+            PyErr_SetString(type, e.what());
+        }
+    });
     nb::class_<Pool>(m, "Pool")
         .def("__init__",
              [](Pool* self, ZygoteClient& zygote, std::size_t workers, unsigned retries,

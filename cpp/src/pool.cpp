@@ -21,6 +21,19 @@ Bytes text_bytes(std::string const& s) {
 }
 }  // namespace
 
+InheritedPoolError::InheritedPoolError(pid_t owner, pid_t self)
+    : std::logic_error("shoal: this executor belongs to process " + std::to_string(owner) +
+                       "; process " + std::to_string(self) +
+                       " is a fork()ed child of it and cannot use it (its workers, rings and locks are "
+                       "the parent's): make a new executor in the child"),
+      m_owner(owner) {}
+
+void Pool::check_owner() const {
+    // getpid() is a system call (~0.1 µs), small beside a submit or a take.
+    pid_t const self = ::getpid();
+    if (self != m_owner) throw InheritedPoolError(m_owner, self);
+}
+
 void Pool::fail_task_locked(std::uint64_t task_id, Completion::Kind kind, ExitStatus status,
                             Bytes const& payload, std::uint32_t worker) {
     Completion c;
@@ -138,12 +151,14 @@ void Pool::start_worker_locked(std::size_t i) {
 }
 
 void Pool::define_function(std::uint64_t fn_id, std::span<std::byte const> pickled) {
+    check_owner();
     auto frame = std::make_shared<Bytes const>(encode_frame(FrameKind::function, 0, 0, fn_id, 1, pickled));
     std::lock_guard lock(m_mutex);
     m_scheduler.define_function(fn_id, std::move(frame));
 }
 
 void Pool::forget_function(std::uint64_t fn_id) {
+    check_owner();
     auto frame = std::make_shared<Bytes const>(encode_frame(FrameKind::forget, 0, 0, fn_id, 1, {}));
     std::lock_guard lock(m_mutex);
     m_scheduler.forget_function(fn_id, frame);
@@ -153,6 +168,7 @@ void Pool::forget_function(std::uint64_t fn_id) {
 bool Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
                   std::span<std::byte const> payload, std::span<BufferRef const> refs, bool concurrent,
                   std::int64_t worker) {
+    check_owner();
     if (worker < -1 || worker >= static_cast<std::int64_t>(m_slots.size()))
         throw std::out_of_range("Pool::submit: no worker slot " + std::to_string(worker) + " (the pool has " +
                                 std::to_string(m_slots.size()) + ")");
@@ -179,6 +195,7 @@ bool Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t coun
 }
 
 void Pool::take_ready(std::vector<Completion>& out, std::uint64_t* batch_seq) {
+    check_owner();
     std::lock_guard lock(m_mutex);
     if (m_ready.empty()) return;
     for (auto& c : m_ready) out.push_back(std::move(c));
@@ -187,11 +204,13 @@ void Pool::take_ready(std::vector<Completion>& out, std::uint64_t* batch_seq) {
 }
 
 bool Pool::cancel(std::uint64_t task_id) {
+    check_owner();
     std::lock_guard lock(m_mutex);
     return m_scheduler.cancel(task_id);
 }
 
 std::vector<std::uint64_t> Pool::cancel_all() {
+    if (::getpid() != m_owner) return {};  // a copy's queue is the parent's: nothing of it is ours
     std::lock_guard lock(m_mutex);
     return m_scheduler.cancel_all();
 }
@@ -438,6 +457,7 @@ void Pool::service_locked() {
 
 bool Pool::take(std::vector<Completion>& out, std::int64_t timeout_ns, bool background,
                 std::uint64_t epoch, std::uint64_t* batch_seq) {
+    check_owner();
     std::int64_t const start = now_ns();
     std::unique_lock lock(m_mutex);
     if (!background) {
@@ -524,6 +544,7 @@ bool Pool::take(std::vector<Completion>& out, std::int64_t timeout_ns, bool back
 }
 
 void Pool::interrupt() {
+    check_owner();
     m_epoch.fetch_add(1, std::memory_order_seq_cst);
     if (m_foreground.load(std::memory_order_seq_cst) == 0) return;
     std::lock_guard lock(m_mutex);
@@ -576,6 +597,7 @@ void Pool::join(std::int64_t timeout_ns) {
 }
 
 std::vector<std::int64_t> Pool::worker_pids() const {
+    check_owner();
     std::lock_guard lock(m_mutex);
     std::vector<std::int64_t> pids;
     for (auto const& s : m_slots)
@@ -584,11 +606,13 @@ std::vector<std::int64_t> Pool::worker_pids() const {
 }
 
 std::size_t Pool::queued() const {
+    check_owner();
     std::lock_guard lock(m_mutex);
     return m_scheduler.queued();
 }
 
 std::size_t Pool::inflight() const {
+    check_owner();
     std::lock_guard lock(m_mutex);
     return m_scheduler.inflight();
 }

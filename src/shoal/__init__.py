@@ -5,8 +5,8 @@ worker processes forked from a zygote, with a C++ core moving tasks through
 shared-memory rings.
 """
 __all__ = ["Executor", "Future", "AgentGroup", "ShoalError", "WorkerCrashedError", "InitializerError",
-           "ExecutorShutdownError", "WorkersUnavailableError", "ExecutorClosedError", "RemoteTraceback",
-           "AgentError", "AgentsLostError", "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats",
+           "ExecutorShutdownError", "WorkersUnavailableError", "ExecutorClosedError", "InheritedExecutorError",
+           "RemoteTraceback", "AgentError", "AgentsLostError", "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats",
            "Progress", "Pool", "patch_pools"]
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ _where = {
     "ExecutorShutdownError": "._errors",
     "WorkersUnavailableError": "._errors",
     "ExecutorClosedError": "._errors",
+    "InheritedExecutorError": "._errors",
     "InitializerError": "._errors",
     "RemoteTraceback": "._errors",
     "share": "._share",

@@ -8,6 +8,7 @@ shoal raises for its own reasons) and from the standard library class a user of
     ├── ExecutorShutdownError   BrokenExecutor   the executor was shut down before the task ran
     ├── WorkersUnavailableError BrokenExecutor   the pool could not start or keep its workers
     ├── ExecutorClosedError     RuntimeError     submit()/map()/agents() after shutdown()
+    ├── InheritedExecutorError  RuntimeError     a fork()ed child used its parent's process executor
     ├── AgentError              RuntimeError     an agent operation failed for some agents
     │   └── AgentsLostError                      ... and agents were lost with their worker
     └── ArenaFull               MemoryError      the shared arena has no room (shoal._core)
@@ -20,8 +21,8 @@ from concurrent.futures import BrokenExecutor
 from ._core import ShoalError
 
 __all__ = ["ShoalError", "WorkerCrashedError", "InitializerError", "ExecutorShutdownError",
-           "WorkersUnavailableError", "ExecutorClosedError", "RemoteTraceback", "AgentError",
-           "AgentsLostError", "traceback_text"]
+           "WorkersUnavailableError", "ExecutorClosedError", "InheritedExecutorError", "RemoteTraceback",
+           "AgentError", "AgentsLostError", "traceback_text"]
 
 
 class WorkerCrashedError(ShoalError, BrokenExecutor):
@@ -53,6 +54,14 @@ class WorkersUnavailableError(ShoalError, BrokenExecutor):
 class ExecutorClosedError(ShoalError, RuntimeError):
     """Raised by ``submit``, ``map``, ``sweep``, ``agents`` and agent operations made after
     ``shutdown()`` (``concurrent.futures`` raises a RuntimeError there too)."""
+
+
+class InheritedExecutorError(ShoalError, RuntimeError):
+    """Raised when a fork()ed child of the process that made a process executor uses that
+    executor (``submit``, ``map``, a future's ``result``): its workers, rings and locks are the
+    parent's, which keeps using them. Nothing of the parent's is touched; the child must make
+    an executor of its own. Shutting the inherited executor down, or dropping it, is allowed
+    and leaves the parent's alone."""
 
 
 class RemoteTraceback(Exception):

@@ -643,3 +643,55 @@ TEST(Pool, AForkedCopyLeavesTheOriginalsWorkersAlone) {
     EXPECT_EQ(pool.worker_pids(), pids) << "the copy stopped the original's workers";
     close_and_join(pool);
 }
+
+TEST(Pool, AForkedCopyCannotUseTheOriginalsPool) {
+    // In a forked copy of the driver every entry point that would read or write the rings
+    // (or take the copied mutex) throws InheritedPoolError before touching anything; the
+    // original keeps working.
+    auto zygote = start_zygote();
+    Pool pool(*zygote, options(2));
+    submit_echoes(pool, 1, 20);
+    auto first = collect(pool, 30'000 * k_ms, [](auto const& a) { return a.size() >= 20; });
+    ASSERT_EQ(count_kind(first, Completion::result), 20u);
+    submit_echoes(pool, 21, 10);  // in flight or queued at the fork
+    pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        ::alarm(10);  // a hang in the copy fails the test instead of blocking it
+        int thrown = 0;
+        auto expect_throw = [&](auto&& call) {
+            try {
+                call();
+            } catch (InheritedPoolError const& e) {
+                if (e.owner() == ::getppid() && std::string(e.what()).find("fork") != std::string::npos) ++thrown;
+            } catch (...) {
+            }
+        };
+        std::vector<Completion> out;
+        expect_throw([&] { pool.submit(100, 0, 1, bytes_of(id_payload(100))); });
+        expect_throw([&] { pool.take(out, 100 * k_ms); });
+        expect_throw([&] { pool.take_ready(out); });
+        expect_throw([&] { pool.define_function(7, bytes_of("f")); });
+        expect_throw([&] { pool.forget_function(7); });
+        expect_throw([&] { pool.cancel(25); });
+        expect_throw([&] { pool.interrupt(); });
+        expect_throw([&] { pool.worker_pids(); });
+        expect_throw([&] { pool.queued(); });
+        expect_throw([&] { pool.inflight(); });
+        if (!pool.cancel_all().empty()) ::_exit(3);  // a copy lets go: nothing is its own
+        pool.close(false);
+        pool.join(1'000 * k_ms);
+        ::_exit(thrown == 10 && out.empty() ? 0 : 4);
+    }
+    ChildGuard guard(child);
+    auto end = guard.wait(std::chrono::seconds(20));
+    EXPECT_TRUE(end.exited(0)) << "the copy: " << end.str();
+    auto second = collect(pool, 30'000 * k_ms, [](auto const& a) { return count_kind(a, Completion::result) >= 10; });
+    check_echoes(second, 21, 10);
+    submit_echoes(pool, 31, 50);
+    auto third = collect(pool, 30'000 * k_ms, [](auto const& a) { return count_kind(a, Completion::result) >= 50; });
+    check_echoes(third, 31, 50);
+    std::int64_t const start = now_ns();
+    close_and_join(pool);
+    EXPECT_LT(now_ns() - start, 5'000 * k_ms);
+}

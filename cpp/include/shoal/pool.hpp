@@ -29,7 +29,9 @@
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
+#include <stdexcept>
 #include <string>
+#include <sys/types.h>
 
 namespace shoal {
 
@@ -67,6 +69,18 @@ struct Completion {
     std::vector<ArenaBlock> buffers;  // a result's out-of-band buffers, now owned by the driver
 };
 
+/// Raised by the Pool's entry points in a process that did not make the pool: a fork()ed
+/// copy of the driver, whose rings, doorbell and mutex are copies of its parent's (the
+/// parent still runs them). The entry point touched nothing; the copy must make its own pool.
+class InheritedPoolError : public std::logic_error {
+public:
+    InheritedPoolError(pid_t owner, pid_t self);
+    pid_t owner() const noexcept { return m_owner; }
+
+private:
+    pid_t m_owner;
+};
+
 class Pool {
 public:
     /// Creates the shared memory, asks `zygote` to import the preload modules and fork the
@@ -78,6 +92,11 @@ public:
     ~Pool();
     Pool(Pool const&) = delete;
     Pool& operator=(Pool const&) = delete;
+
+    /// Every entry point below but close(), join() and cancel_all() throws InheritedPoolError,
+    /// before it touches anything, when called in another process than the one that made the
+    /// pool (a fork()ed copy of the driver). Those three do nothing there instead (cancel_all()
+    /// returns nothing): a copy may let go of what it inherited, at exit or when dropping it.
 
     /// Registers function `fn_id`; it is sent once to each worker before its first task.
     /// Thread-safe; never blocks on workers.
@@ -156,6 +175,7 @@ private:
         std::uint32_t owner = 0;              // the worker's id in the arena (from its ready frame)
     };
 
+    void check_owner() const;                   // throws InheritedPoolError in a forked copy
     void service_locked();                      // one round of the dispatcher's work
     void pump_locked();                         // hand out work, continue writers
     bool drain_locked();                        // read result rings; true if anything came

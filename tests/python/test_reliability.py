@@ -1,0 +1,78 @@
+"""Reliability of the process backend against its surroundings: forked copies of the driver,
+a killed driver with a forked child alive, descriptors the driver left inheritable, and what
+the zygote keeps of an executor that is gone. Drivers run in their own interpreter so the
+test can fork, kill and inspect them."""
+
+import json
+import os
+import time
+
+import psutil
+import pytest
+
+from helpers import is_alive, kill_tree, run_python, spawn_python_file, wait_until
+
+
+def read_json_line(proc, prefix):
+    """Read stdout lines until one starts with prefix; return its JSON payload (None at EOF)."""
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return json.loads(line[len(prefix):])
+    return None
+
+
+# ---------------------------------------------------------------- a forked child uses the executor
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("use", ["submit", "result", "map", "new-function"])
+def test_a_forked_child_using_the_executor_gets_a_clear_error_and_the_parent_is_untouched(use):
+    # The child's calls must fail at once with InheritedExecutorError, without reading or
+    # writing the parent's rings; the parent's next tasks and shutdown(wait=True) still work.
+    proc = run_python("""
+        import os, sys, time
+        import shoal
+
+        def double(x):
+            return 2 * x
+
+        def triple(x):
+            return 3 * x
+
+        use = sys.argv[1]
+        ex = shoal.Executor(2, backend="process")
+        assert ex.submit(double, 1).result(timeout=20) == 2
+        pending = ex.submit(time.sleep, 0.5)
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                if use == "submit":
+                    ex.submit(double, 2).result(timeout=5)
+                elif use == "result":
+                    pending.result(timeout=5)
+                elif use == "map":
+                    list(ex.map(double, range(100)))
+                else:
+                    ex.submit(triple, 2).result(timeout=5)
+            except shoal.InheritedExecutorError as exc:
+                ok = isinstance(exc, RuntimeError) and "fork" in str(exc) and str(os.getppid()) in str(exc)
+                code = 0 if ok else 4
+                print("child error:", exc, flush=True)
+            except BaseException as exc:
+                print("child other error:", type(exc).__name__, exc, flush=True)
+                code = 5
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status), flush=True)
+        pending.result(timeout=20)
+        print("parent", [ex.submit(double, i).result(timeout=10) for i in range(20)] == [2 * i for i in range(20)],
+              list(ex.map(triple, range(50))) == [3 * i for i in range(50)], flush=True)
+        start = time.monotonic()
+        ex.shutdown(wait=True)
+        print("shutdown fast", time.monotonic() - start < 5, flush=True)
+    """, use, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "child 0" in proc.stdout, proc.stdout + proc.stderr
+    assert "parent True True" in proc.stdout, proc.stdout + proc.stderr
+    assert "shutdown fast True" in proc.stdout, proc.stdout + proc.stderr
