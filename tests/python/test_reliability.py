@@ -5,6 +5,7 @@ test can fork, kill and inspect them."""
 
 import json
 import os
+import subprocess
 import time
 
 import psutil
@@ -76,3 +77,70 @@ def test_a_forked_child_using_the_executor_gets_a_clear_error_and_the_parent_is_
     assert "child 0" in proc.stdout, proc.stdout + proc.stderr
     assert "parent True True" in proc.stdout, proc.stdout + proc.stderr
     assert "shutdown fast True" in proc.stdout, proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------- descriptors of the zygote and workers
+
+
+def fd_targets(pid):
+    """{fd number: readlink target} of process `pid`."""
+    out = {}
+    base = f"/proc/{pid}/fd"
+    for name in os.listdir(base):
+        try:
+            out[int(name)] = os.readlink(f"{base}/{name}")
+        except OSError:
+            pass  # closed meanwhile
+    return out
+
+
+INHERITABLE_DRIVER = """
+import json, os, socket
+import shoal
+from shoal.process import driver
+
+def pid(_):
+    return os.getpid()
+
+r, w = os.pipe()
+os.set_inheritable(r, True)
+os.set_inheritable(w, True)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.set_inheritable(True)
+high = os.dup2(w, 300)  # inheritable, far past the others
+ex = shoal.Executor(2, backend="process")
+ex.submit(pid, 0).result(timeout=20)
+pids = ex.worker_pids()
+print("PIDS " + json.dumps({"workers": pids, "zygote": driver.zygote().pid,
+      "targets": sorted({os.readlink(f"/proc/self/fd/{fd}") for fd in (r, w, s.fileno(), high)})}), flush=True)
+input()
+ex.shutdown()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_descriptors_the_driver_made_inheritable_stay_out_of_the_zygote_and_workers(tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(INHERITABLE_DRIVER)
+    proc = spawn_python_file(script, stdin=subprocess.PIPE)
+    try:
+        info = read_json_line(proc, "PIDS ")
+        assert info is not None, proc.stderr.read()
+        assert len(info["targets"]) == 2  # the pipe (both ends) and the socket
+        assert len(info["workers"]) == 2
+        for pid in [info["zygote"], *info["workers"]]:
+            targets = fd_targets(pid)
+            leaked = {fd: t for fd, t in targets.items() if t in info["targets"]}
+            assert not leaked, f"process {pid} holds the driver's inheritable descriptors: {leaked}"
+            # What shoal gives: stdin, stdout, stderr; the zygote's sockets and pidfds; a
+            # worker's shared memory, doorbell and arena (memfds, eventfds).
+            odd = {fd: t for fd, t in targets.items()
+                   if fd > 2 and not t.startswith(("memfd:", "anon_inode:", "socket:", "/memfd:"))}
+            assert not odd, f"process {pid} holds descriptors shoal did not give it: {odd}"
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(30) == 0, proc.stderr.read()
+    finally:
+        kill_tree(proc.pid)
+        proc.wait(10)
+
