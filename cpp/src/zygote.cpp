@@ -191,7 +191,8 @@ ZygoteServer::Action ZygoteServer::next(int timeout_ms) {
     }
 }
 
-void ZygoteServer::forked(Action const& action, pid_t pid) {
+void ZygoteServer::forked(Action& action, pid_t pid) {
+    action.fds.clear();  // the worker has its own copies now
     Worker w{pid, open_pidfd(pid), action.executor, action.spec.slot};
     m_workers.push_back(std::move(w));
     ZygoteMessage m;

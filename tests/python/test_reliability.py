@@ -144,3 +144,56 @@ def test_descriptors_the_driver_made_inheritable_stay_out_of_the_zygote_and_work
         kill_tree(proc.pid)
         proc.wait(10)
 
+
+# ---------------------------------------------------------------- what the zygote keeps of a gone executor
+
+
+ZYGOTE_KEEPS_DRIVER = """
+import gc, json, os, sys, time
+import shoal
+from shoal.process import driver
+
+def double(x):
+    return 2 * x
+
+threshold = None if sys.argv[1] == "no-arena" else 1 << 16
+# The first executor's workers are forked while the zygote is still starting; once it is warm
+# (it has been idle a moment) it serves the next ones with nothing else to do in between.
+for _ in range(2):
+    ex = shoal.Executor(2, backend="process", buffer_threshold=threshold)
+    assert ex.submit(double, 1).result(timeout=20) == 2
+    ex.shutdown(wait=True)
+    del ex
+    gc.collect()
+    time.sleep(0.3)
+print("ZYGOTE " + json.dumps(driver.zygote().pid), flush=True)
+input()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("arena", ["arena", "no-arena"])
+def test_the_zygote_keeps_nothing_of_an_executor_that_is_gone(tmp_path, arena):
+    script = tmp_path / "driver.py"
+    script.write_text(ZYGOTE_KEEPS_DRIVER)
+    proc = spawn_python_file(script, arena, stdin=subprocess.PIPE)
+    try:
+        zygote = read_json_line(proc, "ZYGOTE ")
+        assert zygote is not None, proc.stderr.read()
+
+        def kept():
+            fds = {fd: t for fd, t in fd_targets(zygote).items()
+                   if "shoal-pool" in t or "eventfd" in t or "shoal-arena" in t}
+            with open(f"/proc/{zygote}/maps") as f:
+                maps = [line.strip() for line in f if "shoal-pool" in line]
+            return fds, maps
+
+        assert wait_until(lambda: kept() == ({}, []), timeout=5), \
+            f"the zygote still holds the executor's shared memory: {kept()}"
+        assert is_alive(zygote)  # it still serves the next executor
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(30) == 0, proc.stderr.read()
+    finally:
+        kill_tree(proc.pid)
+        proc.wait(10)

@@ -79,8 +79,11 @@ public:
     /// is gone: every worker has been SIGKILLed). Blocks in poll(); with timeout_ms >= 0,
     /// returns an `idle` action once nothing has come for that long.
     Action next(int timeout_ms = -1);
-    /// In the zygote after fork: track the child and report it to its executor.
-    void forked(Action const& action, pid_t pid);
+    /// In the zygote after fork: track the child and report it to its executor. Closes the
+    /// zygote's copies of the action's descriptors (the executor's shared memory, doorbell and
+    /// arena): the zygote keeps nothing of an executor but its socket, so once the executor is
+    /// gone, so is every page and descriptor of it here.
+    void forked(Action& action, pid_t pid);
     /// In the child after fork: close all of the zygote's descriptors, die with the zygote.
     /// Returns the worker's descriptors.
     std::vector<Fd> become_worker(Action&& action);
