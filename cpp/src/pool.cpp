@@ -449,7 +449,10 @@ void Pool::service_locked() {
         if (all_exited) {
             fail_queued_locked(Completion::broken, ExitStatus{ExitStatus::signaled, 9}, {});
             m_finished = true;
-            m_executor.reset();  // the zygote forgets this executor
+            // The zygote forgets this executor: shutdown() so that it sees EOF even while a
+            // fork()ed child of ours holds a copy of the socket (only the owner gets here).
+            ::shutdown(m_executor.get(), SHUT_RDWR);
+            m_executor.reset();
             m_ready_cv.notify_all();
         }
     }

@@ -197,3 +197,90 @@ def test_the_zygote_keeps_nothing_of_an_executor_that_is_gone(tmp_path, arena):
     finally:
         kill_tree(proc.pid)
         proc.wait(10)
+
+
+# ---------------------------------------------------------------- a killed driver with a forked child
+
+
+FORKING_DRIVER = """
+import json, multiprocessing, os, sys, time
+import shoal
+from shoal.process import driver
+
+def double(x):
+    return 2 * x
+
+def sleep_long():
+    time.sleep(60)
+
+how, end = sys.argv[1], sys.argv[2]
+ex = shoal.Executor(2, backend="process")
+assert ex.submit(double, 1).result(timeout=20) == 2
+deadline = time.monotonic() + 10
+while len(ex.worker_pids()) < 2 and time.monotonic() < deadline:
+    time.sleep(0.01)
+if how == "os.fork":
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+else:  # a multiprocessing "fork" process, as a Manager or a Pool worker is
+    proc = multiprocessing.get_context("fork").Process(target=sleep_long, daemon=False)
+    proc.start()
+    child = proc.pid
+print("PIDS " + json.dumps({"workers": ex.worker_pids(), "zygote": driver.zygote().pid, "child": child}),
+      flush=True)
+if end == "kill":
+    time.sleep(120)
+ex.shutdown(wait=True)
+print("EXITING " + json.dumps(time.time()), flush=True)
+os._exit(0) if how == "multiprocessing" else None  # do not wait for the sleeping process
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["os.fork", "multiprocessing"])
+def test_a_killed_driver_with_a_forked_child_leaves_no_zygote_or_workers(tmp_path, how):
+    script = tmp_path / "driver.py"
+    script.write_text(FORKING_DRIVER)
+    proc = spawn_python_file(script, how, "kill")
+    child = None
+    try:
+        info = read_json_line(proc, "PIDS ")
+        assert info is not None, proc.stderr.read()
+        child = info["child"]
+        pool = [info["zygote"], *info["workers"]]
+        assert len(pool) == 3 and all(is_alive(p) for p in pool)
+        proc.kill()
+        proc.wait(10)
+        gone = wait_until(lambda: not any(is_alive(p) for p in pool), timeout=3.0)
+        assert gone, f"alive 3 s after the driver was killed: {[p for p in pool if is_alive(p)]}"
+        assert is_alive(child), "the test is void: the driver's forked child died with it"
+    finally:
+        kill_tree(proc.pid, [psutil.Process(p) for p in [child] if p and is_alive(p)])
+        proc.wait(10)
+
+
+@pytest.mark.timeout(60)
+def test_a_driver_with_a_forked_child_alive_exits_promptly(tmp_path):
+    # The interpreter's exit stops the zygote: a forked child holding a copy of its socket
+    # must not hold that up (it took 2 s, until the zygote was killed).
+    script = tmp_path / "driver.py"
+    script.write_text(FORKING_DRIVER.replace("os._exit(0) if how", "sys.exit(0) if how"))
+    proc = spawn_python_file(script, "os.fork", "exit")
+    child = None
+    try:
+        info = read_json_line(proc, "PIDS ")
+        assert info is not None, proc.stderr.read()
+        child = info["child"]
+        exiting = read_json_line(proc, "EXITING ")
+        assert exiting is not None, proc.stderr.read()
+        proc.wait(20)
+        took = time.time() - exiting
+        assert proc.returncode == 0, proc.stderr.read()
+        assert took < 1.2, f"the driver took {took:.2f} s to exit with a forked child alive"
+        assert wait_until(lambda: not is_alive(info["zygote"]), timeout=2.0)
+        assert is_alive(child)
+    finally:
+        kill_tree(proc.pid, [psutil.Process(p) for p in [child] if p and is_alive(p)])
+        proc.wait(10)
