@@ -69,6 +69,7 @@ Pool::Pool(ZygoteClient& zygote, PoolOptions options)
 
     std::size_t offset = sizeof(DoorbellWord);
     m_slots.resize(n);
+    for (auto& slot : m_slots) slot.reader = MessageReader(m_options.max_message_bytes);
     for (std::size_t i = 0; i < n; ++i) {
         WorkerSpec s;
         s.slot = static_cast<std::uint32_t>(i);
@@ -135,6 +136,7 @@ void Pool::start_worker_locked(std::size_t i) {
     s.ready = false;
     s.stopping = false;
     s.exited = false;
+    s.kill_reason.clear();
     m_scheduler.worker_started(i);
     ZygoteMessage m;
     m.op = ZygoteOp::fork_worker;
@@ -246,6 +248,14 @@ bool Pool::drain_locked() {
     return any;
 }
 
+void Pool::kill_bad_worker_locked(std::size_t i, std::string reason) {
+    Slot& s = m_slots[i];
+    kill_slot_locked(i);
+    s.exited = true;  // read nothing more from it; the exit report restarts it
+    s.reader.reset(); // frees what it sent of a message
+    s.kill_reason = std::move(reason);
+}
+
 bool Pool::drain_slot_locked(std::size_t i) {
     bool any = false;
     std::string error;
@@ -258,24 +268,25 @@ bool Pool::drain_slot_locked(std::size_t i) {
             if (st == MessageReader::Status::empty) break;
             if (st != MessageReader::Status::message) {
                 // A worker that writes garbage is treated as crashed.
-                kill_slot_locked(i);
-                s.exited = true;  // read nothing more from it; the exit report restarts it
+                kill_bad_worker_locked(i, st == MessageReader::Status::too_large
+                    ? "it sent a message larger than the " + std::to_string(m_options.max_message_bytes) +
+                          "-byte bound on what a worker may send (PoolOptions::max_message_bytes)"
+                    : std::string("it sent a corrupt message"));
                 break;
             }
             any = true;
             Bytes& msg = s.reader.message();
             FrameView f;
             if (!decode_frame(msg, f, error) || !is_worker_frame(f.header.kind)) {
-                kill_slot_locked(i);
-                s.exited = true;
+                kill_bad_worker_locked(i, "it sent a malformed frame (" +
+                                              (error.empty() ? std::string("not a worker's kind") : error) + ")");
                 break;
             }
             switch (f.header.kind) {
                 case FrameKind::result: {
                     std::vector<ArenaBlock> buffers;
                     if (f.header.buffers != 0 && !adopt_buffers_locked(i, f, buffers)) {
-                        kill_slot_locked(i);  // references to blocks it does not own: garbage
-                        s.exited = true;
+                        kill_bad_worker_locked(i, "it referred to arena memory it does not own");
                         break;
                     }
                     auto aux = static_cast<std::int64_t>(f.header.aux);
@@ -316,6 +327,7 @@ bool Pool::drain_slot_locked(std::size_t i) {
                 }
                 default: break;
             }
+            if (s.exited) break;  // killed for what it sent (above): read nothing more of it
         }
     }
     return any;
@@ -396,8 +408,9 @@ void Pool::worker_exited_locked(std::size_t i, ExitStatus status) {
     bool was_stopping = s.stopping;
     s.exited = true;
     s.pid = 0;
+    Bytes const reason = text_bytes(s.kill_reason);
     for (auto& t : m_scheduler.worker_died(i))
-        fail_task_locked(t.id, Completion::crashed, status, {}, static_cast<std::uint32_t>(i));
+        fail_task_locked(t.id, Completion::crashed, status, reason, static_cast<std::uint32_t>(i));
     if (m_killing) return;
     if (m_broken) {
         // No worker will be started again: what was re-queued fails like the rest.
