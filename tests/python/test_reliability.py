@@ -284,3 +284,39 @@ def test_a_driver_with_a_forked_child_alive_exits_promptly(tmp_path):
     finally:
         kill_tree(proc.pid, [psutil.Process(p) for p in [child] if p and is_alive(p)])
         proc.wait(10)
+
+
+# ---------------------------------------------------------------- a forked child drops arena memory
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("held", ["share", "result"])
+def test_a_forked_child_dropping_arena_memory_leaves_the_parents_data_alone(held):
+    # The child inherits the parent's arena blocks (a shoal.share handle, a result's array);
+    # when it drops them and exits normally, the blocks must stay the parent's: freed, the
+    # parent's next arena allocation reused the pages under the data it still held.
+    proc = run_python("""
+        import gc, os, sys
+        import numpy as np
+        import shoal
+
+        def make(n):
+            return np.full(n, 7, dtype=np.int64)
+
+        if sys.argv[1] == "share":
+            handle = shoal.share(make(1 << 20))  # 8 MiB in the arena
+            value = handle.value
+        else:
+            ex = shoal.Executor(1, backend="process")
+            value = ex.submit(make, 1 << 20).result(timeout=20)  # a result on an arena block
+        pid = os.fork()
+        if pid == 0:
+            handle = value = None
+            gc.collect()
+            sys.exit(0)  # finalization runs too
+        _, status = os.waitpid(pid, 0)
+        others = [shoal.share(np.full(1 << 20, 9, dtype=np.int64)) for _ in range(4)]
+        print("child", os.waitstatus_to_exitcode(status), "intact", bool((value == 7).all()), flush=True)
+    """, held, timeout=50)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "child 0 intact True" in proc.stdout, proc.stdout + proc.stderr
