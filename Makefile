@@ -76,6 +76,10 @@ fuzz: $(STAMP)
 	@if ! command -v $(CLANGXX) >/dev/null 2>&1; then \
 	  echo "make fuzz: skipped: $(CLANGXX) not found (libFuzzer needs clang: apt-get install clang libclang-rt-14-dev)"; \
 	  exit 0; fi; \
+	if ! printf 'extern "C" int LLVMFuzzerTestOneInput(const unsigned char*, unsigned long) { return 0; }\n' | \
+	  $(CLANGXX) -x c++ -fsanitize=fuzzer,address,undefined - -o /dev/null >/dev/null 2>&1; then \
+	  echo "make fuzz: skipped: $(CLANGXX) cannot link a libFuzzer target (apt-get install libclang-rt-14-dev)"; \
+	  exit 0; fi; \
 	set -e; \
 	$(VENV)/bin/cmake -S . -B build/fuzz -G Ninja -DCMAKE_CXX_COMPILER="$$(command -v $(CLANGXX))" -DSHOAL_BUILD_PYTHON=OFF \
 	  -DSHOAL_BUILD_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) >/dev/null; \
