@@ -44,9 +44,14 @@ nb::object completions_to_python(Pool& p, std::vector<Completion>& out, std::uin
         }
         auto const* data = reinterpret_cast<char const*>(c.payload.data()) + c.payload_offset;
         std::size_t size = c.payload.size() - c.payload_offset;
+        std::string status_text;
+        if (c.kind == Completion::crashed) {
+            status_text = c.status.describe();
+            if (size != 0) status_text += " (the driver killed it: " + std::string(data, size) + ")";
+        }
         items.append(nb::make_tuple(static_cast<int>(c.kind), c.flags, c.task_id, c.aux,
                                     static_cast<int>(c.status.kind), c.status.value,
-                                    c.kind == Completion::crashed ? c.status.describe() : std::string(),
+                                    status_text,
                                     c.worker, nb::bytes(data, size), buffers));
     }
     return nb::make_tuple(seq, items);
@@ -54,6 +59,22 @@ nb::object completions_to_python(Pool& p, std::vector<Completion>& out, std::uin
 }  // namespace
 
 void bind_pool(nb::module_& m) {
+    // InheritedPoolError -> shoal.InheritedExecutorError (a RuntimeError), defined in Python
+    // where it is documented; plain RuntimeError should that module not import.
+    nb::register_exception_translator([](std::exception_ptr const& p, void*) {
+        try {
+            std::rethrow_exception(p);
+        } catch (InheritedPoolError const& e) {
+            PyObject* type = PyExc_RuntimeError;
+            nb::object cls;
+            try {
+                cls = nb::module_::import_("shoal._errors").attr("InheritedExecutorError");
+                type = cls.ptr();
+            } catch (nb::python_error const&) {
+            }
+            PyErr_SetString(type, e.what());
+        }
+    });
     nb::class_<Pool>(m, "Pool")
         .def("__init__",
              [](Pool* self, ZygoteClient& zygote, std::size_t workers, unsigned retries,

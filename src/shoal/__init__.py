@@ -6,7 +6,7 @@ shared-memory rings.
 """
 __all__ = ["Executor", "Future", "AgentGroup", "ShoalError", "WorkerCrashedError", "InitializerError",
            "PreloadError", "ExecutorShutdownError", "WorkersUnavailableError", "ExecutorClosedError",
-           "ImportTimeExecutorError", "CannotSendError", "DeadlockError", "RemoteTraceback", "AgentError",
+           "InheritedExecutorError", "ImportTimeExecutorError", "CannotSendError", "DeadlockError", "RemoteTraceback", "AgentError",
            "AgentsLostError", "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats",
            "Progress", "Pool", "patch_pools"]
 __version__ = "0.1.0"
@@ -21,6 +21,7 @@ _where = {
     "ExecutorShutdownError": "._errors",
     "WorkersUnavailableError": "._errors",
     "ExecutorClosedError": "._errors",
+    "InheritedExecutorError": "._errors",
     "InitializerError": "._errors",
     "ImportTimeExecutorError": "._errors",
     "PreloadError": "._errors",

@@ -12,6 +12,7 @@ shoal raises for its own reasons) and from the standard library class a user of
     ├── ImportTimeExecutorError RuntimeError     an executor created by a module shoal imports for a worker
     ├── CannotSendError         TypeError        an open file, an executor or a future sent to a worker
     ├── DeadlockError           RuntimeError     every thread waits inside a task for its own executor
+    ├── InheritedExecutorError  RuntimeError     a fork()ed child used its parent's process executor
     ├── AgentError              RuntimeError     an agent operation failed for some agents
     │   └── AgentsLostError                      ... and agents were lost with their worker
     └── ArenaFull               MemoryError      the shared arena has no room (shoal._core)
@@ -24,8 +25,8 @@ from concurrent.futures import BrokenExecutor
 from ._core import ShoalError
 
 __all__ = ["ShoalError", "WorkerCrashedError", "InitializerError", "PreloadError", "ExecutorShutdownError",
-           "WorkersUnavailableError", "ExecutorClosedError", "ImportTimeExecutorError", "CannotSendError",
-           "DeadlockError", "RemoteTraceback", "AgentError", "AgentsLostError", "traceback_text"]
+           "WorkersUnavailableError", "ExecutorClosedError", "InheritedExecutorError",
+           "ImportTimeExecutorError", "CannotSendError", "DeadlockError", "RemoteTraceback", "AgentError", "AgentsLostError", "traceback_text"]
 
 
 class WorkerCrashedError(ShoalError, BrokenExecutor):
@@ -97,6 +98,14 @@ class DeadlockError(ShoalError, RuntimeError):
     """Raised by ``result()`` or ``exception()`` called inside a task of a thread-backend
     executor, on a future of that same executor, once every thread of the executor is waiting
     like this: no thread is left to run the tasks they wait for (``ThreadPoolExecutor`` hangs)."""
+
+
+class InheritedExecutorError(ShoalError, RuntimeError):
+    """Raised when a fork()ed child of the process that made a process executor uses that
+    executor (``submit``, ``map``, a future's ``result``): its workers, rings and locks are the
+    parent's, which keeps using them. Nothing of the parent's is touched; the child must make
+    an executor of its own. Shutting the inherited executor down, or dropping it, is allowed
+    and leaves the parent's alone."""
 
 
 class RemoteTraceback(Exception):

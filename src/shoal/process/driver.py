@@ -32,8 +32,8 @@ from .. import _core, _threads
 from .._aio import is_coroutine_function
 from .._arena import READ_ONLY, Buffers, arena
 from .._backend import Backend, BackendConfig, ChunkOutcome
-from .._errors import (ExecutorClosedError, ExecutorShutdownError, InitializerError, PreloadError, RemoteTraceback,
-                       WorkerCrashedError, WorkersUnavailableError)
+from .._errors import (ExecutorClosedError, ExecutorShutdownError, InheritedExecutorError, InitializerError,
+                       PreloadError, RemoteTraceback, WorkerCrashedError, WorkersUnavailableError)
 from .._future import Future
 from .._pickle import dumps_function
 from .agents import ProcessAgentTransport
@@ -447,6 +447,7 @@ class ProcessBackend(Backend):
         self._start_lock = threading.Lock()
         self._closed = False
         self._broken = None  # the PreloadError every task raises once a preload module failed
+        self._owner = os.getpid()  # a fork()ed child must not use this executor (see _check_owner)
         # The workers are forked at the first task, once the zygote has imported its function's
         # module (docs/design.md, "Zygote"); the zygote starts now.
         zygote()
@@ -484,7 +485,17 @@ class ProcessBackend(Backend):
                 self._pool = pool
             return self._pool
 
+    def _check_owner(self):
+        """Raises InheritedExecutorError in a fork()ed child, before the arena (the parent's)
+        or the pool is touched; the pool checks its own entry points too."""
+        if self._owner != os.getpid():
+            raise InheritedExecutorError(
+                f"shoal: this executor belongs to process {self._owner}; process {os.getpid()} is a "
+                "fork()ed child of it and cannot use it (its workers, rings and locks are the "
+                "parent's): make a new executor in the child")
+
     def _submit(self, fn, mode, data, count):
+        self._check_owner()
         if self._pool is None:
             self._start(fn)
         fn_id = self._functions.acquire(fn)
@@ -518,6 +529,7 @@ class ProcessBackend(Backend):
         """Sends a ready-made task payload to worker slot ``worker`` only (agents live there).
         If that worker dies, the future fails with WorkerCrashedError: it is not retried.
         ``refs`` are the payload's arena buffers; ``keep`` keeps them alive until it completes."""
+        self._check_owner()
         if self._pool is None:
             self._start(fn)
         fn_id = self._functions.acquire(fn)
@@ -535,7 +547,9 @@ class ProcessBackend(Backend):
         return fut
 
     def buffers(self):
-        """A collector for one payload's out-of-band buffers (None without an arena)."""
+        """A collector for one payload's out-of-band buffers (None without an arena). Agent
+        operations take it before they encode: the owner check comes first here too."""
+        self._check_owner()
         return None if self._arena is None else Buffers(self._arena, self._threshold)
 
     def submit(self, fn, args, kwargs):
