@@ -167,7 +167,25 @@ class Serial(System):
         self.agents = None
 
 
-class MpPool(System):
+class _PoolCalls:
+    """The calls of a system whose ``self.pool`` has multiprocessing.Pool's API."""
+
+    def close(self):
+        self.pool.close()
+        self.pool.join()
+
+    def call(self, fn, *args):
+        return self.pool.apply(fn, args)
+
+    def submit_all(self, fn, args_list):
+        handles = [self.pool.apply_async(fn, a) for a in args_list]
+        return [h.get() for h in handles]
+
+    def map(self, fn, items):
+        return self.pool.map(fn, items)
+
+
+class MpPool(_PoolCalls, System):
     """multiprocessing.Pool with its defaults (fork on Linux); `mp_pool[spawn]` uses the spawn context."""
 
     imports = ("multiprocessing.pool",)
@@ -183,18 +201,7 @@ class MpPool(System):
 
     def close(self):
         _close_table_pool(self)
-        self.pool.close()
-        self.pool.join()
-
-    def call(self, fn, *args):
-        return self.pool.apply(fn, args)
-
-    def submit_all(self, fn, args_list):
-        handles = [self.pool.apply_async(fn, a) for a in args_list]
-        return [h.get() for h in handles]
-
-    def map(self, fn, items):
-        return self.pool.map(fn, items)
+        _PoolCalls.close(self)
 
     def fetch_all(self, urls, inflight):
         raise Unsupported("a process pool runs one blocking task per worker (W requests in "
@@ -750,7 +757,7 @@ class ShoalDirect(Shoal):
         return obj
 
 
-class ShoalPool(System):
+class ShoalPool(_PoolCalls, System):
     """shoal.Pool(W), multiprocessing.Pool's API on shoal's workers, called as mp_pool is."""
 
     imports = ("shoal",)
@@ -769,20 +776,6 @@ class ShoalPool(System):
         import shoal
 
         self.pool = shoal.Pool(self.workers)
-
-    def close(self):
-        self.pool.close()
-        self.pool.join()
-
-    def call(self, fn, *args):
-        return self.pool.apply(fn, args)
-
-    def submit_all(self, fn, args_list):
-        handles = [self.pool.apply_async(fn, a) for a in args_list]
-        return [h.get() for h in handles]
-
-    def map(self, fn, items):
-        return self.pool.map(fn, items)
 
 
 BY_NAME = {cls.name: cls for cls in (Serial, MpPool, MpPoolSpawn, CfProcess, CfProcessChunked,
