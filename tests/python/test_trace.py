@@ -163,3 +163,67 @@ def test_save_writes_chrome_trace_events(executor, tmp_path, backend):
     loaded = Trace.load(path)
     assert len(loaded.data()["tasks"]) == len(slices)
     assert loaded.summary().splitlines()[0] == t.summary().splitlines()[0]
+
+
+# ---- summary and its advice: each situation built for real
+
+
+def length(x):
+    return len(x)
+
+
+def warm(executor):
+    """Both workers have loaded this module (their first task's import is not the test's)."""
+    list(executor.map(nap, [0.03] * 6, chunksize=1))
+
+
+@pytest.mark.timeout(60)
+def test_summary_lists_each_worker_and_the_split(executor):
+    warm(executor)
+    with executor.trace() as t:
+        list(executor.map(nap, [0.01] * 10, chunksize=1))
+    text = t.summary()
+    lines = text.splitlines()
+    assert lines[0].startswith("shoal trace: 10 tasks (10 items)")
+    assert "running  pickling  waiting  idle" in lines[1]
+    assert "load imbalance" in text and "slowest: nap" in text and "bytes moved" in text
+
+
+@pytest.mark.timeout(60)
+def test_advice_for_tiny_tasks(executor, backend):
+    warm(executor)
+    with executor.trace() as t:
+        futures = [executor.submit(inc, i) for i in range(300)]
+        assert [f.result() for f in futures] == list(range(1, 301))
+    advice = t.advice()
+    if backend == "serial":  # in the caller a task costs nothing to send: nothing to advise
+        assert advice is None
+    else:
+        assert advice is not None and "chunksize" in advice and "map" in advice
+        assert advice in t.summary()
+
+
+@pytest.mark.timeout(60)
+def test_advice_for_pickling(executor, backend):
+    warm(executor)
+    big = [float(i) for i in range(300_000)]  # ~2.7 MB pickled, in band: no arena
+    with executor.trace() as t:
+        assert [f.result() for f in [executor.submit(length, big) for _ in range(12)]] == [300_000] * 12
+    advice = t.advice()
+    if backend == "process":
+        assert advice is not None and "shoal.share" in advice and "pickling takes" in advice
+    else:  # the thread and serial backends pass the object itself
+        assert advice is None or "shoal.share" not in advice
+
+
+@pytest.mark.timeout(60)
+def test_advice_for_one_slow_worker(executor, backend):
+    warm(executor)
+    with executor.trace() as t:
+        futures = [executor.submit(nap, 0.6)] + [executor.submit(nap, 0.02) for _ in range(6)]
+        [f.result() for f in futures]
+    advice = t.advice()
+    if backend == "serial":  # one worker: nothing to balance
+        assert advice is None
+    else:
+        assert advice is not None and "longer than the others" in advice and "ordered=False" in advice
