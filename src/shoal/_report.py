@@ -10,7 +10,7 @@ import html
 import json
 
 from ._trace import Trace
-from ._trace_summary import _size, _time, analyse, summary_text
+from ._trace_summary import analyse, format_size, format_time, summary_text
 
 COLORS = {"running": "#3b7dd8", "pickling": "#e8a33d", "waiting": "#c44e52", "idle": "#d9d9d9"}
 PALETTE = ["#3b7dd8", "#55a868", "#c44e52", "#8172b2", "#ccb974", "#64b5cd", "#e8a33d", "#8c8c8c"]
@@ -45,7 +45,7 @@ def _svg_utilisation(data):
             f'<polygon points="0,{h} {points} {w},{h}" fill="#3b7dd8" fill-opacity="0.6" stroke="#3b7dd8"/>'
             f'<line x1="0" y1="{h}" x2="{w}" y2="{h}" stroke="#555"/>'
             f'<text x="0" y="{h + 15}" font-size="11">0</text>'
-            f'<text x="{w}" y="{h + 15}" font-size="11" text-anchor="end">{html.escape(_time(span))}</text>'
+            f'<text x="{w}" y="{h + 15}" font-size="11" text-anchor="end">{html.escape(format_time(span))}</text>'
             f'<text x="4" y="12" font-size="11">100 % of the workers busy</text></svg>')
 
 
@@ -90,12 +90,13 @@ def _svg_memory(data):
     for i, (label, pts) in enumerate(sorted(series.items())):
         color = PALETTE[i % len(PALETTE)]
         line = " ".join(f"{at / span * w:.1f},{h - rss / top * (h - 10):.1f}" for at, rss in pts)
-        parts.append(f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="2"/>')
+        width = max(1.5, 6 - 1.5 * i)  # wider first: series with the same memory stay visible
+        parts.append(f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="{width}"/>')
         parts.append(f'<rect x="{i * 110}" y="{h + 22}" width="10" height="10" fill="{color}"/>'
                      f'<text x="{i * 110 + 14}" y="{h + 31}" font-size="11">{html.escape(label)}</text>')
     parts.append(f'<line x1="0" y1="{h}" x2="{w}" y2="{h}" stroke="#555"/>'
-                 f'<text x="4" y="12" font-size="11">{html.escape(_size(top))} (resident)</text>'
-                 f'<text x="{w}" y="{h + 14}" font-size="11" text-anchor="end">{html.escape(_time(span))}</text>'
+                 f'<text x="4" y="12" font-size="11">{html.escape(format_size(top))} (resident)</text>'
+                 f'<text x="{w}" y="{h + 14}" font-size="11" text-anchor="end">{html.escape(format_time(span))}</text>'
                  "</svg>")
     return "".join(parts)
 
@@ -200,13 +201,13 @@ def render(trace):
     advice = (f'<p class="advice" id="advice">{html.escape(a["advice"])}</p>' if a["advice"]
               else '<p id="advice">No single cause stands out.</p>')
     slow = "".join(f"<tr><td>{html.escape(t['function'])}</td><td>#{t['task']}</td><td>{t['items']}</td>"
-                   f"<td>worker {t['worker']}</td><td>{html.escape(_time(t['run_s']))}</td></tr>"
+                   f"<td>worker {t['worker']}</td><td>{html.escape(format_time(t['run_s']))}</td></tr>"
                    for t in a["slowest"])
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>shoal trace report</title>
 <style>{_STYLE}</style></head><body>
-<h1>shoal trace: {len(data['tasks'])} tasks on {len(data['workers'])} workers ({html.escape(data['backend'])} backend), {html.escape(_time(a['span']))}</h1>
+<h1>shoal trace: {len(data['tasks'])} tasks on {len(data['workers'])} workers ({html.escape(data['backend'])} backend), {html.escape(format_time(a['span']))}</h1>
 {advice}
 <h2>Timeline</h2>
 <p class="hint">One row per worker; tasks in blue (failed in red), pickling in orange, worker exits as black marks. Wheel: zoom, drag: pan, double-click: reset.</p>

@@ -102,7 +102,7 @@ def _advice(data, tasks, workers, driver_pickling):
     if pickling + running > 0:
         share = pickling / (pickling + running)
         if share >= PICKLE_SHARE and per_task_bytes >= PICKLE_BYTES:
-            return (f"pickling takes {share:.0%} of the time ({_size(per_task_bytes)} per task): "
+            return (f"pickling takes {share:.0%} of the time ({format_size(per_task_bytes)} per task): "
                     "share the large arguments once with shoal.share instead of sending them with every task")
     if len(tasks) >= TINY_MIN_TASKS:
         per_item = statistics.median(t["run_s"] / max(1, t["items"]) for t in tasks)
@@ -110,7 +110,7 @@ def _advice(data, tasks, workers, driver_pickling):
                                      if t["delivered"] is not None)
         items = statistics.fmean(t["items"] for t in tasks)
         if items < 4 and overhead > max(TINY_OVERHEAD_S, per_item):
-            return (f"tasks are ~{_time(per_item)} each but cost ~{_time(overhead)} to send and collect: "
+            return (f"tasks are ~{format_time(per_item)} each but cost ~{format_time(overhead)} to send and collect: "
                     "use map (which sends them in chunks) or pass a larger chunksize")
     busy = {w: v["busy"] for w, v in workers.items()}
     if len(busy) >= 2:
@@ -124,7 +124,7 @@ def _advice(data, tasks, workers, driver_pickling):
     return None
 
 
-def _time(s):
+def format_time(s):
     if s >= 1:
         return f"{s:.2f} s"
     if s >= 1e-3:
@@ -132,7 +132,7 @@ def _time(s):
     return f"{s * 1e6:.0f} µs"
 
 
-def _size(n):
+def format_size(n):
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -143,18 +143,18 @@ def summary_text(data):
     """The few lines of Trace.summary()."""
     a = analyse(data)
     lines = [f"shoal trace: {a['tasks']} tasks ({a['items']} items) on {len(a['workers'])} workers "
-             f"({data['backend']} backend) over {_time(a['span'])}"]
+             f"({data['backend']} backend) over {format_time(a['span'])}"]
     lines.append("  worker  tasks  running  pickling  waiting  idle")
     for w, v in a["workers"].items():
         span = a["span"]
         lines.append(f"  {w:>6}  {v['tasks']:>5}  {v['running'] / span:>7.0%}  {v['pickling'] / span:>8.0%}"
                      f"  {v['waiting'] / span:>7.0%}  {v['idle'] / span:>4.0%}")
-    lines.append(f"  driver pickling/unpickling: {_time(a['driver_pickling'])}; "
-                 f"bytes moved: {_size(a['sent'])} to workers, {_size(a['received'])} back")
+    lines.append(f"  driver pickling/unpickling: {format_time(a['driver_pickling'])}; "
+                 f"bytes moved: {format_size(a['sent'])} to workers, {format_size(a['received'])} back")
     lines.append(f"  load imbalance (busiest worker / mean): {a['imbalance']:.2f}")
     if a["slowest"]:
         lines.append("  slowest: " + ", ".join(
-            f"{t['function']} #{t['task']} {_time(t['run_s'])} (worker {t['worker']})" for t in a["slowest"][:3]))
+            f"{t['function']} #{t['task']} {format_time(t['run_s'])} (worker {t['worker']})" for t in a["slowest"][:3]))
     if a["deaths"] or a["failed"]:
         lines.append(f"  worker exits: {a['deaths']}; failed tasks: {a['failed']}")
     if a["advice"]:

@@ -85,3 +85,15 @@ def test_report_renders_one_timeline_row_per_worker_in_chromium(tmp_path, backen
     assert shot.exists() and shot.stat().st_size > 5000
     pixels = _png_pixels(shot)
     assert len(set(pixels[::97])) > 20  # many colours: the page drew, it is not one blank colour
+
+
+@pytest.mark.timeout(120)
+def test_demo_ends_by_pointing_to_the_report_of_its_own_run(capsys):
+    from shoal._demo import _traced_run
+
+    _traced_run(2)
+    out = capsys.readouterr().out
+    report = [line.split(": ", 1)[1] for line in out.splitlines() if "report of this run:" in line]
+    assert report and os.path.getsize(report[0]) > 1000
+    assert "shoal trace:" in out and "python -m shoal report" in out
+    shutil.rmtree(os.path.dirname(report[0]))
