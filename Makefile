@@ -13,7 +13,7 @@ NODEPS  := radcad==0.14.0
 BUILD   := build/py
 JOBS    ?= 2
 
-.PHONY: all venv apt build cpp-tests test test-cpp test-python sanitize fuzz demo bench clean
+.PHONY: all venv apt chromium build cpp-tests test test-cpp test-python sanitize fuzz demo bench clean
 
 all: build
 
@@ -31,6 +31,13 @@ apt:
 	@if [ ! -f /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake ] && [ ! -f /usr/lib/cmake/GTest/GTestConfig.cmake ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgtest-dev; \
 	  else echo "libgtest-dev is missing: run 'sudo apt-get install libgtest-dev'"; exit 1; fi; fi
+
+# Headless Chromium from Debian renders the trace report in tests/python/test_report.py; installed
+# only when missing, and only as root (without it that test skips, saying why).
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "chromium is missing: run 'sudo apt-get install chromium' (the report test skips without it)"; fi; fi
 
 # The extension is built with CMake into build/py and copied next to the sources, so the
 # tests and the demo run from src/ (`pip install .` builds the same thing into a wheel).
@@ -50,7 +57,7 @@ test-cpp: cpp-tests
 	$(VENV)/bin/ctest --test-dir build/cpp --output-on-failure
 
 # pytest exits 5 when it collected no test: that is a failure here.
-test-python: build
+test-python: build chromium
 	PYTHONPATH=src $(VPY) -m pytest tests/python -q -ra; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 

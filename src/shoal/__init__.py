@@ -8,7 +8,7 @@ __all__ = ["Executor", "Future", "AgentGroup", "ShoalError", "WorkerCrashedError
            "PreloadError", "ExecutorShutdownError", "WorkersUnavailableError", "ExecutorClosedError",
            "InheritedExecutorError", "ImportTimeExecutorError", "CannotSendError", "DeadlockError", "RemoteTraceback", "AgentError",
            "AgentsLostError", "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats",
-           "Progress", "Pool", "patch_pools"]
+           "Progress", "Pool", "patch_pools", "Trace"]
 __version__ = "0.1.0"
 
 # The names load on first use, so that a worker process (which imports shoal._worker)
@@ -39,6 +39,7 @@ _where = {
     "AgentGroup": "._agents",
     "Pool": "._pool",
     "patch_pools": "._patch",
+    "Trace": "._trace",
 }
 
 

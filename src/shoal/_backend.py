@@ -53,6 +53,9 @@ class Backend(abc.ABC):
 
     name = "?"             # shown in reprs and messages only; never compared
     checkpoints = False    # agents' workers can die: a group can be rebuilt from checkpoints
+    # The executor's _trace.Recorder while a trace is on, else None: a backend then records each
+    # task (Recorder.task at submit) and fills in where and when it ran (see _trace.py).
+    tracer = None
 
     def __init__(self, config: BackendConfig):
         self.config = config
@@ -133,6 +136,11 @@ class Backend(abc.ABC):
     def shutdown(self, wait, kill=False):
         """Stops the workers once the queued tasks ran (``kill``: now, failing what is queued).
         ``wait``: returns once they are gone. Safe to call twice."""
+
+    def traced_processes(self):
+        """Process ids whose memory a trace samples (besides the driver's), and whose exit it
+        notes: the live workers' if they are processes. Never starts workers."""
+        return []
 
     def check(self):
         """Raises the executor's InitializerError if its initializer failed (backends that

@@ -15,6 +15,7 @@ from ._errors import CannotSendError, ExecutorClosedError
 from ._import_guard import check as _check_not_importing
 from ._sweep import sweep as _sweep
 from ._threads import check as _check_threads
+from ._trace import Recorder, Trace
 
 __all__ = ["Executor"]
 
@@ -63,11 +64,14 @@ class Executor(concurrent.futures.Executor):
     many; ``"inherit"`` leaves them as a process started from the caller's environment has
     them. The thread and serial backends run tasks in the caller's process and leave its pools
     alone.
+
+    ``trace=True`` records every task for the executor's whole life (read it with
+    :meth:`trace_data`); :meth:`trace` records a region. See docs/observability.md.
     """
 
     def __init__(self, max_workers=None, backend="process", *, initializer=None, initargs=(),
                  retries=2, preload=(), max_tasks_per_worker=None, buffer_threshold=DEFAULT_THRESHOLD,
-                 concurrency=1, event_loop="auto", threads_per_worker=None):
+                 concurrency=1, event_loop="auto", threads_per_worker=None, trace=False):
         _check_not_importing()  # a module shoal imports for a worker must not start executors
         if max_workers is None:
             max_workers = os.cpu_count() or 1
@@ -108,6 +112,10 @@ class Executor(concurrent.futures.Executor):
             preload=tuple(preload), max_tasks_per_worker=max_tasks_per_worker,
             buffer_threshold=buffer_threshold, concurrency=concurrency, event_loop=event_loop,
             threads_per_worker=threads_per_worker))
+        self._recorder = None   # the _trace.Recorder while any trace is on
+        self._tracing = 0       # how many traces are on
+        self._trace_lock = threading.Lock()
+        self._life_trace = self.trace() if trace else None
         _live.add(self)
 
     def __reduce__(self):
@@ -217,6 +225,34 @@ class Executor(concurrent.futures.Executor):
         """Process ids of the live workers (process backend; empty otherwise)."""
         return self._backend.worker_pids()
 
+    # ---------------------------------------------------------------- tracing
+
+    def trace(self):
+        """Starts recording every task (worker, times, pickling, bytes, memory) until the
+        returned :class:`shoal.Trace` is stopped; use it as ``with ex.trace() as t:``. Then
+        ``t.summary()``, ``t.tasks()``, ``t.save("run.json")``. Tracing is off otherwise."""
+        with self._trace_lock:
+            if self._recorder is None:
+                self._recorder = Recorder(self._backend, self.max_workers)
+                self._recorder.start_sampling()
+                self._backend.tracer = self._recorder
+            self._tracing += 1
+            return Trace(self._recorder, self._trace_stopped)
+
+    def _trace_stopped(self):
+        with self._trace_lock:
+            self._tracing -= 1
+            if self._tracing == 0 and self._recorder is not None:
+                self._backend.tracer = None
+                self._recorder.stop_sampling()
+                self._recorder = None
+
+    def trace_data(self):
+        """The :class:`shoal.Trace` of an executor made with ``trace=True``: every task so far."""
+        if self._life_trace is None:
+            raise ValueError("this executor was made without trace=True: use `with ex.trace() as t:`")
+        return self._life_trace
+
     # -------------------------------------------------------------- lifetime
 
     def shutdown(self, wait=True, *, cancel_futures=False, kill_workers=False):
@@ -226,6 +262,9 @@ class Executor(concurrent.futures.Executor):
         running tasks with ExecutorShutdownError."""
         with self._lock:
             self._shutdown = True
+        recorder = self._recorder
+        if recorder is not None:  # the workers' exits at shutdown are not events of the run
+            recorder.stop_sampling()
         if kill_workers:
             self._backend.cancel_all()
             self._backend.shutdown(True, kill=True)

@@ -30,7 +30,7 @@ from types import MethodType
 
 from .. import _core, _threads
 from .._aio import is_coroutine_function
-from .._arena import READ_ONLY, Buffers, arena
+from .._arena import LENGTH, READ_ONLY, Buffers, arena
 from .._backend import Backend, BackendConfig, ChunkOutcome
 from .._errors import (ExecutorClosedError, ExecutorShutdownError, InheritedExecutorError, InitializerError,
                        PreloadError, RemoteTraceback, WorkerCrashedError, WorkersUnavailableError)
@@ -38,7 +38,7 @@ from .._future import Future
 from .._pickle import dumps_function
 from .agents import ProcessAgentTransport
 from .protocol import (OUTPUT_STDOUT, TASK_CALL, TASK_CHUNK, TASK_CHUNK1, WorkerSetup, decode_reply,
-                       encode_setup, encode_task)
+                       decode_timing, encode_setup, encode_task)
 
 _zygote = None
 _zygote_lock = threading.Lock()
@@ -229,14 +229,15 @@ class TaskEntry:
     """A task the pool has not completed: its future, function, and what must live until it
     completes (its arguments' arena buffers)."""
 
-    __slots__ = ("future", "fn_id", "keep", "chunk", "nbytes")
+    __slots__ = ("future", "fn_id", "keep", "chunk", "nbytes", "trace")
 
-    def __init__(self, future, fn_id, keep, chunk, nbytes=0):
+    def __init__(self, future, fn_id, keep, chunk, nbytes=0, trace=None):
         self.future = future
         self.fn_id = fn_id
         self.keep = keep      # arena buffers of the arguments, or None
         self.chunk = chunk    # a map() chunk: resolves to a ChunkOutcome
         self.nbytes = nbytes  # a chunk's argument bytes (arena copies included)
+        self.trace = trace    # its _trace.TaskRecord while a trace is on, else None
 
 
 class _State:
@@ -280,7 +281,7 @@ def _deliver_batch(state, batch):
     futures = state.futures
     # Each completion: (kind, flags, task_id, aux, status_kind, status_value, status_text, worker,
     # payload, arena blocks or None); see _core.Completion.
-    for kind, flags, task_id, _aux, status_kind, status_value, status_text, _w, payload, buffers in batch:
+    for kind, flags, task_id, _aux, status_kind, status_value, status_text, worker, payload, buffers in batch:
         if kind == _OUTPUT:
             stream = sys.stdout if flags == OUTPUT_STDOUT else sys.stderr
             try:
@@ -294,12 +295,17 @@ def _deliver_batch(state, batch):
             continue
         fut = entry.future
         state.functions.release(entry.fn_id)
+        if entry.trace is not None:
+            _traced(state, entry.trace, kind, flags, worker, payload, buffers)
         if kind == _RESULT:
             try:
                 value = decode_reply(payload, buffers)
             except BaseException as exc:  # noqa: BLE001 - fails this task only
                 fut._fail(exc)
                 continue
+            finally:
+                if entry.trace is not None:
+                    entry.trace.unpickle = _clock() - entry.trace.done
             if flags & _ERROR:
                 exc, tb = value
                 exc.__cause__ = RemoteTraceback(tb)
@@ -333,6 +339,25 @@ def _deliver_batch(state, batch):
         else:
             fut._fail(ExecutorShutdownError("shoal: cannot run the task: the executor was shut down"))
 
+
+def _traced(state, rec, kind, flags, worker, payload, buffers):
+    """Fills in a traced task's record as its completion arrives (before it is unpickled)."""
+    rec.done = _clock()
+    rec.worker = worker
+    if kind == _RESULT:
+        rec.status = "error" if flags & _ERROR else "ok"
+        timing = decode_timing(payload)
+        if timing is not None:
+            rec.start, rec.loaded, rec.ran, rec.pickled, rec.pid = timing
+        rec.result_bytes = len(payload)
+        rec.result_arena = sum(map(len, buffers)) if buffers else 0
+    else:
+        rec.status = "crashed" if kind == _CRASHED else "failed"
+        if kind == _CRASHED:
+            rec.retries = state.retries
+
+
+_clock = time.perf_counter_ns
 
 _RESULT, _OUTPUT, _CRASHED, _INIT_FAILED = (_core.COMPLETION_RESULT, _core.COMPLETION_OUTPUT,
                                             _core.COMPLETION_CRASHED, _core.COMPLETION_INIT_FAILED)
@@ -498,12 +523,17 @@ class ProcessBackend(Backend):
         self._check_owner()
         if self._pool is None:
             self._start(fn)
+        rec = self.tracer
+        if rec is not None:
+            rec = rec.task(fn, "call" if mode == TASK_CALL else "chunk", count)
         fn_id = self._functions.acquire(fn)
         bufs = None if self._arena is None else Buffers(self._arena, self._threshold)
         try:
-            payload = encode_task(mode, data, bufs)
+            payload = encode_task(mode, data, bufs, rec is not None)
         except BaseException:
             self._functions.release(fn_id)
+            if rec is not None:
+                rec.status = "failed"
             raise
         task_id = next(self._ids)
         fut = _ProcessFuture(self._state, task_id)
@@ -512,7 +542,11 @@ class ProcessBackend(Backend):
         # A chunk's argument bytes (arena copies included), for map()'s chunk cap.
         nbytes = len(payload) + (sum(n for _, n in refs if n < READ_ONLY) if refs else 0) if chunk else 0
         # The arguments' arena buffers live until the task completes (the entry is dropped).
-        self._state.futures[task_id] = TaskEntry(fut, fn_id, bufs.keep if refs else None, chunk, nbytes)
+        if rec is not None:
+            rec.pickle = _clock() - rec.submit
+            rec.nbytes = len(payload)
+            rec.arena = sum(n & LENGTH for _, n in refs) if refs else 0
+        self._state.futures[task_id] = TaskEntry(fut, fn_id, bufs.keep if refs else None, chunk, nbytes, rec)
         # A coroutine task counts against the per-worker `concurrency`, not the adaptive limit.
         if self._pool.submit(task_id, fn_id, count, payload, refs, is_coroutine_function(fn)):
             self._deliver_ready()
@@ -532,10 +566,14 @@ class ProcessBackend(Backend):
         self._check_owner()
         if self._pool is None:
             self._start(fn)
+        rec = self.tracer
+        if rec is not None:  # the driver's side only: agent frames carry no timing
+            rec = rec.task(fn, "agents", count)
+            rec.nbytes = len(payload)
         fn_id = self._functions.acquire(fn)
         task_id = next(self._ids)
         fut = _ProcessFuture(self._state, task_id)
-        self._state.futures[task_id] = TaskEntry(fut, fn_id, keep, False)
+        self._state.futures[task_id] = TaskEntry(fut, fn_id, keep, False, 0, rec)
         try:
             ready = self._pool.submit(task_id, fn_id, count, payload, refs, worker=worker)
         except BaseException:
@@ -575,6 +613,11 @@ class ProcessBackend(Backend):
                 time.sleep(0.001)
                 pids = self._pool.worker_pids()
         return [int(p) for p in pids]
+
+    def traced_processes(self):
+        if self._pool is None or self._closed:
+            return []
+        return [int(p) for p in self._pool.worker_pids()]
 
     def cancel_all(self):
         if self._pool is None:

@@ -19,8 +19,8 @@ from .._arena import DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_a
 from .._chunk import call_items
 from .._pickle import dumps, iter_items, loads_function
 from . import agent_worker
-from .protocol import (OUTPUT_STDERR, OUTPUT_STDOUT, TASK_AGENTS, TASK_CALL, TASK_CHUNK, decode_setup,
-                       decode_task, encode_chunk_reply, encode_error)
+from .protocol import (OUTPUT_STDERR, OUTPUT_STDOUT, TASK_AGENTS, TASK_CALL, TASK_CHUNK, TRACED, decode_setup,
+                       decode_task, encode_chunk_reply, encode_error, encode_timing, set_timing_pid)
 
 in_worker = False  # True in a worker process (e.g. for joblib: no nested process pools)
 
@@ -113,6 +113,7 @@ def run(channel, arena=None):
     """Serves tasks until a shutdown frame; never returns."""
     global in_worker
     in_worker = True
+    set_timing_pid()
     if arena is not None:
         set_worker_arena(arena)
     sys.stdout = _Forward(channel, OUTPUT_STDOUT)
@@ -148,25 +149,33 @@ def _frame_handler(channel, arena, coroutines):
         if kind == TASK:
             start = clock()
             flags = 0
+            timing = None  # [start, loaded, ran] when the driver traces this task
             bufs = None if arena is None else Buffers(arena, _threshold, by_ref=False)
             try:
                 views = None if refs is None else [view(o, n & LENGTH, n >= READ_ONLY) for o, n in refs]
                 with loading:
                     fn = functions.get_function(aux)
                     mode, data = decode_task(payload, views)
+                if mode >= TRACED:
+                    mode -= TRACED
+                    timing = [start, clock(), 0]
                 if mode == TASK_CALL:
                     out = fn(*data[0], **data[1])
                     if type(out) is CoroutineType:  # the arguments' blocks live until it answers
-                        coroutines.start(out, (task_id, count, start, mode))
+                        coroutines.start(out, (task_id, count, start, mode, timing))
                         return
+                    if timing is not None:
+                        timing[2] = clock()
                     out = dumps(out, bufs)
                 elif mode == TASK_AGENTS:
                     out = agent_worker.serve(fn, data, payload, views, bufs)
                 elif _aio.is_coroutine_function(fn):
-                    _start_coroutine_chunk(coroutines, fn, data, mode, views, (task_id, count, start, mode))
+                    _start_coroutine_chunk(coroutines, fn, data, mode, views, (task_id, count, start, mode, timing))
                     return
                 else:
                     results, exc = _run_chunk(fn, data, mode == TASK_CHUNK, views)
+                    if timing is not None:
+                        timing[2] = clock()
                     out = encode_chunk_reply(results, exc, (clock() - start) / 1e9, bufs)
             except BaseException as exc:  # noqa: BLE001 - the task's failure, not ours
                 flags = ERROR
@@ -176,6 +185,9 @@ def _frame_handler(channel, arena, coroutines):
             views = data = None  # the driver frees the arguments' blocks once we answer
             sys.stdout.flush()
             sys.stderr.flush()
+            if timing is not None:
+                now = clock()
+                out = encode_timing(out, start, timing[1], timing[2] or now, now)
             if bufs is not None and bufs.refs:
                 send(RESULT, flags, task_id, clock() - start, count, out, bufs.refs)
                 bufs.detach()
@@ -205,7 +217,7 @@ def _start_coroutine_chunk(coroutines, fn, packed, mode, views, token):
 
 def _coroutine_done(channel, arena, token, failed, value):
     """Sends a coroutine task's result (as the plain path does for a plain task)."""
-    task_id, count, start, mode = token
+    task_id, count, start, mode, timing = token
     flags = 0
     bufs = None if arena is None else Buffers(arena, _threshold, by_ref=False)
     try:
@@ -225,6 +237,9 @@ def _coroutine_done(channel, arena, token, failed, value):
     value = None
     sys.stdout.flush()
     sys.stderr.flush()
+    if timing is not None:  # a coroutine's run includes its waits in the event loop
+        now = time.perf_counter_ns()
+        out = encode_timing(out, start, timing[1], now, now)
     elapsed = time.perf_counter_ns() - start
     if bufs is not None and bufs.refs:
         channel.send(_core.FRAME_RESULT, flags, task_id, elapsed, count, out, bufs.refs)
