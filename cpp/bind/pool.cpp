@@ -1,6 +1,7 @@
 // pool.cpp (binding) — shoal._core.Pool: the driver's process pool.
 #include "shoal/pool.hpp"
 #include "arena.hpp"
+#include "record.hpp"
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
@@ -28,10 +29,37 @@ std::vector<BufferRef> buffer_refs(nb::handle refs) {
 }
 
 namespace {
-/// (seq, [(kind, flags, task_id, aux, status kind, status value, status text, worker, payload,
-/// arena blocks or None), ...]) for the Python layer.
+
+PyStructSequence_Field completion_fields[] = {
+    {"kind", "What happened: COMPLETION_RESULT, _OUTPUT, _CRASHED, _INIT_FAILED or _BROKEN."},
+    {"flags", "A result: FLAG_ERROR if the task raised (payload: the pickled exception and traceback). "
+              "Output: 1 for stdout, 2 for stderr."},
+    {"task_id", "The task's id as given to Pool.submit (0 for output)."},
+    {"aux", "A result: the task's run time in the worker, in ns."},
+    {"status_kind", "Crashed (or broken by a death): how the worker ended, STATUS_EXITED or STATUS_SIGNALED. "
+                    "Otherwise STATUS_EXITED."},
+    {"status_value", "Crashed (or broken by a death): the exit code or the signal number. Otherwise 0."},
+    {"status_text", "Crashed: how the worker ended, in words (\"killed by signal 9 (SIGKILL)\"). Otherwise ''."},
+    {"worker", "The worker slot the completion came from."},
+    {"payload", "A result: the pickled value (or exception). Output: the text. Init failed: the pickled "
+                "exception. Broken: the reason, in UTF-8 (may be empty)."},
+    {"buffers", "A result's out-of-band arena buffers, as a list of owning Blocks; None when there are none."},
+    {nullptr, nullptr}};
+
+PyStructSequence_Desc completion_desc = {
+    "shoal._core.Completion",
+    "What Pool.take() and Pool.take_ready() hand over for each finished task or piece of output: "
+    "a named tuple of 10 items, (kind, flags, task_id, aux, status_kind, status_value, status_text, "
+    "worker, payload, buffers).",
+    completion_fields, 10};
+
+RecordType<10> completion_record;
+
+/// (seq, [Completion, ...]) for the Python layer. GIL held.
 nb::object completions_to_python(Pool& p, std::vector<Completion>& out, std::uint64_t seq) {
-    nb::list items;
+    nb::object items = nb::steal(PyList_New(static_cast<Py_ssize_t>(out.size())));
+    if (!items) throw nb::python_error();
+    Py_ssize_t i = 0;
     for (auto& c : out) {
         nb::object buffers = nb::none();
         if (!c.buffers.empty()) {
@@ -44,16 +72,18 @@ nb::object completions_to_python(Pool& p, std::vector<Completion>& out, std::uin
         }
         auto const* data = reinterpret_cast<char const*>(c.payload.data()) + c.payload_offset;
         std::size_t size = c.payload.size() - c.payload_offset;
-        items.append(nb::make_tuple(static_cast<int>(c.kind), c.flags, c.task_id, c.aux,
-                                    static_cast<int>(c.status.kind), c.status.value,
-                                    c.kind == Completion::crashed ? c.status.describe() : std::string(),
-                                    c.worker, nb::bytes(data, size), buffers));
+        nb::object record = completion_record(static_cast<int>(c.kind), c.flags, c.task_id, c.aux,
+                                              static_cast<int>(c.status.kind), c.status.value,
+                                              c.kind == Completion::crashed ? c.status.describe() : std::string(),
+                                              c.worker, nb::bytes(data, size), std::move(buffers));
+        PyList_SET_ITEM(items.ptr(), i++, record.release().ptr());  // steals; the slots start as NULL
     }
     return nb::make_tuple(seq, items);
 }
 }  // namespace
 
 void bind_pool(nb::module_& m) {
+    completion_record.define(m, completion_desc);
     nb::class_<Pool>(m, "Pool")
         .def("__init__",
              [](Pool* self, ZygoteClient& zygote, std::size_t workers, unsigned retries,

@@ -1,7 +1,8 @@
-// worker.cpp (binding) — shoal._core.WorkerChannel: the worker's rings, frames as tuples.
+// worker.cpp (binding) — shoal._core.WorkerChannel: the worker's rings; frames as Frame records.
 #include "shoal/frame.hpp"
 #include "shoal/worker.hpp"
 #include "arena.hpp"
+#include "record.hpp"
 
 #include <nanobind/stl/pair.h>
 #include <vector>
@@ -12,7 +13,28 @@ namespace nb = nanobind;
 using namespace shoal;
 
 namespace {
-nb::object frame_tuple(Bytes const& msg) {
+
+PyStructSequence_Field frame_fields[] = {
+    {"kind", "FRAME_TASK, FRAME_FUNCTION, FRAME_FORGET or FRAME_SHUTDOWN."},
+    {"flags", "Reserved: 0 in frames from the driver."},
+    {"task_id", "A task: its id, to send back in the result frame. Otherwise 0."},
+    {"aux", "A task: the id of the function to run. Function and forget: the function's id (0 in a "
+            "function frame: the payload is the pickled initializer and its arguments)."},
+    {"count", "A task: how many items its chunk holds (1 for a single call)."},
+    {"payload", "A task: its pickled arguments. A function: its pickle."},
+    {"refs", "A task's out-of-band arguments in the arena, as a list of (offset, length) pairs "
+             "(length's top bit set: the task only reads the buffer); None when there are none."},
+    {nullptr, nullptr}};
+
+PyStructSequence_Desc frame_desc = {
+    "shoal._core.Frame",
+    "A frame from the driver, as WorkerChannel.recv() and try_recv() hand it over: a named tuple "
+    "of 7 items, (kind, flags, task_id, aux, count, payload, refs).",
+    frame_fields, 7};
+
+RecordType<7> frame_record;
+
+nb::object frame_to_python(Bytes const& msg) {
     FrameView f;
     std::string error;
     if (!decode_frame(msg, f, error) || !is_driver_frame(f.header.kind))
@@ -27,13 +49,15 @@ nb::object frame_tuple(Bytes const& msg) {
         }
         refs = l;
     }
-    return nb::make_tuple(static_cast<int>(f.header.kind), f.header.flags, f.header.task_id, f.header.aux,
-                          f.header.count,
-                          nb::bytes(reinterpret_cast<char const*>(f.payload.data()), f.payload.size()), refs);
+    return frame_record(static_cast<int>(f.header.kind), f.header.flags, f.header.task_id, f.header.aux,
+                        f.header.count,
+                        nb::bytes(reinterpret_cast<char const*>(f.payload.data()), f.payload.size()),
+                        std::move(refs));
 }
 }  // namespace
 
 void bind_worker(nb::module_& m) {
+    frame_record.define(m, frame_desc);
     nb::class_<WorkerChannel>(m, "WorkerChannel")
         .def("recv",
              [](WorkerChannel& ch, double timeout) -> nb::object {
@@ -44,7 +68,7 @@ void bind_worker(nb::module_& m) {
                      ok = ch.recv(msg, timeout < 0 ? -1 : static_cast<std::int64_t>(timeout * 1e9));
                  }
                  if (!ok) return nb::none();
-                 return frame_tuple(msg);
+                 return frame_to_python(msg);
              },
              nb::arg("timeout") = -1.0)
         // The next frame if one is there, else None; never blocks. A corrupt stream raises.
@@ -52,7 +76,7 @@ void bind_worker(nb::module_& m) {
              [](WorkerChannel& ch) -> nb::object {
                  Bytes msg;
                  switch (ch.try_recv(msg)) {
-                     case WorkerChannel::Poll::message: return frame_tuple(msg);
+                     case WorkerChannel::Poll::message: return frame_to_python(msg);
                      case WorkerChannel::Poll::empty: return nb::none();
                      case WorkerChannel::Poll::corrupt: break;
                  }
