@@ -83,6 +83,7 @@ nb::object completions_to_python(Pool& p, std::vector<Completion>& out, std::uin
 }  // namespace
 
 void bind_pool(nb::module_& m) {
+    PoolOptions const defaults{};
     completion_record.define(m, completion_desc);
     nb::class_<Pool>(m, "Pool")
         .def("__init__",
@@ -108,13 +109,33 @@ void bind_pool(nb::module_& m) {
                  nb::gil_scoped_release release;  // the zygote may take a while to import
                  new (self) Pool(zygote, std::move(o));
              },
-             nb::arg("zygote"), nb::arg("workers"), nb::arg("retries"), nb::arg("max_items_per_worker"),
-             nb::arg("preload"), nb::arg("spin_ns"), nb::arg("task_ring_bytes"), nb::arg("result_ring_bytes"),
-             nb::arg("init_payload"), nb::arg("hints"), nb::arg("arena").none() = nb::none(),
-             nb::arg("concurrency") = 1)
+             // One source of truth: every default is PoolOptions{}'s (see pool.hpp for each one's trade-off).
+             nb::arg("zygote"), nb::kw_only(), nb::arg("workers") = defaults.workers,
+             nb::arg("retries") = defaults.scheduler.retries,
+             nb::arg("max_items_per_worker") = defaults.scheduler.max_items_per_worker,
+             nb::arg("preload") = defaults.preload, nb::arg("spin_ns") = defaults.spin_ns,
+             nb::arg("task_ring_bytes") = defaults.task_ring_bytes,
+             nb::arg("result_ring_bytes") = defaults.result_ring_bytes,
+             nb::arg("init_payload") = nb::bytes(reinterpret_cast<char const*>(defaults.init_payload.data()),
+                                                 defaults.init_payload.size()),
+             nb::arg("hints") = defaults.hints, nb::arg("arena").none() = nb::none(),
+             nb::arg("concurrency") = defaults.scheduler.concurrency,
+             "Starts a pool: `workers` worker processes forked from `zygote` (0: one per CPU), once it has "
+             "imported `preload` (a failure raises) and `hints` (best effort).\n\n"
+             "retries: times a task is run again after its worker died running it.\n"
+             "max_items_per_worker: items a worker starts before it is replaced (0: no limit).\n"
+             "spin_ns: how long waiting workers and callers spin before they sleep, in ns.\n"
+             "task_ring_bytes, result_ring_bytes: each worker's ring capacity, each way.\n"
+             "init_payload: the pickled initializer every new worker runs first.\n"
+             "arena: shared with the workers for out-of-band buffers (None: everything in the rings).\n"
+             "concurrency: coroutine tasks in flight per worker at most (>= 1).")
         .def("define_function",
-             [](Pool& p, std::uint64_t fn_id, nb::bytes pickled) { p.define_function(fn_id, view(pickled)); })
-        .def("forget_function", &Pool::forget_function)
+             [](Pool& p, std::uint64_t fn_id, nb::bytes pickled) { p.define_function(fn_id, view(pickled)); },
+             nb::arg("fn_id"), nb::arg("pickled"),
+             "Registers function `fn_id` (`pickled`: its pickle). It is sent once to each worker, before "
+             "that worker's first task that needs it. Never blocks.")
+        .def("forget_function", &Pool::forget_function, nb::arg("fn_id"),
+             "Drops function `fn_id`: the workers that have it are told to forget it. Never blocks.")
         .def("submit",
              [](Pool& p, std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count, nb::bytes payload,
                 nb::handle refs, bool concurrent, std::int64_t worker) {
@@ -123,9 +144,23 @@ void bind_pool(nb::module_& m) {
                  return p.submit(task_id, fn_id, count, view(payload), r, concurrent, worker);
              },
              nb::arg("task_id"), nb::arg("fn_id"), nb::arg("count"), nb::arg("payload"),
-             nb::arg("refs") = nb::none(), nb::arg("concurrent") = false, nb::arg("worker") = -1)
-        .def("cancel", &Pool::cancel)
-        .def("cancel_all", &Pool::cancel_all)
+             nb::arg("refs") = nb::none(), nb::arg("concurrent") = false, nb::arg("worker") = -1,
+             nb::sig("def submit(self, task_id: int, fn_id: int, count: int, payload: bytes, "
+                     "refs: collections.abc.Sequence[tuple[int, int]] | None = None, concurrent: bool = False, "
+                     "worker: int = -1) -> bool"),
+             "Queues task `task_id`: function `fn_id` on `payload` (its pickled arguments), a chunk of "
+             "`count` items, and hands it to a worker at once if one has room. Never blocks on workers.\n\n"
+             "refs: (offset, length) of the arguments' buffers in the arena; keep them alive until the task "
+             "completes.\n"
+             "concurrent: a coroutine task; it counts against `concurrency`, not the adaptive in-flight limit.\n"
+             "worker: a slot index to run the task there or nowhere (-1: any worker); if that worker dies, "
+             "the task completes as crashed instead of being retried.\n\n"
+             "After close(), or once the pool is broken, the task completes as broken. Returns True when "
+             "completions wait that the caller should deliver now (take_ready()).")
+        .def("cancel", &Pool::cancel, nb::arg("task_id"),
+             "Drops task `task_id` if no worker has it yet; True if it was dropped.")
+        .def("cancel_all", &Pool::cancel_all,
+             "Drops every task no worker has yet; returns their ids.")
         .def("take",
              [](Pool& p, double timeout, bool background, std::uint64_t epoch) -> nb::object {
                  std::vector<Completion> out;
@@ -139,24 +174,48 @@ void bind_pool(nb::module_& m) {
                  if (!open) return nb::none();
                  return completions_to_python(p, out, seq);
              },
-             nb::arg("timeout") = -1.0, nb::arg("background") = false, nb::arg("epoch") = 0)
+             nb::arg("timeout") = -1.0, nb::arg("background") = false, nb::arg("epoch") = 0,
+             nb::sig("def take(self, timeout: float = -1.0, background: bool = False, epoch: int = 0) "
+                     "-> tuple[int, list[Completion]] | None"),
+             "Serves the pool (drains the result rings, hears the zygote, refills the workers) until "
+             "completions are ready, and returns them as (seq, [Completion, ...]): the caller delivers them, "
+             "and batches taken by different threads are delivered in `seq` order. Releases the GIL.\n\n"
+             "timeout: seconds to wait at most (< 0: until something completes); on timeout: (0, []).\n"
+             "background: True only for the completion thread. It leaves completions to callers blocked on "
+             "a result (who take them with no thread hop) and never spins.\n"
+             "epoch: the value of `epoch` read before checking that what the caller waits for is not done. "
+             "A foreground take returns (0, []) as soon as the pool's epoch differs (another thread "
+             "delivered completions), so no wake-up is lost in between.\n\n"
+             "Returns None once the pool is closed and every worker has exited.")
         .def("take_ready",
              [](Pool& p) -> nb::object {
                  std::vector<Completion> out;
                  std::uint64_t seq = 0;
                  p.take_ready(out, &seq);
                  return completions_to_python(p, out, seq);
-             })
-        .def_prop_ro("epoch", &Pool::epoch)
-        .def("interrupt", &Pool::interrupt, nb::call_guard<nb::gil_scoped_release>())
-        .def("close", &Pool::close, nb::arg("kill"), nb::call_guard<nb::gil_scoped_release>())
+             },
+             nb::sig("def take_ready(self) -> tuple[int, list[Completion]]"),
+             "The completions already drained (by submit()), without waiting or serving the pool: "
+             "(seq, [Completion, ...]) as take() numbers them, or (0, []).")
+        .def_prop_ro("epoch", &Pool::epoch,
+                     "Bumped by interrupt(). Read it before checking a future and pass it to take().")
+        .def("interrupt", &Pool::interrupt, nb::call_guard<nb::gil_scoped_release>(),
+             "Bumps `epoch` and wakes the foreground takers: call it after delivering completions that "
+             "another thread may wait for. No system call when nobody waits.")
+        .def("close", &Pool::close, nb::arg("kill"), nb::call_guard<nb::gil_scoped_release>(),
+             "Starts closing: queued and running tasks finish, then the workers exit. kill: SIGKILL the "
+             "workers now; unfinished tasks complete as broken. Never blocks.")
         .def("join",
              [](Pool& p, double timeout) { p.join(static_cast<std::int64_t>(timeout * 1e9)); },
-             nb::arg("timeout"), nb::call_guard<nb::gil_scoped_release>())
-        .def("worker_pids", &Pool::worker_pids)
-        .def_prop_ro("workers", &Pool::workers)
-        .def_prop_ro("queued", &Pool::queued)
-        .def_prop_ro("inflight", &Pool::inflight);
+             nb::arg("timeout"), nb::call_guard<nb::gil_scoped_release>(),
+             "Waits up to `timeout` seconds for every worker to exit (after close()), serving the pool "
+             "meanwhile, then kills what is left. Completions found meanwhile stay for take().")
+        .def("worker_pids", &Pool::worker_pids,
+             "Process ids of the live workers (a worker whose fork the zygote has not reported yet is missing).")
+        .def_prop_ro("workers", &Pool::workers,
+                     "The number of worker slots; fixed for the pool's life (a slot's process may be replaced).")
+        .def_prop_ro("queued", &Pool::queued, "Tasks no worker has yet.")
+        .def_prop_ro("inflight", &Pool::inflight, "Tasks sent to workers and not finished.");
 
     m.attr("COMPLETION_RESULT") = static_cast<int>(Completion::result);
     m.attr("COMPLETION_OUTPUT") = static_cast<int>(Completion::output);

@@ -3,6 +3,7 @@
 #include "shoal/pool.hpp"
 #include "shoal/frame.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <poll.h>
@@ -15,6 +16,11 @@ namespace shoal {
 namespace {
 constexpr std::size_t k_page = 4096;
 std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+/// `o` with workers = 0 made one per online CPU.
+PoolOptions resolved(PoolOptions o) {
+    if (o.workers == 0) o.workers = static_cast<std::size_t>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));
+    return o;
+}
 Bytes text_bytes(std::string const& s) {
     auto const* p = reinterpret_cast<std::byte const*>(s.data());
     return Bytes(p, p + s.size());
@@ -44,9 +50,8 @@ void Pool::kill_slot_locked(std::size_t slot) noexcept {
 }
 
 Pool::Pool(ZygoteClient& zygote, PoolOptions options)
-    : m_options(std::move(options)), m_scheduler(m_options.workers, m_options.scheduler), m_owner(::getpid()) {
+    : m_options(resolved(std::move(options))), m_scheduler(m_options.workers, m_options.scheduler), m_owner(::getpid()) {
     std::size_t const n = m_options.workers;
-    if (n == 0) throw std::invalid_argument("Pool: at least one worker");
     std::size_t const tb = Ring::bytes_for(m_options.task_ring_bytes);
     std::size_t const rb = Ring::bytes_for(m_options.result_ring_bytes);
     std::size_t size = round_up(sizeof(DoorbellWord) + n * (tb + rb), k_page);

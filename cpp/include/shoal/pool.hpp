@@ -33,17 +33,39 @@
 
 namespace shoal {
 
+/// How a pool is made. The defaults are what shoal.Executor passes; the binding takes its
+/// keyword defaults from here.
 struct PoolOptions {
-    std::size_t workers = 1;
-    std::size_t task_ring_bytes = std::size_t{1} << 20;
-    std::size_t result_ring_bytes = std::size_t{1} << 20;
-    std::int64_t spin_ns = 50'000;  // spin this long before sleeping, workers and dispatcher
-    std::vector<std::string> preload;  // imported by the zygote before the first fork (waited for)
+    // Worker processes; 0: one per online CPU (what os.cpu_count() says). More workers than
+    // cores help only tasks that wait (I/O, sleep); for CPU-bound tasks they add context
+    // switches, and each is a process of its own (memory, a fork to start it).
+    std::size_t workers = 0;
+    // Capacity of each worker's task ring (driver -> worker, shared memory). A frame larger
+    // than a quarter of the ring travels in fragments, each waiting for the worker to make
+    // room, and a full ring holds back the tasks behind it. A larger ring moves large
+    // arguments in fewer hand-offs; a smaller one takes less memory (every worker has two
+    // rings) and less time to create (1 MiB rings made a second pool's creation ~4 ms slower).
+    std::size_t task_ring_bytes = std::size_t{256} << 10;
+    // Capacity of each worker's result ring (worker -> driver): the same trade-off for
+    // results and output. A worker whose result ring is full waits for the driver to drain it.
+    std::size_t result_ring_bytes = std::size_t{256} << 10;
+    // How long a worker waiting for its next frame, and a caller waiting for the result of
+    // a short task, spin (yielding the core between checks) before they sleep. A longer
+    // spin catches more arrivals without a wake-up (~20 µs each on a small machine), which
+    // is what makes short round trips cheap; it also burns CPU that other processes on a
+    // busy machine could have used.
+    std::int64_t spin_ns = 100'000;
+    // Imported by the zygote before the first fork, and waited for: every worker shares
+    // them instead of importing its own copy (less memory, faster tasks at first), and the
+    // first task waits for the imports. A failure makes the constructor throw.
+    std::vector<std::string> preload;
     // Imported by the zygote before the first fork too, best effort: a failure is ignored
     // (the modules of the first task's function, so that the workers share them).
     std::vector<std::string> hints;
     Bytes init_payload;  // sent to every new worker first (function frame, fn 0); it answers `ready`
-    std::shared_ptr<Arena> arena;  // shared with the workers; result frames' buffers come through it
+    // Shared with the workers: arguments and results past the Python layer's threshold travel
+    // through it by reference instead of through the rings. Null: everything is in the rings.
+    std::shared_ptr<Arena> arena;
     SchedulerOptions scheduler;
 };
 
