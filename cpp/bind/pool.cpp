@@ -84,7 +84,8 @@ nb::object completions_to_python(Pool& p, std::vector<Completion>& out, std::uin
 
 void bind_pool(nb::module_& m) {
     PoolOptions const defaults{};
-    completion_record.define(m, completion_desc);
+    completion_record.define(m, completion_desc,
+                             "class Completion(tuple[int, int, int, int, int, int, str, int, bytes, list[Block] | None])");
     nb::class_<Pool>(m, "Pool")
         .def("__init__",
              [](Pool* self, ZygoteClient& zygote, std::size_t workers, unsigned retries,

@@ -22,14 +22,17 @@ class RecordType {
 public:
     /// Creates the type from `desc` and adds it to `m` under the name after the last dot of
     /// desc.name. `desc` and its fields must have static storage: the type points into
-    /// them for its whole life. GIL held; throws nb::python_error.
-    void define(nanobind::module_& m, PyStructSequence_Desc& desc) {
+    /// them for its whole life. `stub` is the class line of its type stub, with the items'
+    /// types ("class Point(tuple[int, int])"): nanobind's stubgen reads it from
+    /// __nb_signature__, as nb::sig sets it on a bound class. GIL held; throws nb::python_error.
+    void define(nanobind::module_& m, PyStructSequence_Desc& desc, char const* stub) {
         if (desc.n_in_sequence != N) throw std::logic_error("RecordType::define: item count differs from N");
         PyTypeObject* type = PyStructSequence_NewType(&desc);
         if (!type) throw nanobind::python_error();
         // This reference is never dropped: a pool drained by a daemon thread may build a
         // record after the module's dict was cleared at interpreter exit.
         m_type = type;
+        nanobind::handle(reinterpret_cast<PyObject*>(type)).attr("__nb_signature__") = stub;
         char const* dot = std::strrchr(desc.name, '.');
         m.attr(dot ? dot + 1 : desc.name) = nanobind::borrow(reinterpret_cast<PyObject*>(type));
     }

@@ -57,8 +57,11 @@ nb::object frame_to_python(Bytes const& msg) {
 }  // namespace
 
 void bind_worker(nb::module_& m) {
-    frame_record.define(m, frame_desc);
-    nb::class_<WorkerChannel>(m, "WorkerChannel")
+    frame_record.define(m, frame_desc,
+                        "class Frame(tuple[int, int, int, int, int, bytes, list[tuple[int, int]] | None])");
+    nb::class_<WorkerChannel>(m, "WorkerChannel",
+                              "A worker's end of its two rings: frames from the driver in, result frames out. "
+                              "Made by ZygoteServer.become_worker(); one thread uses it.")
         .def("recv",
              [](WorkerChannel& ch, double timeout) -> nb::object {
                  Bytes msg;
@@ -70,8 +73,10 @@ void bind_worker(nb::module_& m) {
                  if (!ok) return nb::none();
                  return frame_to_python(msg);
              },
-             nb::arg("timeout") = -1.0)
-        // The next frame if one is there, else None; never blocks. A corrupt stream raises.
+             nb::arg("timeout") = -1.0, nb::sig("def recv(self, timeout: float = -1.0) -> Frame | None"),
+             "Waits for the next frame from the driver (spins, then sleeps on the ring; the GIL is released). "
+             "timeout: seconds (< 0: no limit). None when the timeout passes or the stream is corrupt; "
+             "raises on a malformed frame.")
         .def("try_recv",
              [](WorkerChannel& ch) -> nb::object {
                  Bytes msg;
@@ -81,13 +86,23 @@ void bind_worker(nb::module_& m) {
                      case WorkerChannel::Poll::corrupt: break;
                  }
                  throw std::runtime_error("shoal worker: the task stream is corrupt");
-             })
-        .def("watch_fd", &WorkerChannel::watch_fd)
-        .def("arm", &WorkerChannel::arm)
-        .def("disarm", &WorkerChannel::disarm, nb::call_guard<nb::gil_scoped_release>())
-        .def_prop_ro("armed", &WorkerChannel::armed)
-        .def("clear_watch", &WorkerChannel::clear_watch)
-        .def("pending", &WorkerChannel::pending)
+             },
+             nb::sig("def try_recv(self) -> Frame | None"),
+             "The next frame if one is there, else None. Never blocks; a corrupt stream raises.")
+        .def("watch_fd", &WorkerChannel::watch_fd,
+             "An eventfd for an event loop to watch: readable once arm() saw a frame arrive (starts the "
+             "watcher thread on first call).")
+        .def("arm", &WorkerChannel::arm,
+             "Hands the task ring to the watcher thread, which sleeps until a frame arrives and then makes "
+             "watch_fd() readable. False, handing nothing over, when a frame is already there. Clears "
+             "watch_fd() first.")
+        .def("disarm", &WorkerChannel::disarm, nb::call_guard<nb::gil_scoped_release>(),
+             "Takes the ring back from the watcher now (waits until it lets go) and clears watch_fd().")
+        .def_prop_ro("armed", &WorkerChannel::armed, "True while the watcher thread owns the ring.")
+        .def("clear_watch", &WorkerChannel::clear_watch,
+             "Clears watch_fd() after its wake-up was handled. Never blocks.")
+        .def("pending", &WorkerChannel::pending,
+             "True when a frame (or part of one) waits in the task ring. Never blocks; the ring's owner only.")
         .def("send",
              [](WorkerChannel& ch, int kind, std::uint32_t flags, std::uint64_t task_id, std::uint64_t aux,
                 std::uint32_t count, nb::bytes payload, nb::handle refs) {
@@ -103,7 +118,16 @@ void bind_worker(nb::module_& m) {
                  ch.send(frame);
              },
              nb::arg("kind"), nb::arg("flags"), nb::arg("task_id"), nb::arg("aux"), nb::arg("count"),
-             nb::arg("payload"), nb::arg("refs") = nb::none());
+             nb::arg("payload"), nb::arg("refs") = nb::none(),
+             nb::sig("def send(self, kind: int, flags: int, task_id: int, aux: int, count: int, payload: bytes, "
+                     "refs: collections.abc.Sequence[tuple[int, int]] | None = None) -> None"),
+             "Sends a frame to the driver and rings its doorbell; blocks (GIL released) while the result "
+             "ring is full.\n\n"
+             "kind: FRAME_RESULT, FRAME_OUTPUT, FRAME_READY or FRAME_INIT_FAILED.\n"
+             "flags: a result: FLAG_ERROR when the payload is an exception. Output: 1 stdout, 2 stderr.\n"
+             "task_id, count: the task's, from its frame. aux: a result: the run time in ns; ready: the "
+             "worker's owner id in the arena.\n"
+             "refs: (offset, length) of the result's buffers in the arena, handed to the driver.");
 
     m.attr("FRAME_TASK") = static_cast<int>(FrameKind::task);
     m.attr("FRAME_FUNCTION") = static_cast<int>(FrameKind::function);
