@@ -1,4 +1,4 @@
-// pool.cpp — the driver's pool: layout of shared memory, dispatcher loop, worker lives.
+// pool.cpp — the driver's pool: layout of shared memory, serving the pool, worker lives.
 // See pool.hpp for the data flow of a task.
 #include "shoal/pool.hpp"
 #include "shoal/frame.hpp"
@@ -136,7 +136,7 @@ void Pool::start_worker_locked(std::size_t i) {
     try {
         send_message(m_executor.get(), m.encode(), std::span<int const>(fds, m_options.arena ? 3 : 2));
     } catch (std::system_error const&) {
-        // The zygote is gone; its EOF is handled by the dispatcher.
+        // The zygote is gone; the next thread that serves the pool reads its EOF.
         s.exited = true;
         m_scheduler.worker_died(i);
     }
@@ -177,7 +177,7 @@ bool Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t coun
     bool const had = !m_ready.empty();
     if (drain_locked() && !had && !m_ready.empty()) {
         m_ready_since_ns = now;
-        if (m_poller) wake_dispatcher();
+        if (m_poller) wake_poller();
     }
     pump_locked();
     return !m_ready.empty() && (m_ready.size() >= 16 || now - m_ready_since_ns >= 100'000);
@@ -422,7 +422,7 @@ bool Pool::results_waiting() const noexcept {
     return false;
 }
 
-void Pool::wake_dispatcher() noexcept { m_wakeup.signal(); }
+void Pool::wake_poller() noexcept { m_wakeup.signal(); }
 
 void Pool::service_locked() {
     while (drain_locked()) {}
@@ -547,7 +547,7 @@ void Pool::close(bool kill) {
                 if (!m_slots[i].exited) kill_slot_locked(i);
         }
     }
-    wake_dispatcher();
+    wake_poller();
 }
 
 void Pool::join(std::int64_t timeout_ns) {

@@ -1,4 +1,4 @@
-// pool.hpp — the driver's process pool: shared memory, workers, dispatcher thread.
+// pool.hpp — the driver's process pool: shared memory, worker slots, and the calls that serve them.
 //
 // Data flow of one task:
 //
@@ -7,15 +7,29 @@
 //    thread)          per worker)                               ▼
 //                                                    result ring (shm) + doorbell
 //                                                               │
-//   Future ◄── take(): the waiting thread itself (a caller in ◄─┘
-//              Future.result(), or the completion thread) drains the rings,
-//              hears the zygote (forks, deaths), refills workers — C++, GIL released
+//   Future ◄── take() or take_ready(), in the thread that ◄─────┘
+//              delivers: it drains the result rings, hears the zygote
+//              (forks, deaths) and refills the task rings — C++, GIL released
 //
-// There is no dispatcher thread of its own: every thread that waits does the dispatching
-// (spin briefly, then one of them sleeps on the doorbell). On a small machine each thread
-// hop costs ~20 µs, so a caller blocked in result() receiving its result directly is what
-// makes a round trip cheap. submit() also drains and refills, so workers stay fed while
-// the waiting threads are busy in Python.
+// The pool has no thread of its own. Whichever thread calls it serves it, under m_mutex:
+//   - submit() (any thread) queues the task, drains the result rings and refills the task
+//     rings. It returns true when completions wait (16, or the oldest 100 µs old): the
+//     caller then delivers them itself with take_ready(), with no thread hop.
+//   - take() (any thread) serves the pool until completions are ready and hands them to
+//     its caller. A foreground taker is a caller blocked on a result (Future.result()): it
+//     spins up to spin_ns while tasks are short, then one taker at a time (the poller)
+//     sleeps in poll() on the doorbell's eventfd, the zygote's socket and m_wakeup, and the
+//     others on m_ready_cv. The background taker is the Python layer's completion thread:
+//     it delivers what nobody waits for (callbacks, as_completed), never spins, leaves the
+//     doorbell to foreground takers, and stays away while one is in take() and for 1 ms
+//     after a caller last submitted or took (k_caller_grace_ns).
+//   - interrupt() bumps the epoch after a thread delivered completions, so that foreground
+//     takers look at their futures again (a foreground take() returns once the epoch moved).
+//   - close() starts stopping the workers; join() serves the pool until they have exited.
+// A worker writes the doorbell's eventfd after a result only when the shared flag says a
+// taker sleeps; the zygote reports forks and exits on the pool's own socket. On a small
+// machine a thread hop costs ~20 µs, so a caller blocked in result() receiving its result
+// directly is what makes a round trip cheap.
 #pragma once
 
 #include "shoal/arena.hpp"
@@ -69,7 +83,7 @@ struct PoolOptions {
     SchedulerOptions scheduler;
 };
 
-/// What the dispatcher hands to the Python layer.
+/// A finished task, or a piece of a worker's output, as take() and take_ready() hand it over.
 struct Completion {
     enum Kind : std::uint8_t {
         result = 1,       // payload: the result frame's payload; flags: k_flag_error
@@ -91,10 +105,12 @@ struct Completion {
 
 class Pool {
 public:
-    /// Creates the shared memory, asks `zygote` to import the preload modules and fork the
-    /// workers, starts the dispatcher. Throws std::runtime_error if the zygote fails.
+    /// Creates the shared memory and asks `zygote` to import the preload modules and hints
+    /// (waits for the imports) and to fork the workers (their forks are reported later, to
+    /// whichever thread serves the pool). Throws std::runtime_error if the zygote fails or a
+    /// preload module cannot be imported.
     Pool(ZygoteClient& zygote, PoolOptions options);
-    /// Kills the workers if close() was not called; joins the dispatcher. In a forked copy of
+    /// If the pool was not joined, kills the workers and waits for them (2 s at most). In a forked copy of
     /// the driver (os.fork, a multiprocessing worker) it only releases the copy's mappings and
     /// descriptors: the workers are the original's, and so may be the mutex's owner.
     ~Pool();
@@ -122,15 +138,16 @@ public:
     bool submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
                 std::span<std::byte const> payload, std::span<BufferRef const> refs = {},
                 bool concurrent = false, std::int64_t worker = -1);
-    /// Moves the completions already drained into `out`, without waiting or doing any of the
-    /// dispatcher's work; numbers the batch like take(). Any thread.
+    /// Moves the completions already drained into `out`, without waiting or serving the
+    /// pool; numbers the batch like take(). Any thread.
     void take_ready(std::vector<Completion>& out, std::uint64_t* batch_seq = nullptr);
     /// Drops a task not yet handed to a worker; true if it was dropped.
     bool cancel(std::uint64_t task_id);
     /// Drops every queued task; returns their ids.
     std::vector<std::uint64_t> cancel_all();
 
-    /// Does the dispatcher's work until completions are ready (or timeout_ns passes; < 0
+    /// Serves the pool (drains the result rings, hears the zygote, refills the task rings)
+    /// until completions are ready (or timeout_ns passes; < 0
     /// waits forever) and moves them into `out`: the caller must deliver them. Spins up to
     /// spin_ns first; then one caller sleeps on the doorbell and the others on a condition
     /// variable. Returns false once the pool is closed and fully drained. Any thread.
@@ -178,7 +195,7 @@ private:
         std::uint32_t owner = 0;              // the worker's id in the arena (from its ready frame)
     };
 
-    void service_locked();                      // one round of the dispatcher's work
+    void service_locked();                      // one round of serving the pool
     void pump_locked();                         // hand out work, continue writers
     bool drain_locked();                        // read result rings; true if anything came
     bool drain_slot_locked(std::size_t slot);
@@ -198,14 +215,15 @@ private:
     void stop_idle_workers_locked();
     bool results_waiting() const noexcept;
     void publish_locked();
-    void wake_dispatcher() noexcept;
+    void wake_poller() noexcept;               // ends the poller's poll() (m_wakeup)
 
     PoolOptions m_options;
     SharedMemory m_memory;
     SharedBytes m_init_frame;
     std::vector<WorkerSpec> m_specs;
     Doorbell m_doorbell;
-    EventFd m_wakeup;  // private: close(), forget, etc. wake the dispatcher through it
+    EventFd m_wakeup;  // private: ends the poller's poll() (close(), interrupt(), a foreground
+                       // taker taking the doorbell, submit() after it drained results)
     Fd m_executor;     // our socket to the zygote
 
     mutable std::mutex m_mutex;
