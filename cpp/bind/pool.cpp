@@ -40,7 +40,7 @@ PyStructSequence_Field completion_fields[] = {
                     "Otherwise STATUS_EXITED."},
     {"status_value", "Crashed (or broken by a death): the exit code or the signal number. Otherwise 0."},
     {"status_text", "Crashed: how the worker ended, in words (\"killed by signal 9 (SIGKILL)\"). Otherwise ''."},
-    {"worker", "The worker slot the completion came from."},
+    {"worker", "The worker slot the completion came from (0 when none did: broken)."},
     {"payload", "A result: the pickled value (or exception). Output: the text. Init failed: the pickled "
                 "exception. Broken: the reason, in UTF-8 (may be empty)."},
     {"buffers", "A result's out-of-band arena buffers, as a list of owning Blocks; None when there are none."},
@@ -86,7 +86,10 @@ void bind_pool(nb::module_& m) {
     PoolOptions const defaults{};
     completion_record.define(m, completion_desc,
                              "class Completion(tuple[int, int, int, int, int, int, str, int, bytes, list[Block] | None])");
-    nb::class_<Pool>(m, "Pool")
+    nb::class_<Pool>(m, "Pool",
+                     "The driver's process pool: workers forked by the zygote, tasks in, completions out. It "
+                     "has no thread of its own: the threads that call submit(), take() and join() serve it. "
+                     "Thread-safe.")
         .def("__init__",
              [](Pool* self, ZygoteClient& zygote, std::size_t workers, unsigned retries,
                 std::uint64_t max_items_per_worker, std::vector<std::string> preload,

@@ -153,7 +153,7 @@ class Completion(tuple[int, int, int, int, int, int, str, int, bytes, list[Block
 
     @property
     def worker(self) -> int:
-        """The worker slot the completion came from."""
+        """The worker slot the completion came from (0 when none did: broken)."""
 
     @property
     def payload(self) -> bytes:
@@ -168,6 +168,10 @@ class Completion(tuple[int, int, int, int, int, int, str, int, bytes, list[Block
         """
 
 class Pool:
+    """
+    The driver's process pool: workers forked by the zygote, tasks in, completions out. It has no thread of its own: the threads that call submit(), take() and join() serve it. Thread-safe.
+    """
+
     def __init__(self, zygote: ZygoteClient, *, workers: int = 0, retries: int = 2, max_items_per_worker: int = 0, preload: Sequence[str] = [], spin_ns: int = 100000, task_ring_bytes: int = 262144, result_ring_bytes: int = 262144, init_payload: bytes = ..., hints: Sequence[str] = [], arena: Arena | None = None, concurrency: int = 1) -> None:
         """
         Starts a pool: `workers` worker processes forked from `zygote` (0: one per CPU), once it has imported `preload` (a failure raises) and `hints` (best effort).
