@@ -5,6 +5,9 @@ from typing import Final
 
 from typing_extensions import Buffer
 
+import shoal
+from shoal import ShoalError as ShoalError
+
 
 class Block:
     """
@@ -103,7 +106,7 @@ class Arena:
     The huge page size the arena's mapping is aligned to, in bytes (2 MiB if unknown).
     """
 
-class ArenaFull(MemoryError):
+class ArenaFull(MemoryError, shoal.ShoalError):
     """
     Raised when the arena cannot hold a new block: it would pass the arena's limit (shoal.set_arena_limit).
     """
