@@ -5,7 +5,7 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.shoal-deps
 PYDEPS  := nanobind scikit-build-core cloudpickle numpy pandas psutil pytest pytest-timeout ninja cmake \
-           joblib tqdm uvloop \
+           joblib tqdm uvloop threadpoolctl \
            mesa networkx emcee schwimmbad nbclient nbformat ipykernel
 # radCAD pins numpy<1.26.4 and pandas 1.x, which would downgrade the project's numpy and pandas;
 # its engine runs on today's (tests/python/test_integrations.py), so it is installed without them.
@@ -13,7 +13,7 @@ NODEPS  := radcad==0.14.0
 BUILD   := build/py
 JOBS    ?= 2
 
-.PHONY: all venv apt build stubs cpp-tests test test-cpp test-python sanitize demo bench clean
+.PHONY: all venv apt build stubs cpp-tests test test-cpp test-python sanitize fuzz demo bench clean
 
 all: build
 
@@ -72,6 +72,27 @@ sanitize: $(STAMP) apt
 	  -DSHOAL_SANITIZE=thread -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) >/dev/null
 	$(VENV)/bin/cmake --build build/tsan -j $(JOBS)
 	TSAN_OPTIONS=halt_on_error=1 $(VENV)/bin/ctest --test-dir build/tsan --output-on-failure
+
+# libFuzzer over the decoders of untrusted bytes (frames, zygote messages, the result ring and
+# its message reader) for FUZZ_SECONDS; needs clang. Not part of `make test`: the same harness
+# runs seeded in every build (tests/cpp/test_fuzz.cpp). Findings land in build/fuzz/findings.
+FUZZ_SECONDS ?= 60
+CLANGXX ?= clang++
+fuzz: $(STAMP)
+	@if ! command -v $(CLANGXX) >/dev/null 2>&1; then \
+	  echo "make fuzz: skipped: $(CLANGXX) not found (libFuzzer needs clang: apt-get install clang libclang-rt-14-dev)"; \
+	  exit 0; fi; \
+	if ! printf 'extern "C" int LLVMFuzzerTestOneInput(const unsigned char*, unsigned long) { return 0; }\n' | \
+	  $(CLANGXX) -x c++ -fsanitize=fuzzer,address,undefined - -o /dev/null >/dev/null 2>&1; then \
+	  echo "make fuzz: skipped: $(CLANGXX) cannot link a libFuzzer target (apt-get install libclang-rt-14-dev)"; \
+	  exit 0; fi; \
+	set -e; \
+	$(VENV)/bin/cmake -S . -B build/fuzz -G Ninja -DCMAKE_CXX_COMPILER="$$(command -v $(CLANGXX))" -DSHOAL_BUILD_PYTHON=OFF \
+	  -DSHOAL_BUILD_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) >/dev/null; \
+	$(VENV)/bin/cmake --build build/fuzz -j $(JOBS) --target fuzz_decoders; \
+	mkdir -p build/fuzz/corpus build/fuzz/findings; \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 build/fuzz/fuzz_decoders build/fuzz/corpus \
+	  -max_total_time=$(FUZZ_SECONDS) -max_len=16384 -print_final_stats=1 -artifact_prefix=build/fuzz/findings/
 
 demo: build
 	PYTHONPATH=src $(VPY) -m shoal demo

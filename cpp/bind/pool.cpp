@@ -39,10 +39,12 @@ PyStructSequence_Field completion_fields[] = {
     {"status_kind", "Crashed (or broken by a death): how the worker ended, STATUS_EXITED or STATUS_SIGNALED. "
                     "Otherwise STATUS_EXITED."},
     {"status_value", "Crashed (or broken by a death): the exit code or the signal number. Otherwise 0."},
-    {"status_text", "Crashed: how the worker ended, in words (\"killed by signal 9 (SIGKILL)\"). Otherwise ''."},
+    {"status_text", "Crashed: how the worker ended, in words (\"killed by signal 9 (SIGKILL)\"), and why if the "
+                    "driver killed it. Otherwise ''."},
     {"worker", "The worker slot the completion came from (0 when none did: broken)."},
-    {"payload", "A result: the pickled value (or exception). Output: the text. Init failed: the pickled "
-                "exception. Broken: the reason, in UTF-8 (may be empty)."},
+    {"payload", "A result: the pickled value (or exception). Output: the text. Crashed: why the driver killed "
+                "the worker (a malformed or oversized message), or empty. Init failed: the pickled exception. "
+                "Broken: the reason, in UTF-8 (may be empty)."},
     {"buffers", "A result's out-of-band arena buffers, as a list of owning Blocks; None when there are none."},
     {nullptr, nullptr}};
 
@@ -72,9 +74,13 @@ nb::object completions_to_python(Pool& p, std::vector<Completion>& out, std::uin
         }
         auto const* data = reinterpret_cast<char const*>(c.payload.data()) + c.payload_offset;
         std::size_t size = c.payload.size() - c.payload_offset;
+        std::string status_text;
+        if (c.kind == Completion::crashed) {
+            status_text = c.status.describe();
+            if (size != 0) status_text += " (the driver killed it: " + std::string(data, size) + ")";
+        }
         nb::object record = completion_record(static_cast<int>(c.kind), c.flags, c.task_id, c.aux,
-                                              static_cast<int>(c.status.kind), c.status.value,
-                                              c.kind == Completion::crashed ? c.status.describe() : std::string(),
+                                              static_cast<int>(c.status.kind), c.status.value, std::move(status_text),
                                               c.worker, nb::bytes(data, size), std::move(buffers));
         PyList_SET_ITEM(items.ptr(), i++, record.release().ptr());  // steals; the slots start as NULL
     }
@@ -83,6 +89,22 @@ nb::object completions_to_python(Pool& p, std::vector<Completion>& out, std::uin
 }  // namespace
 
 void bind_pool(nb::module_& m) {
+    // InheritedPoolError -> shoal.InheritedExecutorError (a RuntimeError), defined in Python
+    // where it is documented; plain RuntimeError should that module not import.
+    nb::register_exception_translator([](std::exception_ptr const& p, void*) {
+        try {
+            std::rethrow_exception(p);
+        } catch (InheritedPoolError const& e) {
+            PyObject* type = PyExc_RuntimeError;
+            nb::object cls;
+            try {
+                cls = nb::module_::import_("shoal._errors").attr("InheritedExecutorError");
+                type = cls.ptr();
+            } catch (nb::python_error const&) {
+            }
+            PyErr_SetString(type, e.what());
+        }
+    });
     PoolOptions const defaults{};
     completion_record.define(m, completion_desc,
                              "class Completion(tuple[int, int, int, int, int, int, str, int, bytes, list[Block] | None])");

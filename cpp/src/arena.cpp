@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <fcntl.h>
 #include <algorithm>
+#include <iterator>
 #include <new>
 #include <vector>
 #include <string>
@@ -71,7 +72,21 @@ void fetch_min(std::atomic<std::uint64_t>& a, std::uint64_t v) noexcept {
     while (cur > v && !a.compare_exchange_weak(cur, v, std::memory_order_acq_rel)) {}
 }
 
-std::string mib(std::uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
+// A size for a message, in the largest unit it reaches: "64 KiB", "1.5 MiB", "8 GiB" (a 64 KiB
+// limit is not "0 MiB").
+std::string size_text(std::uint64_t bytes) {
+    static char const* const units[] = {"bytes", "KiB", "MiB", "GiB", "TiB"};
+    std::size_t u = 0;
+    std::uint64_t unit = 1;
+    while (u + 1 < std::size(units) && bytes >= unit * 1024) {
+        unit *= 1024;
+        ++u;
+    }
+    if (bytes % unit == 0) return std::to_string(bytes / unit) + " " + units[u];
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f %s", static_cast<double>(bytes) / static_cast<double>(unit), units[u]);
+    return buf;
+}
 
 #ifndef MADV_COLLAPSE
 constexpr int MADV_COLLAPSE = 25;  // Linux 6.1; older C headers lack the name
@@ -245,8 +260,8 @@ std::uint64_t Arena::allocate(std::uint64_t bytes, std::uint32_t owner) {
     SHOAL_ASSERT(owner != 0, "owner 0 means free");
     std::uint64_t const k = std::max<std::uint64_t>(1, (bytes + k_page - 1) / k_page);
     if (bytes > m_limit_pages * k_page || k > k_max_run)
-        throw ArenaFull("shoal arena: a block of " + mib(bytes) + " does not fit in the arena limit of " +
-                        mib(m_limit_pages * k_page) + " (raise it with shoal.set_arena_limit)");
+        throw ArenaFull("shoal arena: a block of " + size_text(bytes) + " does not fit in the arena limit of " +
+                        size_text(m_limit_pages * k_page) + " (raise it with shoal.set_arena_limit)");
     Header* h = header();
     std::uint64_t const from = std::min(h->hint.load(std::memory_order_acquire), m_limit_pages);
     // First fit from the hint; if nothing fits past it, once more from the start (the hint
@@ -298,8 +313,8 @@ std::uint64_t Arena::allocate(std::uint64_t bytes, std::uint32_t owner) {
         }
         if (begin == 0) break;
     }
-    throw ArenaFull("shoal arena: no room for " + mib(bytes) + " more; " + mib(used_bytes()) +
-                    " of the limit of " + mib(m_limit_pages * k_page) +
+    throw ArenaFull("shoal arena: no room for " + size_text(bytes) + " more; " + size_text(used_bytes()) +
+                    " of the limit of " + size_text(m_limit_pages * k_page) +
                     " is in use (raise it with shoal.set_arena_limit, or drop shared handles and results)");
 }
 

@@ -27,6 +27,19 @@ Bytes text_bytes(std::string const& s) {
 }
 }  // namespace
 
+InheritedPoolError::InheritedPoolError(pid_t owner, pid_t self)
+    : std::logic_error("shoal: this executor belongs to process " + std::to_string(owner) +
+                       "; process " + std::to_string(self) +
+                       " is a fork()ed child of it and cannot use it (its workers, rings and locks are "
+                       "the parent's): make a new executor in the child"),
+      m_owner(owner) {}
+
+void Pool::check_owner() const {
+    // getpid() is a system call (~0.1 µs), small beside a submit or a take.
+    pid_t const self = ::getpid();
+    if (self != m_owner) throw InheritedPoolError(m_owner, self);
+}
+
 void Pool::fail_task_locked(std::uint64_t task_id, Completion::Kind kind, ExitStatus status,
                             Bytes const& payload, std::uint32_t worker) {
     Completion c;
@@ -61,6 +74,7 @@ Pool::Pool(ZygoteClient& zygote, PoolOptions options)
 
     std::size_t offset = sizeof(DoorbellWord);
     m_slots.resize(n);
+    for (auto& slot : m_slots) slot.reader = MessageReader(m_options.max_message_bytes);
     for (std::size_t i = 0; i < n; ++i) {
         WorkerSpec s;
         s.slot = static_cast<std::uint32_t>(i);
@@ -127,6 +141,7 @@ void Pool::start_worker_locked(std::size_t i) {
     s.ready = false;
     s.stopping = false;
     s.exited = false;
+    s.kill_reason.clear();
     m_scheduler.worker_started(i);
     ZygoteMessage m;
     m.op = ZygoteOp::fork_worker;
@@ -143,12 +158,14 @@ void Pool::start_worker_locked(std::size_t i) {
 }
 
 void Pool::define_function(std::uint64_t fn_id, std::span<std::byte const> pickled) {
+    check_owner();
     auto frame = std::make_shared<Bytes const>(encode_frame(FrameKind::function, 0, 0, fn_id, 1, pickled));
     std::lock_guard lock(m_mutex);
     m_scheduler.define_function(fn_id, std::move(frame));
 }
 
 void Pool::forget_function(std::uint64_t fn_id) {
+    check_owner();
     auto frame = std::make_shared<Bytes const>(encode_frame(FrameKind::forget, 0, 0, fn_id, 1, {}));
     std::lock_guard lock(m_mutex);
     m_scheduler.forget_function(fn_id, frame);
@@ -158,6 +175,7 @@ void Pool::forget_function(std::uint64_t fn_id) {
 bool Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
                   std::span<std::byte const> payload, std::span<BufferRef const> refs, bool concurrent,
                   std::int64_t worker) {
+    check_owner();
     if (worker < -1 || worker >= static_cast<std::int64_t>(m_slots.size()))
         throw std::out_of_range("Pool::submit: no worker slot " + std::to_string(worker) + " (the pool has " +
                                 std::to_string(m_slots.size()) + ")");
@@ -184,6 +202,7 @@ bool Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t coun
 }
 
 void Pool::take_ready(std::vector<Completion>& out, std::uint64_t* batch_seq) {
+    check_owner();
     std::lock_guard lock(m_mutex);
     if (m_ready.empty()) return;
     for (auto& c : m_ready) out.push_back(std::move(c));
@@ -192,11 +211,13 @@ void Pool::take_ready(std::vector<Completion>& out, std::uint64_t* batch_seq) {
 }
 
 bool Pool::cancel(std::uint64_t task_id) {
+    check_owner();
     std::lock_guard lock(m_mutex);
     return m_scheduler.cancel(task_id);
 }
 
 std::vector<std::uint64_t> Pool::cancel_all() {
+    if (::getpid() != m_owner) return {};  // a copy's queue is the parent's: nothing of it is ours
     std::lock_guard lock(m_mutex);
     return m_scheduler.cancel_all();
 }
@@ -232,6 +253,14 @@ bool Pool::drain_locked() {
     return any;
 }
 
+void Pool::kill_bad_worker_locked(std::size_t i, std::string reason) {
+    Slot& s = m_slots[i];
+    kill_slot_locked(i);
+    s.exited = true;  // read nothing more from it; the exit report restarts it
+    s.reader.reset(); // frees what it sent of a message
+    s.kill_reason = std::move(reason);
+}
+
 bool Pool::drain_slot_locked(std::size_t i) {
     bool any = false;
     std::string error;
@@ -244,24 +273,25 @@ bool Pool::drain_slot_locked(std::size_t i) {
             if (st == MessageReader::Status::empty) break;
             if (st != MessageReader::Status::message) {
                 // A worker that writes garbage is treated as crashed.
-                kill_slot_locked(i);
-                s.exited = true;  // read nothing more from it; the exit report restarts it
+                kill_bad_worker_locked(i, st == MessageReader::Status::too_large
+                    ? "it sent a message larger than the " + std::to_string(m_options.max_message_bytes) +
+                          "-byte bound on what a worker may send (PoolOptions::max_message_bytes)"
+                    : std::string("it sent a corrupt message"));
                 break;
             }
             any = true;
             Bytes& msg = s.reader.message();
             FrameView f;
             if (!decode_frame(msg, f, error) || !is_worker_frame(f.header.kind)) {
-                kill_slot_locked(i);
-                s.exited = true;
+                kill_bad_worker_locked(i, "it sent a malformed frame (" +
+                                              (error.empty() ? std::string("not a worker's kind") : error) + ")");
                 break;
             }
             switch (f.header.kind) {
                 case FrameKind::result: {
                     std::vector<ArenaBlock> buffers;
                     if (f.header.buffers != 0 && !adopt_buffers_locked(i, f, buffers)) {
-                        kill_slot_locked(i);  // references to blocks it does not own: garbage
-                        s.exited = true;
+                        kill_bad_worker_locked(i, "it referred to arena memory it does not own");
                         break;
                     }
                     auto aux = static_cast<std::int64_t>(f.header.aux);
@@ -302,6 +332,7 @@ bool Pool::drain_slot_locked(std::size_t i) {
                 }
                 default: break;
             }
+            if (s.exited) break;  // killed for what it sent (above): read nothing more of it
         }
     }
     return any;
@@ -382,8 +413,9 @@ void Pool::worker_exited_locked(std::size_t i, ExitStatus status) {
     bool was_stopping = s.stopping;
     s.exited = true;
     s.pid = 0;
+    Bytes const reason = text_bytes(s.kill_reason);
     for (auto& t : m_scheduler.worker_died(i))
-        fail_task_locked(t.id, Completion::crashed, status, {}, static_cast<std::uint32_t>(i));
+        fail_task_locked(t.id, Completion::crashed, status, reason, static_cast<std::uint32_t>(i));
     if (m_killing) return;
     if (m_broken) {
         // No worker will be started again: what was re-queued fails like the rest.
@@ -435,7 +467,10 @@ void Pool::service_locked() {
         if (all_exited) {
             fail_queued_locked(Completion::broken, ExitStatus{ExitStatus::signaled, 9}, {});
             m_finished = true;
-            m_executor.reset();  // the zygote forgets this executor
+            // The zygote forgets this executor: shutdown() so that it sees EOF even while a
+            // fork()ed child of ours holds a copy of the socket (only the owner gets here).
+            ::shutdown(m_executor.get(), SHUT_RDWR);
+            m_executor.reset();
             m_ready_cv.notify_all();
         }
     }
@@ -443,6 +478,7 @@ void Pool::service_locked() {
 
 bool Pool::take(std::vector<Completion>& out, std::int64_t timeout_ns, bool background,
                 std::uint64_t epoch, std::uint64_t* batch_seq) {
+    check_owner();
     std::int64_t const start = now_ns();
     std::unique_lock lock(m_mutex);
     if (!background) {
@@ -529,6 +565,7 @@ bool Pool::take(std::vector<Completion>& out, std::int64_t timeout_ns, bool back
 }
 
 void Pool::interrupt() {
+    check_owner();
     m_epoch.fetch_add(1, std::memory_order_seq_cst);
     if (m_foreground.load(std::memory_order_seq_cst) == 0) return;
     std::lock_guard lock(m_mutex);
@@ -581,6 +618,7 @@ void Pool::join(std::int64_t timeout_ns) {
 }
 
 std::vector<std::int64_t> Pool::worker_pids() const {
+    check_owner();
     std::lock_guard lock(m_mutex);
     std::vector<std::int64_t> pids;
     for (auto const& s : m_slots)
@@ -589,11 +627,13 @@ std::vector<std::int64_t> Pool::worker_pids() const {
 }
 
 std::size_t Pool::queued() const {
+    check_owner();
     std::lock_guard lock(m_mutex);
     return m_scheduler.queued();
 }
 
 std::size_t Pool::inflight() const {
+    check_owner();
     std::lock_guard lock(m_mutex);
     return m_scheduler.inflight();
 }

@@ -44,6 +44,10 @@ pid_t spawn_process(std::vector<std::string> const& argv, int child_fd) {
     } else {
         posix_spawn_file_actions_adddup2(&actions, child_fd, 3);
     }
+    // Descriptors the caller made inheritable (os.set_inheritable, a subprocess's pipes) are
+    // not the child's: close everything past fd 3, as multiprocessing's spawn does. The
+    // zygote's workers inherit only what the zygote holds, so they are clean too.
+    posix_spawn_file_actions_addclosefrom_np(&actions, 4);
     sigset_t none;
     sigemptyset(&none);
     posix_spawnattr_setsigmask(&attr, &none);

@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstring>
 #include <poll.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -67,7 +68,19 @@ bool ZygoteMessage::decode(std::span<std::byte const> bytes, ZygoteMessage& out)
 
 // ---------------------------------------------------------------- server
 
-ZygoteServer::ZygoteServer(Fd control) : m_self(::getpid()), m_control(std::move(control)) {}
+ZygoteServer::ZygoteServer(Fd control) : m_self(::getpid()), m_control(std::move(control)) {
+    // The driver made the socket pair: SO_PEERCRED names it. (The zygote's parent is the driver
+    // too, but after the driver's death it is init or a subreaper: the credentials are not.)
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(m_control.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid <= 0)
+        return;  // not a socket pair (a test's stand-in): EOF is all there is to watch
+    try {
+        m_driver = open_pidfd(cred.pid);
+    } catch (std::system_error const&) {
+        m_driver_gone = true;  // ESRCH: it died before we got here
+    }
+}
 
 void ZygoteServer::reply(int executor, ZygoteMessage const& m) noexcept {
     if (!m_executors.count(executor)) return;
@@ -100,6 +113,10 @@ ZygoteServer::Action ZygoteServer::next(int timeout_ms) {
     std::vector<std::byte> buf;
     std::vector<Fd> fds;
     for (;;) {
+        if (m_driver_gone) {
+            kill_all();
+            return Action{};
+        }
         std::vector<pollfd> pfds;
         pfds.push_back({m_control.get(), POLLIN, 0});
         std::vector<int> execs;
@@ -108,6 +125,7 @@ ZygoteServer::Action ZygoteServer::next(int timeout_ms) {
             execs.push_back(fd);
         }
         for (auto const& w : m_workers) pfds.push_back({w.pidfd.get(), POLLIN, 0});
+        pfds.push_back({m_driver.get(), POLLIN, 0});  // last; fd -1 (no driver known) is skipped
         int r = ::poll(pfds.data(), pfds.size(), timeout_ms);
         if (r < 0) {
             if (errno == EINTR) continue;
@@ -117,6 +135,11 @@ ZygoteServer::Action ZygoteServer::next(int timeout_ms) {
             Action idle;
             idle.kind = Action::idle;
             return idle;
+        }
+        if (pfds.back().revents) {  // the driver is gone (killed, maybe): so are we, and every worker
+            m_driver_gone = true;
+            kill_all();
+            return Action{};
         }
         // Exits first, so an executor hears of a death before anything else of that worker.
         std::size_t base = 1 + execs.size();
@@ -191,7 +214,8 @@ ZygoteServer::Action ZygoteServer::next(int timeout_ms) {
     }
 }
 
-void ZygoteServer::forked(Action const& action, pid_t pid) {
+void ZygoteServer::forked(Action& action, pid_t pid) {
+    action.fds.clear();  // the worker has its own copies now
     Worker w{pid, open_pidfd(pid), action.executor, action.spec.slot};
     m_workers.push_back(std::move(w));
     ZygoteMessage m;
@@ -203,6 +227,7 @@ void ZygoteServer::forked(Action const& action, pid_t pid) {
 
 std::vector<Fd> ZygoteServer::become_worker(Action&& action) {
     m_control.reset();
+    m_driver.reset();
     m_executors.clear();
     m_workers.clear();  // closes the pidfds of our siblings
     die_with_parent(m_self);
@@ -227,7 +252,10 @@ ZygoteClient::ZygoteClient(std::vector<std::string> const& argv) {
 }
 
 ZygoteClient::~ZygoteClient() {
-    m_control.reset();  // EOF: the zygote kills its workers and exits
+    // EOF: the zygote kills its workers and exits. shutdown() acts on the socket, not on our
+    // descriptor: a fork()ed child of ours that still holds a copy does not delay the EOF.
+    if (m_control && ::getpid() == m_owner) ::shutdown(m_control.get(), SHUT_RDWR);
+    m_control.reset();
     // A forked copy of the driver (os.fork, a multiprocessing worker) closes only its copy
     // of the socket: the zygote is not its child, and it must not kill the original's.
     if (m_pid > 0 && ::getpid() == m_owner) reap_or_kill(m_pid, 2'000'000'000);

@@ -5,8 +5,9 @@ worker processes forked from a zygote, with a C++ core moving tasks through
 shared-memory rings.
 """
 __all__ = ["Executor", "Future", "AgentGroup", "ShoalError", "WorkerCrashedError", "InitializerError",
-           "ExecutorShutdownError", "WorkersUnavailableError", "ExecutorClosedError", "RemoteTraceback",
-           "AgentError", "AgentsLostError", "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats",
+           "PreloadError", "ExecutorShutdownError", "WorkersUnavailableError", "ExecutorClosedError",
+           "InheritedExecutorError", "ImportTimeExecutorError", "CannotSendError", "DeadlockError", "RemoteTraceback", "AgentError",
+           "AgentsLostError", "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats",
            "Progress", "Pool", "patch_pools"]
 __version__ = "0.1.0"
 
@@ -20,7 +21,12 @@ _where = {
     "ExecutorShutdownError": "._errors",
     "WorkersUnavailableError": "._errors",
     "ExecutorClosedError": "._errors",
+    "InheritedExecutorError": "._errors",
     "InitializerError": "._errors",
+    "ImportTimeExecutorError": "._errors",
+    "PreloadError": "._errors",
+    "CannotSendError": "._errors",
+    "DeadlockError": "._errors",
     "RemoteTraceback": "._errors",
     "share": "._share",
     "Shared": "._share",

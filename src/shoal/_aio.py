@@ -74,18 +74,22 @@ EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 def check_event_loop(choice):
     """Executor(event_loop=...), checked in the driver: a bad name or a missing uvloop fails
-    here, not at the first coroutine task. Returns the choice as the workers get it."""
+    here, not at the first coroutine task. Returns the choice as the workers get it, "auto"
+    resolved to the loop it picks ("uvloop" when installed, else "asyncio")."""
     if callable(choice):
         return choice
     if choice not in EVENT_LOOPS:
         raise ValueError(f"event_loop must be one of {', '.join(map(repr, EVENT_LOOPS))} or a "
                          f"function returning a new event loop, not {choice!r}")
-    if choice == "uvloop":
+    if choice in ("auto", "uvloop"):
         import importlib.util
 
-        if importlib.util.find_spec("uvloop") is None:
+        if importlib.util.find_spec("uvloop") is not None:
+            return "uvloop"
+        if choice == "uvloop":
             raise ModuleNotFoundError("shoal: event_loop='uvloop' needs uvloop (pip install uvloop)",
                                       name="uvloop")
+        return "asyncio"
     return choice
 
 

@@ -29,14 +29,19 @@ _limit = None  # bytes; None: SHOAL_ARENA_LIMIT or physical memory
 
 
 def _parse_size(text):
+    original = text
     text = str(text).strip().upper()
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     for suffix in ("IB", "B"):
         if text.endswith(suffix) and text[:-len(suffix)][-1:] in units:
             text = text[:-len(suffix)]
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise ValueError(f"the arena limit must be a number of bytes or a size such as '512M' or "
+                         f"'8G' (units K, M, G, T; KiB, MB and the like also read), not {original!r}") from None
 
 
 def set_arena_limit(nbytes):
@@ -92,7 +97,8 @@ def worker_arena():
 
 
 def arena_stats():
-    """{'used_bytes', 'file_bytes', 'limit_bytes'} of this process's arena (None if unused)."""
+    """{'used_bytes', 'file_bytes', 'limit_bytes'} of this process's arena, or None while this
+    process has no arena yet (it is created by the first process executor or ``share``)."""
     a = _arena if _arena_pid == os.getpid() else None
     if a is None:
         return None

@@ -25,6 +25,7 @@ class BackendConfig(NamedTuple):
     buffer_threshold: int | None = 64 * 1024
     concurrency: int = 1
     event_loop: Any = "asyncio"
+    threads_per_worker: int | str | None = None  # native thread pools per worker (_threads.py)
 
 
 class ChunkOutcome(NamedTuple):

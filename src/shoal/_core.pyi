@@ -151,7 +151,7 @@ class Completion(tuple[int, int, int, int, int, int, str, int, bytes, list[Block
     @property
     def status_text(self) -> str:
         """
-        Crashed: how the worker ended, in words ("killed by signal 9 (SIGKILL)"). Otherwise ''.
+        Crashed: how the worker ended, in words ("killed by signal 9 (SIGKILL)"), and why if the driver killed it. Otherwise ''.
         """
 
     @property
@@ -161,7 +161,7 @@ class Completion(tuple[int, int, int, int, int, int, str, int, bytes, list[Block
     @property
     def payload(self) -> bytes:
         """
-        A result: the pickled value (or exception). Output: the text. Init failed: the pickled exception. Broken: the reason, in UTF-8 (may be empty).
+        A result: the pickled value (or exception). Output: the text. Crashed: why the driver killed the worker (a malformed or oversized message), or empty. Init failed: the pickled exception. Broken: the reason, in UTF-8 (may be empty).
         """
 
     @property

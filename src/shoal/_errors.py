@@ -5,9 +5,14 @@ shoal raises for its own reasons) and from the standard library class a user of
     ShoalError
     ├── WorkerCrashedError      BrokenExecutor   a task's worker died and its retries are used up
     ├── InitializerError        BrokenExecutor   the executor's initializer failed in a worker
+    │   └── PreloadError                         ... or a `preload` module failed to import
     ├── ExecutorShutdownError   BrokenExecutor   the executor was shut down before the task ran
     ├── WorkersUnavailableError BrokenExecutor   the pool could not start or keep its workers
     ├── ExecutorClosedError     RuntimeError     submit()/map()/agents() after shutdown()
+    ├── ImportTimeExecutorError RuntimeError     an executor created by a module shoal imports for a worker
+    ├── CannotSendError         TypeError        an open file, an executor or a future sent to a worker
+    ├── DeadlockError           RuntimeError     every thread waits inside a task for its own executor
+    ├── InheritedExecutorError  RuntimeError     a fork()ed child used its parent's process executor
     ├── AgentError              RuntimeError     an agent operation failed for some agents
     │   └── AgentsLostError                      ... and agents were lost with their worker
     └── ArenaFull               MemoryError      the shared arena has no room (shoal._core)
@@ -19,9 +24,9 @@ from concurrent.futures import BrokenExecutor
 
 from ._core import ShoalError
 
-__all__ = ["ShoalError", "WorkerCrashedError", "InitializerError", "ExecutorShutdownError",
-           "WorkersUnavailableError", "ExecutorClosedError", "RemoteTraceback", "AgentError",
-           "AgentsLostError", "traceback_text"]
+__all__ = ["ShoalError", "WorkerCrashedError", "InitializerError", "PreloadError", "ExecutorShutdownError",
+           "WorkersUnavailableError", "ExecutorClosedError", "InheritedExecutorError",
+           "ImportTimeExecutorError", "CannotSendError", "DeadlockError", "RemoteTraceback", "AgentError", "AgentsLostError", "traceback_text"]
 
 
 class WorkerCrashedError(ShoalError, BrokenExecutor):
@@ -40,6 +45,19 @@ class InitializerError(ShoalError, BrokenExecutor):
     the initializer's own exception is the ``__cause__``."""
 
 
+class PreloadError(InitializerError):
+    """Raised by the first task (and every later one) of a process executor whose ``preload``
+    module failed to import: the workers cannot start. ``module`` names it; the
+    ``__cause__`` (a :class:`RemoteTraceback`) holds the import's traceback."""
+
+    def __init__(self, message, *, module=None):
+        super().__init__(message)
+        self.module = module
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.args, {"module": self.module}))
+
+
 class ExecutorShutdownError(ShoalError, BrokenExecutor):
     """Raised for a task (or agent operation) that had not run when its executor was shut down
     with ``cancel_futures=True``, killed, or garbage collected."""
@@ -53,6 +71,41 @@ class WorkersUnavailableError(ShoalError, BrokenExecutor):
 class ExecutorClosedError(ShoalError, RuntimeError):
     """Raised by ``submit``, ``map``, ``sweep``, ``agents`` and agent operations made after
     ``shutdown()`` (``concurrent.futures`` raises a RuntimeError there too)."""
+
+
+class ImportTimeExecutorError(ShoalError, RuntimeError):
+    """Raised when an executor is created while shoal imports a module in its zygote or in a
+    worker (to load a task's function, the initializer or a ``preload`` module): the module
+    creates an executor at import time, with no ``if __name__ == "__main__":`` guard, and
+    would otherwise start processes that import it again without end. ``module`` names it.
+    (``multiprocessing`` raises a RuntimeError in the same case.)"""
+
+    def __init__(self, message, *, module=None):
+        super().__init__(message)
+        self.module = module
+
+    def __reduce__(self):  # raised in a worker, it reaches the caller with its module
+        return (_rebuild, (type(self), self.args, {"module": self.module}))
+
+
+class CannotSendError(ShoalError, TypeError):
+    """Raised when a task's function, arguments or result hold something that cannot be sent to
+    another process: an open file (cloudpickle would send a snapshot of its contents), an
+    executor or one of its futures. The message says what to send instead."""
+
+
+class DeadlockError(ShoalError, RuntimeError):
+    """Raised by ``result()`` or ``exception()`` called inside a task of a thread-backend
+    executor, on a future of that same executor, once every thread of the executor is waiting
+    like this: no thread is left to run the tasks they wait for (``ThreadPoolExecutor`` hangs)."""
+
+
+class InheritedExecutorError(ShoalError, RuntimeError):
+    """Raised when a fork()ed child of the process that made a process executor uses that
+    executor (``submit``, ``map``, a future's ``result``): its workers, rings and locks are the
+    parent's, which keeps using them. Nothing of the parent's is touched; the child must make
+    an executor of its own. Shutting the inherited executor down, or dropping it, is allowed
+    and leaves the parent's alone."""
 
 
 class RemoteTraceback(Exception):
@@ -89,6 +142,10 @@ class AgentsLostError(AgentError):
     """Raised by every operation on an agent group that has lost agents: their worker died and
     the group was created without ``checkpoint=True``. ``lost`` names them; the operation still
     ran on the others, whose results are in ``results``."""
+
+
+def _rebuild(cls, args, kwargs):
+    return cls(*args, **kwargs)
 
 
 def traceback_text(exc):

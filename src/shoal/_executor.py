@@ -11,8 +11,10 @@ from ._agents import AgentGroup, AgentHost
 from ._aio import check_event_loop
 from ._arena import DEFAULT_THRESHOLD
 from ._backend import BACKEND_NAMES, BackendConfig, make_backend
-from ._errors import ExecutorClosedError
+from ._errors import CannotSendError, ExecutorClosedError
+from ._import_guard import check as _check_not_importing
 from ._sweep import sweep as _sweep
+from ._threads import check as _check_threads
 
 __all__ = ["Executor"]
 
@@ -52,12 +54,21 @@ class Executor(concurrent.futures.Executor):
     worker's own event loop; ``concurrency=K`` lets each worker run up to K such tasks at
     once (plain functions still run one at a time per worker). ``event_loop`` picks that
     loop: ``"auto"`` (uvloop when installed, else asyncio's), ``"asyncio"``, ``"uvloop"``, or
-    a function returning a new loop.
+    a function returning a new loop; the ``event_loop`` attribute names the loop in use
+    (``"auto"`` resolved).
+
+    ``threads_per_worker`` sizes the native thread pools (BLAS, OpenMP, MKL, numexpr) of each
+    worker process: None (default) gives each ``max(1, cores // max_workers)`` threads, except
+    where the user set the variables (``OMP_NUM_THREADS``, ...); an int sets every pool to that
+    many; ``"inherit"`` leaves them as a process started from the caller's environment has
+    them. The thread and serial backends run tasks in the caller's process and leave its pools
+    alone.
     """
 
     def __init__(self, max_workers=None, backend="process", *, initializer=None, initargs=(),
                  retries=2, preload=(), max_tasks_per_worker=None, buffer_threshold=DEFAULT_THRESHOLD,
-                 concurrency=1, event_loop="auto"):
+                 concurrency=1, event_loop="auto", threads_per_worker=None):
+        _check_not_importing()  # a module shoal imports for a worker must not start executors
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         # The messages are concurrent.futures' own where it has one (users compare them).
@@ -78,6 +89,7 @@ class Executor(concurrent.futures.Executor):
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or not 1 <= concurrency < 2**31:
             raise ValueError(f"concurrency must be a positive int, not {concurrency!r}")
         event_loop = check_event_loop(event_loop)
+        threads_per_worker = _check_threads(threads_per_worker)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be callable")
         if isinstance(preload, str):
@@ -86,6 +98,7 @@ class Executor(concurrent.futures.Executor):
         self.backend = backend
         self.concurrency = concurrency
         self.event_loop = event_loop
+        self.threads_per_worker = threads_per_worker
         self._max_tasks_per_worker = max_tasks_per_worker
         self._shutdown = False   # no new tasks or agent operations
         self._lock = threading.Lock()
@@ -93,8 +106,15 @@ class Executor(concurrent.futures.Executor):
         self._backend = make_backend(backend, BackendConfig(
             max_workers=max_workers, initializer=initializer, initargs=tuple(initargs), retries=retries,
             preload=tuple(preload), max_tasks_per_worker=max_tasks_per_worker,
-            buffer_threshold=buffer_threshold, concurrency=concurrency, event_loop=event_loop))
+            buffer_threshold=buffer_threshold, concurrency=concurrency, event_loop=event_loop,
+            threads_per_worker=threads_per_worker))
         _live.add(self)
+
+    def __reduce__(self):
+        raise CannotSendError(
+            "shoal: an Executor cannot be sent to a task: its workers cannot submit to it. Submit "
+            "the follow-up tasks from the caller (as results come back), or create a new executor "
+            "inside the task")
 
     def __repr__(self):
         state = "shut down" if self._shutdown else "running"

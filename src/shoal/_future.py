@@ -34,6 +34,12 @@ class Future(concurrent.futures.Future):
     def done(self):
         return self._state in _DONE
 
+    def __reduce__(self):
+        from ._errors import CannotSendError
+
+        raise CannotSendError("shoal: a Future cannot be sent to a task (it belongs to the process "
+                              "that submitted it): pass its result, fut.result(), instead")
+
     def cancel(self):
         with self._condition:
             if self._state != _PENDING:

@@ -4,6 +4,7 @@ Both run tasks in the driver's process, so tasks receive the caller's objects (n
 a ``shoal.share`` handle is replaced by its value before the task is queued (``prepare``).
 Agents stay in the driver too (:class:`LocalAgentTransport`).
 """
+import concurrent.futures
 import queue
 import threading
 import time
@@ -15,7 +16,7 @@ from . import _aio
 from ._agent_ops import split_blocks
 from ._backend import AgentTransport, Backend, ChunkOutcome
 from ._chunk import call_items
-from ._errors import InitializerError, RemoteTraceback, traceback_text
+from ._errors import DeadlockError, InitializerError, RemoteTraceback, traceback_text
 from ._future import Future
 from ._share import unshare, unshare_function
 
@@ -77,9 +78,11 @@ class ThreadBackend(_InProcess):
         self._threads = []
         self._lock = threading.Lock()
         self._stopping = False  # the stop sentinels are queued: nothing queued after them would run
+        self._waiting = 0  # threads blocked in result() of one of our own futures (_wait_inside)
         for i in range(config.max_workers):
             t = threading.Thread(target=self._serve, args=(initializer, initargs),
                                  name=f"shoal-thread-{i}", daemon=True)
+            t.shoal_backend = self  # _ThreadFuture: a task waiting on its own executor
             t.start()
             self._threads.append(t)
 
@@ -149,9 +152,31 @@ class ThreadBackend(_InProcess):
                     pass
 
     def submit(self, fn, args, kwargs):
-        fut = Future()
+        fut = _ThreadFuture(self)
         self._put((fut, fn, args, kwargs))
         return fut
+
+    def _wait_inside(self, fut, timeout):
+        """A task of ours waits for ``fut``, another of our tasks. If every thread is waiting
+        like this, none is left to run what they wait for: DeadlockError, not a hang."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._waiting += 1
+        try:
+            while not fut.done():
+                if self._waiting >= len(self._threads):
+                    raise DeadlockError(
+                        f"shoal: every thread of this executor ({len(self._threads)}) is waiting, inside "
+                        "a task, for another task of the same executor: none is left to run them. "
+                        "Submit the inner tasks to another executor, return them to the caller, or "
+                        "use more threads than tasks that wait")
+                left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+                if left <= 0:
+                    return
+                concurrent.futures.wait([fut], left)
+        finally:
+            with self._lock:
+                self._waiting -= 1
 
     def submit_chunk(self, fn, items, star=True):
         fut = Future()
@@ -184,6 +209,30 @@ class ThreadBackend(_InProcess):
             for t in self._threads:
                 while t.is_alive():
                     t.join(0.1)
+
+
+class _ThreadFuture(Future):
+    """A thread-backend task's future: waited on inside a task of the same executor, it fails
+    with DeadlockError instead of hanging once every thread waits like this."""
+
+    def __init__(self, backend):
+        super().__init__()
+        self._backend = backend
+
+    def _inside(self):
+        return self._state != "FINISHED" and getattr(threading.current_thread(), "shoal_backend", None) is self._backend
+
+    def result(self, timeout=None):
+        if self._inside():
+            self._backend._wait_inside(self, timeout)
+            timeout = 0 if timeout is not None else None
+        return super().result(timeout)
+
+    def exception(self, timeout=None):
+        if self._inside():
+            self._backend._wait_inside(self, timeout)
+            timeout = 0 if timeout is not None else None
+        return super().exception(timeout)
 
 
 class SerialBackend(_InProcess):

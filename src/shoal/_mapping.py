@@ -74,6 +74,7 @@ class MapWindow:
         self._outstanding = 0
         self._exhausted = False
         self._held = []  # items read but not submitted: the arena had no room for them yet
+        self._input_error = None  # what reading the input raised: raised after the results before it
         self._fill()  # start now, so errors in pickling arguments show at the call
 
     # ------------------------------------------------------------------ for sweeps
@@ -85,6 +86,9 @@ class MapWindow:
         if self._outstanding == 0:
             self._fill()
             if self._outstanding == 0:
+                error, self._input_error = self._input_error, None
+                if error is not None:
+                    raise error  # where the built-in map raises it: after the items before it
                 return None
         try:
             if self._ordered:
@@ -134,7 +138,13 @@ class MapWindow:
             elif self._exhausted:
                 break
             else:
-                items = list(itertools.islice(self._args, self._size))
+                items = []
+                try:
+                    # extend keeps what it appended before the input raised (list() would not).
+                    items.extend(itertools.islice(self._args, self._size))
+                except Exception as exc:  # noqa: BLE001 - the input's error, raised in its turn
+                    self._input_error = exc
+                    self._exhausted = True
                 if not items:
                     self._exhausted = True
                     break

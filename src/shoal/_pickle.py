@@ -1,5 +1,7 @@
 """How shoal turns functions, arguments, results and exceptions into bytes and back."""
+import itertools
 import sys
+import threading
 # The C pickler itself: pickle.py would also import re and enum, ~3 ms more at every worker start.
 import _pickle as pickle
 
@@ -24,9 +26,7 @@ def dumps(obj, bufs=None):
         # Classes and functions of __main__ pickle by reference, which a worker cannot resolve:
         # those go by value. (A mere string "__main__" in the data costs only the slower path.)
         if data.find(b"__main__") >= 0:  # not `in`: bytes first tries the operand as an int (a raised TypeError)
-            import cloudpickle
-
-            return cloudpickle.dumps(obj, PROTOCOL)
+            return _by_value(obj)
         return data
     base = len(bufs.refs)
     try:
@@ -38,10 +38,8 @@ def dumps(obj, bufs=None):
         data = _cloudpickle_dumps(obj, first, bufs, base)
     else:
         if data.find(b"__main__") >= 0:
-            import cloudpickle
-
             bufs.truncate(base)
-            data = cloudpickle.dumps(obj, PROTOCOL, buffer_callback=bufs)
+            data = _by_value(obj, bufs)
     if len(data) >= bufs.threshold and _large_bytes_in_band(data, bufs.threshold):
         moved = _dumps_moving(obj, bufs, base)
         if moved is not None:
@@ -51,14 +49,90 @@ def dumps(obj, bufs=None):
     return data
 
 
-def _cloudpickle_dumps(obj, first, bufs=None, base=0):
-    import cloudpickle  # only when needed: workers rarely do
+def _by_value(obj, buffer_callback=None):
+    """cloudpickle's pickle of ``obj`` (functions and classes of ``__main__`` by value), with
+    shoal's changes (see :func:`_pickler_class`)."""
+    import io
 
+    out = io.BytesIO()
+    _pickler_class()(out, PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    return out.getvalue()
+
+
+_Pickler = None
+
+
+def _pickler_class():
+    """cloudpickle's Pickler with three changes, made once cloudpickle is needed:
+
+    - Functions of ``__main__`` share one namespace in a worker (``_main_namespace.py``): their
+      globals travel as a reference to it, and their values merge into it.
+    - Open files raise CannotSendError, a TypeError (cloudpickle would send a StringIO snapshot
+      of the contents); sys.stdout and sys.stderr still stand for the worker's own streams.
+    - Code keeps its file name (cloudpickle writes "<dynamic-code>"), so that a worker's
+      traceback names the script and shows the source line, as ProcessPoolExecutor's does."""
+    global _Pickler
+    if _Pickler is not None:
+        return _Pickler
+    import collections
+    import io
+    import types
+
+    import cloudpickle
+    from cloudpickle import cloudpickle as cp
+
+    from . import _main_namespace
+
+    class MainGlobals:
+        """Pickles as a call of _main_namespace.main_globals in the receiving process."""
+
+        def __reduce__(self):
+            return (_main_namespace.main_globals, (getattr(sys.modules["__main__"], "__file__", None),))
+
+    main_globals = MainGlobals()
+
+    from ._errors import CannotSendError
+
+    def refuse_file(f):
+        if f is sys.stdout or f is sys.stderr:  # the worker's own stream (forwarded to ours)
+            return getattr, (sys, "stdout" if f is sys.stdout else "stderr")
+        raise CannotSendError(f"shoal: an open file ({getattr(f, 'name', f)!r}) cannot be sent to a "
+                              "worker process: pass its path (or its contents) and open it in the task")
+
+    def reduce_code(code):
+        make, args = cp._code_reduce(code)
+        return make, tuple(code.co_filename if type(a) is str and a == "<dynamic-code>" else a for a in args)
+
+    class Pickler(cloudpickle.Pickler):
+        dispatch_table = collections.ChainMap(
+            {t: refuse_file for t in (io.TextIOWrapper, io.BufferedReader, io.BufferedWriter,
+                                      io.BufferedRandom, io.FileIO)},
+            {types.CodeType: reduce_code},
+            cloudpickle.Pickler.dispatch_table)
+
+        def _dynamic_function_reduce(self, func):
+            if func.__globals__.get("__name__") != "__main__":
+                return super()._dynamic_function_reduce(func)
+            code, _, name, defaults, closure = self._function_getnewargs(func)
+            state, slotstate = cp._function_getstate(func)
+            slotstate["__globals__"] = _main_namespace.versioned(slotstate["__globals__"])
+            return (cp._make_function, (code, main_globals, name, defaults, closure),
+                    (state, slotstate), None, None, _main_namespace.function_setstate)
+
+    _Pickler = Pickler
+    return Pickler
+
+
+def _cloudpickle_dumps(obj, first, bufs=None, base=0):
     try:
-        return cloudpickle.dumps(obj, PROTOCOL, buffer_callback=bufs)
-    except Exception:
+        return _by_value(obj, bufs)
+    except Exception as second:
         if bufs is not None:
             bufs.truncate(base)
+        from ._errors import CannotSendError  # here: it imports concurrent.futures (~10 ms)
+
+        if isinstance(second, CannotSendError):
+            raise  # shoal's own answer: says what to do instead
         raise first from None
 
 
@@ -217,16 +291,18 @@ def dumps_function(fn, arena=None, threshold=None, keep=None):
     With ``arena``, large buffers (at least ``threshold`` bytes) the function holds leave the
     pickle. Those already in the arena (a table bound with
     ``functools.partial(model, shoal.share(t))`` or ``share(t).value``) travel as references:
-    the workers map them, read-only, instead of each unpickling a copy. ``keep`` (a list)
-    receives views of those buffers: the caller holds them, and so that memory, while any
-    worker may load the function or holds it. numpy arrays that are not in the
-    arena travel after the pickle, and each worker copies them into memory numpy allocates
-    (huge pages where the kernel gives them: a table read at random is ~3 % faster than on the
-    small pages of a bytes object). Other buffers stay in the pickle."""
+    the workers map them, read-only, instead of each unpickling a copy. numpy arrays that are not in the
+    arena are copied into it once per distinct array (:func:`_arena_copy`: a new lambda or
+    closure per call over the same array costs no new copy), and each worker copies them once
+    into memory numpy allocates, shared by every function of that worker that holds the same
+    array (huge pages where the kernel gives them: a table read at random is ~3 % faster than
+    on the small pages of a bytes object). ``keep`` (a list) receives what must stay alive
+    while any worker may load the pickle: views of the arena buffers it refers to and its
+    arena copies (the caller holds them, and so that memory). Other buffers stay in the pickle."""
     refs = None if arena is None else _FunctionBuffers(arena, threshold)
     cp = sys.modules.get("cloudpickle.cloudpickle")
     if cp is not None and getattr(cp, "_PICKLE_BY_VALUE_MODULES", None):
-        data = sys.modules["cloudpickle"].dumps(fn, PROTOCOL, buffer_callback=refs)
+        data = _by_value(fn, refs)
     elif refs is None:
         return dumps(fn)
     else:
@@ -237,26 +313,25 @@ def dumps_function(fn, arena=None, threshold=None, keep=None):
             data = _cloudpickle_dumps(fn, first, refs, 0)
         else:
             if data.find(b"__main__") >= 0:
-                import cloudpickle
-
                 refs.truncate(0)
-                data = cloudpickle.dumps(fn, PROTOCOL, buffer_callback=refs)
+                data = _by_value(fn, refs)
     if not refs or not refs.refs:
         return data
     if keep is not None:
-        keep.extend(raw for offset, _, raw in refs.refs if offset != _INLINE)
-    # b"R", count, (offset or _INLINE, length) each, the pickle's length, the pickle, then the
-    # inline buffers one after another.
+        keep.extend(held for offset, _, held, _ in refs.refs if offset != _INLINE)
+    # b"R", count, (offset or _INLINE, length, copy id or 0) each, the pickle's length, the
+    # pickle, then the inline buffers one after another.
     head = [b"R", len(refs.refs).to_bytes(4, "little")]
-    for offset, length, _ in refs.refs:
-        head.append(offset.to_bytes(8, "little") + length.to_bytes(8, "little"))
+    for offset, length, _, copy in refs.refs:
+        head.append(offset.to_bytes(8, "little") + length.to_bytes(8, "little")
+                    + (0 if copy is None else copy.uid).to_bytes(8, "little"))
     head.append(len(data).to_bytes(8, "little"))
     head.append(data)
-    head.extend(raw for offset, _, raw in refs.refs if offset == _INLINE)
+    head.extend(raw for offset, _, raw, _ in refs.refs if offset == _INLINE)
     return b"".join(head)
 
 
-_INLINE = (1 << 64) - 1  # a function buffer that follows the pickle instead of lying in the arena
+_INLINE = (1 << 64) - 1  # a function buffer that follows the pickle (the arena was full)
 
 
 class _FunctionBuffers:
@@ -267,7 +342,9 @@ class _FunctionBuffers:
     def __init__(self, arena, threshold):
         self.arena = arena
         self.threshold = threshold
-        self.refs = []  # (offset or _INLINE, length, raw view of the buffer)
+        # (offset or _INLINE, length, what holds the buffer's memory (a view of it, or its
+        # _ArenaCopy), _ArenaCopy or None)
+        self.refs = []
 
     def __call__(self, pickle_buffer):
         try:
@@ -278,15 +355,75 @@ class _FunctionBuffers:
             return True
         offset = self.arena.locate(raw)
         if offset >= 0:
-            self.refs.append((offset, raw.nbytes, raw))  # the view keeps the block alive
+            self.refs.append((offset, raw.nbytes, raw, None))  # the view keeps the block alive
             return False
         if type(raw.obj).__name__ == "ndarray":
-            self.refs.append((_INLINE, raw.nbytes, raw))
+            copy = _arena_copy(self.arena, raw)
+            if copy is None:
+                self.refs.append((_INLINE, raw.nbytes, raw, None))
+            else:
+                self.refs.append((copy.block.offset, raw.nbytes, copy, copy))
             return False
         return True
 
     def truncate(self, n):
         del self.refs[n:]
+
+
+class _ArenaCopy:
+    """A copy in the arena of an array some function holds; lives while a function pickle
+    that refers to it may be loaded (the executor's function table keeps it)."""
+
+    __slots__ = ("block", "uid", "source", "arena", "__weakref__")
+
+
+_copies = {}  # id(the array) -> weakref to its _ArenaCopy
+_copy_ids = itertools.count(1)
+_copies_lock = threading.Lock()
+
+
+def _arena_copy(arena, raw):
+    """The arena copy of the array exporting ``raw``: the one made for an earlier function
+    if that array still holds the same bytes (checked at memory speed: a mutated array gets
+    a new copy), else a new one. None if the arena is full."""
+    import weakref
+
+    import numpy
+
+    source = raw.obj
+    with _copies_lock:
+        ref = _copies.get(id(source))
+    copy = None if ref is None else ref()
+    if (copy is not None and copy.arena is arena and copy.source() is source
+            and copy.block.length == raw.nbytes
+            and numpy.array_equal(numpy.frombuffer(copy.block, numpy.uint8), numpy.frombuffer(raw, numpy.uint8))):
+        return copy
+    try:
+        block = arena.copy_in(raw)
+    except MemoryError:  # ArenaFull: the array travels in the function's frame instead
+        return None
+    copy = _ArenaCopy()
+    copy.block, copy.uid, copy.arena = block, next(_copy_ids), arena
+    try:
+        copy.source = weakref.ref(source)
+    except TypeError:  # cannot be watched: not reused
+        copy.source = lambda: None
+        return copy
+    key = id(source)
+
+    def forget(r, key=key):
+        with _copies_lock:
+            if _copies.get(key) is r:
+                del _copies[key]
+
+    with _copies_lock:
+        _copies[key] = weakref.ref(copy, forget)
+    return copy
+
+
+# Worker: each arena copy, copied once more into this worker's own memory, while a function
+# holds it (by copy id; a WeakValueDictionary, made at first use: weakref costs an import).
+_own_copies = None
 
 
 def loads_function(data):
@@ -296,15 +433,16 @@ def loads_function(data):
     count = int.from_bytes(data[1:5], "little")
     entries = []
     for i in range(count):
-        at = 5 + 16 * i
+        at = 5 + 24 * i
         entries.append((int.from_bytes(data[at:at + 8], "little"),
-                        int.from_bytes(data[at + 8:at + 16], "little")))
-    at = 5 + 16 * count
+                        int.from_bytes(data[at + 8:at + 16], "little"),
+                        int.from_bytes(data[at + 16:at + 24], "little")))
+    at = 5 + 24 * count
     size = int.from_bytes(data[at:at + 8], "little")
     body = memoryview(data)[at + 8:at + 8 + size]
     tail = at + 8 + size
     views = []
-    for offset, length in entries:
+    for offset, length, uid in entries:
         if offset == _INLINE:
             import numpy
 
@@ -313,6 +451,21 @@ def loads_function(data):
             own = numpy.empty(length, numpy.uint8)  # numpy's memory: huge pages where given
             own[:] = numpy.frombuffer(data, numpy.uint8, length, tail)
             tail += length
+            views.append(own)
+        elif uid:
+            global _own_copies
+            if _own_copies is None:
+                import weakref
+
+                _own_copies = weakref.WeakValueDictionary()
+            own = _own_copies.get(uid)
+            if own is None or len(own) != length:
+                import numpy
+
+                shared = _arena.worker_arena().view(offset, length, True)  # bounds checked
+                own = numpy.empty(length, numpy.uint8)  # the worker's own, writable, as unpickled
+                own[:] = numpy.frombuffer(shared, numpy.uint8)
+                _own_copies[uid] = own
             views.append(own)
         else:
             views.append(_arena.worker_arena().view(offset, length, True))  # bounds checked

@@ -26,6 +26,10 @@ class Shared:
     __slots__ = ("_data", "_blocks", "_value", "nbytes", "__weakref__")
 
     def __init__(self, obj):
+        if type(obj).__name__ == "ndarray" and obj.dtype.hasobject:
+            raise TypeError("shoal.share: an array of dtype object holds references to Python "
+                            "objects, which cannot live in shared memory (each task would get "
+                            "its own copy); share an array of a numeric or fixed-size dtype")
         a = arena()
         bufs = Buffers(a, DEFAULT_THRESHOLD, by_ref=False)
         self._data = dumps(obj, bufs)
@@ -39,6 +43,14 @@ class Shared:
                 a.collapse(b.offset, b.length)
         self.nbytes = sum(length for _, length in bufs.refs)
         self._value = None
+        if not self.nbytes:
+            import warnings
+
+            warnings.warn(f"shoal.share: {type(obj).__name__} object has no buffer of at least "
+                          f"{DEFAULT_THRESHOLD // 1024} KiB (numpy arrays, bytes, bytearray, memoryview, "
+                          "also inside lists, dicts and tuples): nothing was placed in shared memory, "
+                          "each task gets its own copy and .value is a writable copy", RuntimeWarning,
+                          stacklevel=3)
 
     @property
     def value(self):
@@ -62,6 +74,12 @@ def share(obj):
     """Places ``obj``'s large buffers (numpy arrays, bytes, ...) in the shared arena once and
     returns a :class:`Shared` handle. Passing the handle to any number of tasks costs no copy:
     in a worker (and in ``handle.value``) the arrays are read-only views of the arena.
+
+    What shares: buffers of at least 64 KiB that pickle protocol 5 hands out of band (numpy
+    arrays of numeric or fixed-size dtypes, bytes, bytearray, memoryview, pandas columns backed
+    by numpy), alone or inside containers. The rest of ``obj`` is pickled and rebuilt in each
+    task. An array of dtype object raises TypeError; an object with nothing to share warns
+    (RuntimeWarning) and is copied to each task as usual.
 
     To keep only the shared copy in memory, drop your own reference to ``obj`` afterwards."""
     if isinstance(obj, Shared):

@@ -314,6 +314,9 @@ def _table(rows, sweep):
         columns.remove("error")
         columns.append("error")
     frame = pd.DataFrame.from_records(rows, columns=columns) if rows else pd.DataFrame(columns=columns)
+    if "error" in seen and rows:
+        # None where the task succeeded, as documented (pandas 3 would infer a string column: NaN).
+        frame["error"] = pd.Series([row.get("error") for row in rows], index=frame.index, dtype=object)
     frame.attrs["seed_entropy"] = sweep.entropy
     return frame
 

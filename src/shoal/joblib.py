@@ -189,6 +189,7 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
     supports_retrieve_callback = True  # results and timeouts through future callbacks
     uses_threads = False
     supports_sharedmem = False
+    supports_inner_max_num_threads = True  # the executor's threads_per_worker
 
     def __init__(self, nesting_level=None, inner_max_num_threads=None, **executor_options):
         super().__init__(nesting_level=nesting_level,
@@ -217,6 +218,8 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         options = {k: v for k, v in {**self.backend_kwargs, **backend_kwargs}.items()
                    if k not in _JOBLIB_OPTIONS}
+        if self.inner_max_num_threads is not None:  # joblib's name for threads_per_worker
+            options["threads_per_worker"] = self.inner_max_num_threads
         if self._workers is not None:  # configured again without terminate: keep one executor
             _release(*self._workers_key, self._workers)
         self._workers = _acquire(n_jobs, options)

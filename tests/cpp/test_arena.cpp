@@ -416,3 +416,25 @@ TEST(Arena, AnAttachedArenaSeesSharedDataThroughAReadOnlyMapping) {
     EXPECT_TRUE(end.finished && !end.exited(0)) << end.str();
     EXPECT_TRUE(all_equal(a, off, P, 0x22));
 }
+
+TEST(ArenaBlock, AForkedCopyDoesNotFreeTheParentsBlock) {
+    // A fork()ed copy inherits the parent's blocks with everything else; when it drops them
+    // (its objects are destroyed, it exits normally) the parent's data must stay allocated:
+    // freed, the parent's next allocation would reuse the pages under it.
+    auto a = std::make_shared<Arena>(make(256 * MiB));
+    ArenaBlock block(a, {a->allocate(8 * P, Arena::k_creator), 8 * P}, Arena::k_creator);
+    std::memset(block.data(), 7, 8 * P);
+    std::uint64_t const used = a->used_bytes();
+    ChildGuard child(fork_child([&] {
+        block.reset();  // what dropping the inherited object does
+        ArenaBlock moved(std::move(block));
+        return 0;
+    }));
+    ASSERT_TRUE(child.wait(std::chrono::seconds(10)).exited(0));
+    EXPECT_EQ(a->used_bytes(), used) << "the copy freed the parent's block";
+    ArenaBlock next(a, {a->allocate(8 * P, Arena::k_creator), 8 * P}, Arena::k_creator);
+    EXPECT_NE(next.ref().offset, block.ref().offset);
+    std::memset(next.data(), 9, 8 * P);
+    EXPECT_EQ(static_cast<int>(block.data()[0]), 7);
+    EXPECT_EQ(static_cast<int>(block.data()[8 * P - 1]), 7);
+}

@@ -34,7 +34,22 @@ std::span<std::byte const> bytes_of(std::string const& s) {
 
 // ---------------------------------------------------------------- the stand-in zygote
 
+/// "flood": writes "more follows" fragments into the result ring forever (a message that
+/// never ends), ringing the driver's doorbell, until the driver kills it.
+[[noreturn]] void flood(WorkerSpec const& spec, int memfd, int doorbell_fd) {
+    auto mem = SharedMemory::attach(Fd(::dup(memfd)));
+    Ring ring = Ring::attach(mem.data() + spec.result_ring_offset, spec.result_ring_capacity);
+    EventFd bell(Fd(::dup(doorbell_fd)));
+    std::vector<std::byte> fragment(ring.max_record(), std::byte{0x42});
+    for (;;) {
+        while (!ring.try_push(fragment, k_tag_more)) ring.wait_writable(fragment.size(), 10'000, 100 * k_ms);
+        if (ring.consumer_needs_wake()) ring.wake_consumer();
+        bell.signal();
+    }
+}
+
 [[noreturn]] void worker_main(WorkerSpec const& spec, std::vector<Fd> fds) {
+    int const memfd = fds.at(0).get(), doorbell_fd = fds.at(1).get();  // still open: the channel keeps them
     WorkerChannel ch(spec, std::move(fds.at(0)), std::move(fds.at(1)));
     std::unique_ptr<Arena> arena;
     std::uint32_t owner = 0;
@@ -62,6 +77,12 @@ std::span<std::byte const> bytes_of(std::string const& s) {
                 std::int64_t start = now_ns();
                 if (payload.rfind("exit:", 0) == 0) ::_exit(std::stoi(payload.substr(5)));
                 if (payload == "kill") ::raise(SIGKILL);
+                if (payload == "flood") flood(spec, memfd, doorbell_fd);
+                if (payload.rfind("big:", 0) == 0) {  // big:N returns a result of N bytes inline
+                    Bytes big(std::stoull(payload.substr(4)), std::byte{0x33});
+                    ch.send(encode_frame(FrameKind::result, 0, f.header.task_id, 0, f.header.count, big));
+                    break;
+                }
                 if (payload.rfind("sleep:", 0) == 0)
                     std::this_thread::sleep_for(std::chrono::milliseconds(std::stoi(payload.substr(6))));
                 if (payload.rfind("print:", 0) == 0)
@@ -651,5 +672,113 @@ TEST(Pool, AForkedCopyLeavesTheOriginalsWorkersAlone) {
     EXPECT_EQ(count_kind(second, Completion::result), 100u);
     check_echoes(second, 101, 100);
     EXPECT_EQ(pool.worker_pids(), pids) << "the copy stopped the original's workers";
+    close_and_join(pool);
+}
+
+TEST(Pool, AForkedCopyCannotUseTheOriginalsPool) {
+    // In a forked copy of the driver every entry point that would read or write the rings
+    // (or take the copied mutex) throws InheritedPoolError before touching anything; the
+    // original keeps working.
+    auto zygote = start_zygote();
+    Pool pool(*zygote, options(2));
+    submit_echoes(pool, 1, 20);
+    auto first = collect(pool, 30'000 * k_ms, [](auto const& a) { return a.size() >= 20; });
+    ASSERT_EQ(count_kind(first, Completion::result), 20u);
+    submit_echoes(pool, 21, 10);  // in flight or queued at the fork
+    pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        ::alarm(10);  // a hang in the copy fails the test instead of blocking it
+        int thrown = 0;
+        auto expect_throw = [&](auto&& call) {
+            try {
+                call();
+            } catch (InheritedPoolError const& e) {
+                if (e.owner() == ::getppid() && std::string(e.what()).find("fork") != std::string::npos) ++thrown;
+            } catch (...) {
+            }
+        };
+        std::vector<Completion> out;
+        expect_throw([&] { pool.submit(100, 0, 1, bytes_of(id_payload(100))); });
+        expect_throw([&] { pool.take(out, 100 * k_ms); });
+        expect_throw([&] { pool.take_ready(out); });
+        expect_throw([&] { pool.define_function(7, bytes_of("f")); });
+        expect_throw([&] { pool.forget_function(7); });
+        expect_throw([&] { pool.cancel(25); });
+        expect_throw([&] { pool.interrupt(); });
+        expect_throw([&] { pool.worker_pids(); });
+        expect_throw([&] { pool.queued(); });
+        expect_throw([&] { pool.inflight(); });
+        if (!pool.cancel_all().empty()) ::_exit(3);  // a copy lets go: nothing is its own
+        pool.close(false);
+        pool.join(1'000 * k_ms);
+        ::_exit(thrown == 10 && out.empty() ? 0 : 4);
+    }
+    ChildGuard guard(child);
+    auto end = guard.wait(std::chrono::seconds(20));
+    EXPECT_TRUE(end.exited(0)) << "the copy: " << end.str();
+    auto second = collect(pool, 30'000 * k_ms, [](auto const& a) { return count_kind(a, Completion::result) >= 10; });
+    check_echoes(second, 21, 10);
+    submit_echoes(pool, 31, 50);
+    auto third = collect(pool, 30'000 * k_ms, [](auto const& a) { return count_kind(a, Completion::result) >= 50; });
+    check_echoes(third, 31, 50);
+    std::int64_t const start = now_ns();
+    close_and_join(pool);
+    EXPECT_LT(now_ns() - start, 5'000 * k_ms);
+}
+
+// ---------------------------------------------------------------- bounded messages from workers
+
+TEST(Pool, MessagesFromWorkersAreBoundedByDefault) {
+    EXPECT_LE(PoolOptions{}.max_message_bytes, std::size_t{1} << 30);
+    EXPECT_GE(PoolOptions{}.max_message_bytes, std::size_t{64} << 20);
+}
+
+TEST(Pool, AWorkerSendingAnEndlessMessageIsKilledAtTheBound) {
+    // Fragment after fragment of one message that never ends: the driver must not buffer it
+    // (it did, up to 16 GiB). Past the bound the worker is killed, its task fails as crashed
+    // saying why, and the pool goes on with a new worker.
+    auto zygote = start_zygote();
+    PoolOptions o = options(1);
+    o.max_message_bytes = std::size_t{1} << 20;
+    o.scheduler.retries = 0;
+    Pool pool(*zygote, std::move(o));
+    pool.submit(1, 0, 1, bytes_of("flood"));
+    auto got = collect(pool, 20'000 * k_ms, [](auto const& a) { return count_kind(a, Completion::crashed) >= 1; });
+    ASSERT_EQ(count_kind(got, Completion::crashed), 1u) << "the driver kept reading the endless message";
+    for (auto const& c : got) {
+        if (c.kind != Completion::crashed) continue;
+        EXPECT_EQ(c.task_id, 1u);
+        EXPECT_EQ(c.status.kind, ExitStatus::signaled);
+        std::string why = text_of(std::span(c.payload).subspan(c.payload_offset));
+        EXPECT_NE(why.find("larger than the 1048576-byte bound"), std::string::npos) << why;
+    }
+    submit_echoes(pool, 2, 20);
+    auto after = collect(pool, 30'000 * k_ms, [](auto const& a) { return count_kind(a, Completion::result) >= 20; });
+    check_echoes(after, 2, 20);
+    close_and_join(pool);
+}
+
+TEST(Pool, AResultLargerThanTheBoundFailsItsTaskOnly) {
+    auto zygote = start_zygote();
+    PoolOptions o = options(2);
+    o.max_message_bytes = std::size_t{1} << 20;
+    o.scheduler.retries = 1;  // retried once on a new worker, then failed
+    Pool pool(*zygote, std::move(o));
+    pool.submit(1, 0, 1, bytes_of("big:" + std::to_string(900 * 1024)));  // under the bound: fine
+    pool.submit(2, 0, 1, bytes_of("big:" + std::to_string(3 << 20)));
+    auto got = collect(pool, 30'000 * k_ms, [](auto const& a) { return a.size() >= 2; });
+    ASSERT_EQ(got.size(), 2u);
+    for (auto const& c : got) {
+        if (c.task_id == 1) {
+            EXPECT_EQ(c.kind, Completion::result);
+            EXPECT_EQ(c.payload.size() - c.payload_offset, 900u * 1024);
+        } else {
+            EXPECT_EQ(c.kind, Completion::crashed);
+        }
+    }
+    submit_echoes(pool, 3, 20);
+    auto after = collect(pool, 30'000 * k_ms, [](auto const& a) { return count_kind(a, Completion::result) >= 20; });
+    check_echoes(after, 3, 20);
     close_and_join(pool);
 }

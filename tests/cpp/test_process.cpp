@@ -8,6 +8,7 @@
 #include <csignal>
 #include <fcntl.h>
 #include <map>
+#include <set>
 #include <sstream>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -162,6 +163,30 @@ TEST(Process, ChildGetsFdThreeAndNoOtherOfOurs) {
         }
     }
     EXPECT_EQ(write_ends, 2) << listing;  // fd 3, and fd 1 that `>&3` made of it
+}
+
+TEST(Process, InheritableDescriptorsAreNotPassed) {
+    // Descriptors the caller made inheritable (os.set_inheritable, a pipe of subprocess) are
+    // not the spawned process's: it gets stdin, stdout, stderr and fd 3, nothing else.
+    auto [r, w] = make_pipe();
+    int p[2];
+    ASSERT_EQ(::pipe(p), 0);  // no O_CLOEXEC: inheritable
+    Fd inh_r(p[0]), inh_w(p[1]);
+    Fd sock(::socket(AF_UNIX, SOCK_STREAM, 0));  // inheritable too
+    Fd high(::fcntl(inh_w.get(), F_DUPFD, 200));  // far past the others
+    std::set<std::string> inherited{fd_target(inh_r.get()), fd_target(inh_w.get()), fd_target(sock.get())};
+    ASSERT_EQ(inherited.size(), 2u);  // a pipe's two ends share one target name
+    pid_t pid = spawn_process({"/bin/sh", "-c", "exec ls -l /proc/self/fd/ >&3"}, w.get());
+    w.reset();
+    std::string listing = read_all(r.get(), 5000);
+    ExitStatus st = reap_within(pid, 5000);
+    EXPECT_EQ(st.value, 0);
+    auto fds = parse_fd_listing(listing);
+    for (auto const& [num, e] : fds) {
+        EXPECT_EQ(inherited.count(e.target), 0u) << "fd " << num << " (" << e.target << ") leaked\n" << listing;
+        if (num > 3 && e.target.rfind("/proc/", 0) != 0)  // ls's own listing of the directory
+            ADD_FAILURE() << "fd " << num << " (" << e.target << ") in the child\n" << listing;
+    }
 }
 
 TEST(Process, ChildFdAlreadyThreeIsPassed) {

@@ -144,6 +144,13 @@ ZygoteMessage receive(int executor, int timeout_ms = 5000) {
     return m;
 }
 
+/// A pipe (close-on-exec both ends) for a forked child to report to the test.
+std::pair<Fd, Fd> make_pipe_for_test() {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) ADD_FAILURE() << "pipe2: " << std::strerror(errno);
+    return {Fd(p[0]), Fd(p[1])};
+}
+
 bool at_eof(int sock, int timeout_ms) {
     if (!readable_within(sock, timeout_ms)) return false;
     std::vector<std::byte> buf;
@@ -501,4 +508,103 @@ TEST(ZygoteServer, NextWithATimeoutReportsIdle) {
     EXPECT_GE(now_ns() - start, 25 * k_ms);
     ours.reset();  // the driver is gone: exit, timeout or not
     EXPECT_EQ(server.next(5'000).kind, ZygoteServer::Action::exit);
+}
+
+TEST(ZygoteServer, ExitsWhenTheDriverIsKilledWhileAForkedChildHoldsItsSockets) {
+    // The driver forks a child (a multiprocessing Manager, a plain os.fork) that inherits the
+    // control and executor sockets, then is SIGKILLed: the zygote must not wait for an EOF the
+    // child holds back. It watches the driver process itself, and takes its workers along.
+    auto [r, w] = make_pipe_for_test();
+    pid_t driver = fork_child([&, wfd = w.get()] {
+        Zygote z;
+        Fd ex = z.open_executor();
+        WorkerFds fds;
+        request_fork(ex.get(), k_slot_wait, fds);
+        ZygoteMessage forked = receive(ex.get());
+        if (forked.op != ZygoteOp::forked) return 2;
+        pid_t holder = ::fork();  // holds copies of both sockets, and outlives the driver
+        if (holder == 0) {
+            ::alarm(30);
+            for (;;) ::pause();
+        }
+        pid_t pids[3] = {z.pid, static_cast<pid_t>(forked.pid), holder};
+        if (::write(wfd, pids, sizeof pids) != static_cast<ssize_t>(sizeof pids)) return 3;
+        for (;;) ::pause();
+    });
+    ChildGuard driver_guard(driver);
+    w.reset();
+    pid_t pids[3] = {};
+    ASSERT_TRUE(readable_within(r.get(), 10'000));
+    ASSERT_EQ(::read(r.get(), pids, sizeof pids), static_cast<ssize_t>(sizeof pids));
+    pid_t const zygote = pids[0], worker = pids[1], holder = pids[2];
+    ::kill(driver, SIGKILL);
+    driver_guard.wait(std::chrono::seconds(5));
+    bool const zygote_gone = process_gone_within(zygote, 3000);
+    bool const worker_gone = process_gone_within(worker, 1000);
+    bool const holder_alive = ::kill(holder, 0) == 0;
+    ::kill(holder, SIGKILL);
+    if (!zygote_gone) ::kill(zygote, SIGKILL);
+    if (!worker_gone) ::kill(worker, SIGKILL);
+    EXPECT_TRUE(holder_alive) << "the test is void: the driver's forked child died with it";
+    EXPECT_TRUE(zygote_gone) << "the zygote outlived the killed driver";
+    EXPECT_TRUE(worker_gone) << "a worker outlived the killed driver";
+}
+
+TEST(ZygoteServer, ExitsAtOnceIfTheDriverIsAlreadyGone) {
+    // The driver died before the zygote started watching it, and a forked child of the driver
+    // holds the other end of the control socket: the zygote must exit, not serve a socket
+    // nobody will close.
+    auto [r, w] = make_pipe_for_test();
+    pid_t driver = fork_child([&, wfd = w.get()] {
+        auto [ours, theirs] = socket_pair();
+        pid_t const self = ::getpid();
+        pid_t holder = ::fork();
+        if (holder == 0) {
+            ::alarm(30);
+            for (;;) ::pause();
+        }
+        pid_t zygote = ::fork();
+        if (zygote == 0) {
+            ::alarm(30);
+            ours.reset();
+            while (::getppid() == self) ::usleep(1000);  // until the driver has ended
+            ZygoteServer server(std::move(theirs));
+            ::_exit(server.next(10'000).kind == ZygoteServer::Action::exit ? 0 : 1);
+        }
+        pid_t pids[2] = {zygote, holder};
+        if (::write(wfd, pids, sizeof pids) != static_cast<ssize_t>(sizeof pids)) return 3;
+        return 0;
+    });
+    w.reset();
+    pid_t pids[2] = {};
+    ASSERT_TRUE(readable_within(r.get(), 10'000));
+    ASSERT_EQ(::read(r.get(), pids, sizeof pids), static_cast<ssize_t>(sizeof pids));
+    EXPECT_TRUE(wait_child(driver, std::chrono::seconds(5)).exited(0));
+    bool const zygote_gone = process_gone_within(pids[0], 3000);
+    ::kill(pids[1], SIGKILL);
+    if (!zygote_gone) ::kill(pids[0], SIGKILL);
+    EXPECT_TRUE(zygote_gone) << "the zygote serves on after its driver ended";
+}
+
+TEST(ZygoteClient, StoppingIsNotDelayedByAForkedChildHoldingTheSocket) {
+    // A fork()ed child of the driver holds a copy of the control socket: closing ours alone
+    // sends no EOF, and the destructor waited 2 s before killing the zygote.
+    std::int64_t start = 0;
+    pid_t zygote = -1;
+    pid_t holder = -1;
+    {
+        ZygoteClient client({"/bin/sh", "-c", "exec cat <&3 >/dev/null"});
+        ASSERT_TRUE(client.alive());
+        zygote = client.pid();
+        holder = fork_child([] {
+            ::alarm(30);
+            for (;;) ::pause();
+            return 0;
+        });
+        start = now_ns();
+    }
+    std::int64_t const took = now_ns() - start;
+    ChildGuard guard(holder);
+    EXPECT_LT(took, 1'000 * k_ms) << "stopping the zygote waited for the child's copy of the socket";
+    EXPECT_NE(::kill(zygote, 0), 0) << "not reaped";
 }

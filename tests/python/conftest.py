@@ -55,3 +55,15 @@ def make_process_executor():
     finally:
         for ex in made:
             ex.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(autouse=True)
+def _start_method_unchanged():
+    """A test (or a library it imports, as Mesa's batchrunner does) that changes multiprocessing's
+    process-wide start method changes every later test that forks: it fails here, by name."""
+    import multiprocessing
+
+    before = multiprocessing.get_start_method()  # the platform's default unless a test set one
+    yield
+    after = multiprocessing.get_start_method()
+    assert after == before, f"this test changed multiprocessing's start method from {before!r} to {after!r}"

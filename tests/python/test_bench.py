@@ -176,3 +176,29 @@ def test_quick_io_bound_runs_threads_coroutines_and_shoal(tmp_path):
     assert "uvloop" in by[("asyncio[uvloop]", "ms_total")]["note"]
     assert "| io_bound | x_ideal | x |" in table
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["serial", "shoal"])
+def test_map_numpy_workload_checks_results(name, monkeypatch):
+    """map_numpy's results match the serial loop's; a wrong one fails the cell."""
+    pytest.importorskip("numpy")
+    monkeypatch.syspath_prepend(str(SRC / "shoal" / "bench" / "standalone"))
+    from shoalbench import systems, workloads
+
+    size = {"tasks": 6, "products": 3, "n": 64}
+    system = systems.make(name, 2)
+    system.start()
+    try:
+        out, note = workloads.measure_map_numpy(system, size, repeats=2)
+        assert len(out["s_total"]) == len(out["efficiency"]) == 2
+        assert all(v > 0 for v in out["s_total"] + out["efficiency"])
+        assert "6 tasks of 3 products of 64x64" in note
+        real_map = system.map
+        monkeypatch.setattr(system, "map", lambda fn, items: [r * 1.01 + 1 for r in real_map(fn, items)])
+        with pytest.raises(AssertionError, match="matmul_chain"):
+            workloads.measure_map_numpy(system, size, repeats=1)
+    finally:
+        system.close()
+        system.teardown()

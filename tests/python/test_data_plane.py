@@ -213,19 +213,25 @@ def test_a_function_holding_shared_data_pickles_references_only():
     for fn in (functools.partial(table_info, table=h), functools.partial(table_info, table=h.value)):
         blob = dumps_function(fn, arena, _arena.DEFAULT_THRESHOLD)
         assert blob[:1] == b"R" and len(blob) < 4096, len(blob)
-    # An array that is not in the arena travels with the function, after its pickle, and
-    # loads into memory numpy allocates (not a view of the function's bytes).
+    # An array that is not in the arena is copied into it once, however many functions hold
+    # it, and loads into memory numpy allocates (not a view of the arena).
     from shoal._pickle import loads_function
 
     own = functools.partial(table_info, table=a)
-    blob = dumps_function(own, arena, _arena.DEFAULT_THRESHOLD)
-    assert blob[:1] == b"R" and a.nbytes < len(blob) < a.nbytes + 4096
+    keep = []
+    blob = dumps_function(own, arena, _arena.DEFAULT_THRESHOLD, keep)
+    assert blob[:1] == b"R" and len(blob) < 4096 and len(keep) == 1
+    again = []
+    dumps_function(functools.partial(table_info, table=a), arena, _arena.DEFAULT_THRESHOLD, again)
+    assert again == keep
     fn = loads_function(blob)
     assert fn(0) == (float(a.sum()), True, False)
     table = fn.keywords["table"]
     assert np.array_equal(table, a) and isinstance(table.base, np.ndarray) and table.base.flags.owndata
-    with pytest.raises(pickle.UnpicklingError, match="cut short"):
-        loads_function(blob[:-1])
+    a[0] = 7.0  # new contents: a new copy
+    changed = []
+    dumps_function(functools.partial(table_info, table=a), arena, _arena.DEFAULT_THRESHOLD, changed)
+    assert changed[0] is not keep[0]
     # Small arrays and other objects stay in the pickle.
     small = functools.partial(table_info, table=np.ones(10))
     assert loads(dumps_function(small, arena, _arena.DEFAULT_THRESHOLD))(1)[0] == 11.0

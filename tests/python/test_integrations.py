@@ -5,6 +5,7 @@ library's own pool with the same seeds; and shoal.patch_pools / `python -m shoal
 The library runs are the examples in examples/, run as a user runs them (a fresh process each),
 once on the library's own pool and once on shoal's; their output is compared line by line."""
 import concurrent.futures
+import importlib.util
 import multiprocessing
 import multiprocessing.pool
 import pathlib
@@ -35,11 +36,19 @@ def shoal_run(path, *args, timeout):
     return run_argv(["-m", "shoal", "run", str(path), *args], timeout=timeout)
 
 
+def needs(module):
+    """Skip unless ``module`` is installed, without importing it here: the examples import it in
+    their own process (Mesa's batchrunner sets multiprocessing's start method to spawn for the
+    whole process at import, which would change later tests that fork)."""
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed")
+
+
 # ---------------------------------------------------------------- libraries that take a pool
 
 @pytest.mark.timeout(180)
 def test_emcee_sampler_with_a_shoal_pool_gives_the_same_chain():
-    pytest.importorskip("emcee")
+    needs("emcee")
     runs = {pool: run_python_file(EXAMPLES / "emcee_pool.py", "--pool", pool, "--steps", "150", timeout=150)
             for pool in ("none", "multiprocessing", "shoal")}
     outputs = {pool: results_of(proc) for pool, proc in runs.items()}
@@ -49,7 +58,7 @@ def test_emcee_sampler_with_a_shoal_pool_gives_the_same_chain():
 
 @pytest.mark.timeout(120)
 def test_schwimmbad_interface_on_shoal_gives_the_same_results():
-    pytest.importorskip("schwimmbad")
+    needs("schwimmbad")
     outputs = {pool: results_of(run_python_file(EXAMPLES / "schwimmbad_pool.py", "--pool", pool, timeout=100))
                for pool in ("serial", "multipool", "shoal")}
     assert outputs["shoal"] == outputs["multipool"] == outputs["serial"]
@@ -74,7 +83,7 @@ def test_shoal_schwimmbad_pool_is_a_schwimmbad_pool_and_a_shoal_pool():
 
 @pytest.mark.timeout(240)
 def test_mesa_batch_run_on_shoal_matches_its_own_pool():
-    pytest.importorskip("mesa")
+    needs("mesa")
     own = run_python_file(EXAMPLES / "mesa_batch_run.py", "--steps", "20", timeout=200)
     ours = shoal_run(EXAMPLES / "mesa_batch_run.py", "--steps", "20", timeout=200)
     assert "pool: multiprocessing" in own.stdout and "pool: shoal" in ours.stdout, ours.stderr
@@ -85,7 +94,7 @@ def test_mesa_batch_run_on_shoal_matches_its_own_pool():
 
 @pytest.mark.timeout(180)
 def test_radcad_engine_on_shoal_matches_its_own_pool():
-    pytest.importorskip("radcad")
+    needs("radcad")
     own = run_python_file(EXAMPLES / "radcad_engine.py", "--runs", "6", "--steps", "100", timeout=150)
     ours = shoal_run(EXAMPLES / "radcad_engine.py", "--runs", "6", "--steps", "100", timeout=150)
     assert "pool: multiprocessing" in own.stdout and "pool: shoal" in ours.stdout, ours.stderr

@@ -369,6 +369,26 @@ def test_executor_options_pass_through():
         assert p(delayed(abs)(-i) for i in range(5)) == [0, 1, 2, 3, 4]
 
 
+def openblas_threads(_):
+    import numpy  # noqa: F401
+    import threadpoolctl
+
+    return {d["internal_api"]: d["num_threads"] for d in threadpoolctl.threadpool_info()}.get("openblas")
+
+
+@pytest.mark.timeout(60)
+def test_inner_max_num_threads_sizes_the_workers_pools():
+    pytest.importorskip("numpy")
+    pytest.importorskip("threadpoolctl")
+    from shoal import _threads
+
+    cores = _threads.available_cores()
+    with parallel_config(backend=B, n_jobs=2):  # default: each worker's share of the cores
+        assert set(Parallel()(delayed(openblas_threads)(i) for i in range(4))) == {max(1, cores // 2)}
+    with parallel_config(backend=B, n_jobs=2, inner_max_num_threads=1):
+        assert set(Parallel()(delayed(openblas_threads)(i) for i in range(4))) == {1}
+
+
 @pytest.mark.timeout(60)
 def test_a_worker_crash_fails_the_call_and_the_next_call_works():
     with parallel_config(backend=B, n_jobs=2, retries=0):

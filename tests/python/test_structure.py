@@ -107,16 +107,19 @@ def test_an_unknown_backend_is_a_clear_error():
         shoal.Executor(1, backend="gpu")
 
 
-ERRORS = [shoal.WorkerCrashedError, shoal.InitializerError, shoal.ExecutorShutdownError,
-          shoal.WorkersUnavailableError, shoal.ExecutorClosedError, shoal.AgentError, shoal.AgentsLostError,
-          shoal.ArenaFull]
+ERRORS = [shoal.WorkerCrashedError, shoal.InitializerError, shoal.PreloadError, shoal.ExecutorShutdownError,
+          shoal.WorkersUnavailableError, shoal.ExecutorClosedError, shoal.InheritedExecutorError, shoal.AgentError, shoal.AgentsLostError,
+          shoal.ArenaFull, shoal.ImportTimeExecutorError, shoal.CannotSendError,
+          shoal.DeadlockError]
 
 
 @pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.__name__)
 def test_every_error_derives_from_shoal_error_and_its_stdlib_class(error):
     assert issubclass(error, shoal.ShoalError)
-    stdlib = {shoal.ExecutorClosedError: RuntimeError, shoal.AgentError: RuntimeError,
-              shoal.AgentsLostError: RuntimeError, shoal.ArenaFull: MemoryError}
+    stdlib = {shoal.ExecutorClosedError: RuntimeError, shoal.InheritedExecutorError: RuntimeError, shoal.AgentError: RuntimeError,
+              shoal.AgentsLostError: RuntimeError, shoal.ArenaFull: MemoryError,
+              shoal.ImportTimeExecutorError: RuntimeError, shoal.CannotSendError: TypeError,
+              shoal.DeadlockError: RuntimeError}
     assert issubclass(error, stdlib.get(error, concurrent.futures.BrokenExecutor))
     assert error.__doc__ and "Raised" in error.__doc__ or error is shoal.ArenaFull
 

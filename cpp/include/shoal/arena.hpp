@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <unistd.h>
 #include <utility>
 #include <stdexcept>
 
@@ -130,19 +131,25 @@ private:
 
 /// Owns one block of an arena on behalf of `owner` and frees it when destroyed, unless
 /// release()d (the block was handed to another process). Move-only.
+///
+/// Only the process that made it frees it: a fork()ed copy of that process inherits the object
+/// and the shared mapping, but the block is still the parent's (it may still be reading it),
+/// so the copy's destructor leaves it alone. Freeing it there let the parent's next allocation
+/// reuse the pages under data the parent still held.
 class ArenaBlock {
 public:
     ArenaBlock() noexcept = default;
     ArenaBlock(std::shared_ptr<Arena> arena, ArenaRef ref, std::uint32_t owner) noexcept
-        : m_arena(std::move(arena)), m_ref(ref), m_owner(owner) {}
+        : m_arena(std::move(arena)), m_ref(ref), m_owner(owner), m_pid(::getpid()) {}
     ArenaBlock(ArenaBlock&& o) noexcept
-        : m_arena(std::move(o.m_arena)), m_ref(o.m_ref), m_owner(std::exchange(o.m_owner, 0)) {}
+        : m_arena(std::move(o.m_arena)), m_ref(o.m_ref), m_owner(std::exchange(o.m_owner, 0)), m_pid(o.m_pid) {}
     ArenaBlock& operator=(ArenaBlock&& o) noexcept {
         if (this != &o) {
             reset();
             m_arena = std::move(o.m_arena);
             m_ref = o.m_ref;
             m_owner = std::exchange(o.m_owner, 0);
+            m_pid = o.m_pid;
         }
         return *this;
     }
@@ -156,7 +163,7 @@ public:
     /// Gives up ownership without freeing: the block now belongs to whoever adopts it.
     void release() noexcept { m_owner = 0; }
     void reset() noexcept {
-        if (m_owner != 0 && m_arena) m_arena->free(m_ref.offset, m_owner);
+        if (m_owner != 0 && m_arena && ::getpid() == m_pid) m_arena->free(m_ref.offset, m_owner);
         m_owner = 0;
     }
 
@@ -164,6 +171,7 @@ private:
     std::shared_ptr<Arena> m_arena;
     ArenaRef m_ref{};
     std::uint32_t m_owner = 0;
+    pid_t m_pid = 0;  // the process that may free it
 };
 
 }  // namespace shoal

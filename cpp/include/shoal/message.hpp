@@ -52,8 +52,9 @@ public:
     /// release found the producer waiting for space. Never blocks.
     Status poll(Ring& ring, bool& producer_waiting);
     std::vector<std::byte>& message() noexcept { return m_buffer; }
-    /// Forgets any partial message (after the producer died).
-    void reset() noexcept { m_buffer.clear(); m_complete = false; }
+    /// Forgets any partial message (after the producer died) and frees its memory.
+    void reset() noexcept { std::vector<std::byte>().swap(m_buffer); m_complete = false; }
+    std::size_t max_message_bytes() const noexcept { return m_max; }
 
 private:
     std::size_t m_max;

@@ -43,7 +43,9 @@
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
+#include <stdexcept>
 #include <string>
+#include <sys/types.h>
 
 namespace shoal {
 
@@ -69,6 +71,14 @@ struct PoolOptions {
     // is what makes short round trips cheap; it also burns CPU that other processes on a
     // busy machine could have used.
     std::int64_t spin_ns = 100'000;
+    // The largest message a worker may send (a frame: header, arena references, pickle).
+    // Workers are untrusted: one that sends more (an endless run of "more follows" fragments,
+    // a result pickled inline past this size) is killed and its task fails as crashed, as for
+    // any malformed frame, instead of the driver buffering it whole. Large buffers travel out
+    // of band through the arena and do not count, so this bounds inline pickles only; 1 GiB
+    // leaves room for any sensible inline result (without an arena, buffer_threshold=None,
+    // a bigger one fails) while one bad worker costs the driver at most that much memory.
+    std::size_t max_message_bytes = std::size_t{1} << 30;
     // Imported by the zygote before the first fork, and waited for: every worker shares
     // them instead of importing its own copy (less memory, faster tasks at first), and the
     // first task waits for the imports. A failure makes the constructor throw.
@@ -88,7 +98,8 @@ struct Completion {
     enum Kind : std::uint8_t {
         result = 1,       // payload: the result frame's payload; flags: k_flag_error
         output = 2,       // worker stdout/stderr text; flags: 1 stdout, 2 stderr
-        crashed = 3,      // the task's worker died and retries are used up; status says how
+        crashed = 3,      // the task's worker died and retries are used up; status says how;
+                          // payload: why the driver killed it (a malformed or oversized message), or empty
         init_failed = 4,  // a worker's initializer failed; payload: the exception
         broken = 5,       // the pool cannot run the task (initializer failed, zygote gone)
     };
@@ -101,6 +112,18 @@ struct Completion {
     Bytes payload;                  // the payload starts at payload_offset
     std::size_t payload_offset = 0;
     std::vector<ArenaBlock> buffers;  // a result's out-of-band buffers, now owned by the driver
+};
+
+/// Raised by the Pool's entry points in a process that did not make the pool: a fork()ed
+/// copy of the driver, whose rings, doorbell and mutex are copies of its parent's (the
+/// parent still runs them). The entry point touched nothing; the copy must make its own pool.
+class InheritedPoolError : public std::logic_error {
+public:
+    InheritedPoolError(pid_t owner, pid_t self);
+    pid_t owner() const noexcept { return m_owner; }
+
+private:
+    pid_t m_owner;
 };
 
 class Pool {
@@ -116,6 +139,11 @@ public:
     ~Pool();
     Pool(Pool const&) = delete;
     Pool& operator=(Pool const&) = delete;
+
+    /// Every entry point below but close(), join() and cancel_all() throws InheritedPoolError,
+    /// before it touches anything, when called in another process than the one that made the
+    /// pool (a fork()ed copy of the driver). Those three do nothing there instead (cancel_all()
+    /// returns nothing): a copy may let go of what it inherited, at exit or when dropping it.
 
     /// Registers function `fn_id`; it is sent once to each worker before its first task.
     /// Thread-safe; never blocks on workers.
@@ -192,13 +220,16 @@ private:
         bool ready = false;                   // the worker ran its initializer
         bool stopping = false;                // shutdown frame sent
         bool exited = true;
+        std::string kill_reason;              // why the driver killed it (a bad message), for its tasks' crash
         std::uint32_t owner = 0;              // the worker's id in the arena (from its ready frame)
     };
 
+    void check_owner() const;                   // throws InheritedPoolError in a forked copy
     void service_locked();                      // one round of serving the pool
     void pump_locked();                         // hand out work, continue writers
     bool drain_locked();                        // read result rings; true if anything came
     bool drain_slot_locked(std::size_t slot);
+    void kill_bad_worker_locked(std::size_t slot, std::string reason);  // it sent garbage: kill, say why
     void handle_zygote_locked();                // forked/exited reports
     void start_worker_locked(std::size_t slot);
     // Asks the zygote to import `names` (before any fork: nothing else reads m_executor yet);

@@ -21,8 +21,9 @@ struct ExitStatus {
 std::string signal_name(int sig);
 
 /// Starts argv[0] (searched in PATH) with posix_spawn: no fork of the caller, safe with
-/// threads, cost independent of the caller's heap. The child gets `child_fd` as fd 3 and
-/// no other descriptor of ours (all are close-on-exec), and its own process group so a
+/// threads, cost independent of the caller's heap. The child gets stdin, stdout, stderr,
+/// `child_fd` as fd 3 and no other descriptor of the caller (not even inheritable ones:
+/// every descriptor past 3 is closed in the child), and its own process group so a
 /// terminal's Ctrl-C reaches only the caller. Throws std::system_error.
 pid_t spawn_process(std::vector<std::string> const& argv, int child_fd);
 

@@ -57,8 +57,15 @@ struct ZygoteMessage {
 };
 
 /// Runs in the zygote. Single-threaded.
+///
+/// The zygote ends with the driver, by whichever comes first: EOF on the control socket (the
+/// driver closed it, or shut it down while a fork()ed child of the driver still holds a copy),
+/// or the driver process itself ending (a pidfd on it, so that a forked child holding the
+/// socket cannot keep the zygote and its workers alive after a SIGKILL of the driver).
 class ZygoteServer {
 public:
+    /// `control` is the socket pair end the driver made: its peer credentials name the driver.
+    /// If the driver is already gone, the first next() returns `exit`.
     explicit ZygoteServer(Fd control);
 
     struct Action {
@@ -79,8 +86,11 @@ public:
     /// is gone: every worker has been SIGKILLed). Blocks in poll(); with timeout_ms >= 0,
     /// returns an `idle` action once nothing has come for that long.
     Action next(int timeout_ms = -1);
-    /// In the zygote after fork: track the child and report it to its executor.
-    void forked(Action const& action, pid_t pid);
+    /// In the zygote after fork: track the child and report it to its executor. Closes the
+    /// zygote's copies of the action's descriptors (the executor's shared memory, doorbell and
+    /// arena): the zygote keeps nothing of an executor but its socket, so once the executor is
+    /// gone, so is every page and descriptor of it here.
+    void forked(Action& action, pid_t pid);
     /// In the child after fork: close all of the zygote's descriptors, die with the zygote.
     /// Returns the worker's descriptors.
     std::vector<Fd> become_worker(Action&& action);
@@ -96,6 +106,8 @@ private:
 
     pid_t m_self;
     Fd m_control;
+    Fd m_driver;                // pidfd of the driver (readable once it has ended)
+    bool m_driver_gone = false; // it ended before we could watch it
     std::unordered_map<int, Fd> m_executors;  // by fd number
     std::vector<Worker> m_workers;
 };
@@ -105,8 +117,9 @@ class ZygoteClient {
 public:
     /// Starts the zygote: `argv` runs with the control socket as fd 3. Throws.
     explicit ZygoteClient(std::vector<std::string> const& argv);
-    /// Closes the control socket (the zygote exits) and reaps it. In a forked copy of the
-    /// driver it only closes that copy's descriptor: the zygote is the original's.
+    /// Shuts the control socket down (the zygote sees EOF at once, even while a fork()ed child
+    /// holds a copy of it, and exits) and reaps the zygote. In a forked copy of the driver it
+    /// only closes that copy's descriptor: the zygote is the original's.
     ~ZygoteClient();
     ZygoteClient(ZygoteClient const&) = delete;
     ZygoteClient& operator=(ZygoteClient const&) = delete;

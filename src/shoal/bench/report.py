@@ -115,6 +115,12 @@ def targets(records, sizes=None):
                       else [(None, "shoal.Pool or mp_pool has no result")])
     out[(w, "efficiency")] = verdict([(e >= 0.9, f"{e:.2f} (need >=0.9)") if e is not None
                                       else (None, "shoal has no result")] + pool_check)
+    w = "map_numpy"
+    best, _ = best_peer(records, w, "s_total")
+    e = shoal(w, "efficiency")
+    out[(w, "s_total")] = verdict([vs(w, "s_total", best, 1)] if best else [(None, "no peer result")])
+    out[(w, "efficiency")] = verdict([(e >= 0.9, f"{e:.2f} (need >=0.9)") if e is not None
+                                      else (None, "shoal has no result")])
     w = "big_args"
     direct, mp = _ok(idx, w, "ms_per_task", "shoal[direct]"), _ok(idx, w, "ms_per_task", "mp_pool")
     direct_check = ((mp / direct >= 5, f"shoal[direct] {mp / direct:.2g}x vs mp_pool (need >=5x)")

@@ -28,12 +28,12 @@ import weakref
 from collections import OrderedDict, deque
 from types import MethodType
 
-from .. import _core
+from .. import _core, _threads
 from .._aio import is_coroutine_function
 from .._arena import READ_ONLY, Buffers, arena
 from .._backend import Backend, BackendConfig, ChunkOutcome
-from .._errors import (ExecutorClosedError, ExecutorShutdownError, InitializerError, RemoteTraceback, WorkerCrashedError,
-                       WorkersUnavailableError)
+from .._errors import (ExecutorClosedError, ExecutorShutdownError, InheritedExecutorError, InitializerError,
+                       PreloadError, RemoteTraceback, WorkerCrashedError, WorkersUnavailableError)
 from .._future import Future
 from .._pickle import dumps_function
 from .agents import ProcessAgentTransport
@@ -85,17 +85,18 @@ class FunctionEntry:
     weak references to what identifies it (strong ones only for objects that cannot be
     weakly referenced, such as builtins)."""
 
-    __slots__ = ("key", "fn_id", "outstanding", "refs", "dead", "arena_views")
+    __slots__ = ("key", "fn_id", "outstanding", "refs", "dead", "held")
 
-    def __init__(self, key, fn_id, refs, arena_views):
+    def __init__(self, key, fn_id, refs, held):
         self.key = key
         self.fn_id = fn_id
         self.outstanding = 1
         self.refs = refs
         self.dead = False  # an object it refers to is gone: forgotten once no task uses it
-        # Views of the shared arena memory the function refers to (a partial of a
-        # shoal.share handle): held until the workers forget it, since they map that memory.
-        self.arena_views = arena_views
+        # What holds the arena memory the function's pickle refers to (views of a shoal.share
+        # handle's buffers, the arena copies of arrays it holds; see dumps_function): held
+        # until the workers forget it, since they map that memory.
+        self.held = held
 
     def matches(self, identity):
         for ref, obj in zip(self.refs, identity):
@@ -139,8 +140,8 @@ class FunctionTable:
                 self._by_key.move_to_end(key)
                 entry.outstanding += 1
                 return entry.fn_id
-        arena_views = []
-        blob = dumps_function(fn, self._arena, self._threshold, arena_views)  # raises here if it cannot
+        held = []
+        blob = dumps_function(fn, self._arena, self._threshold, held)  # raises here if it cannot
         table = weakref.ref(self)  # the callbacks must not keep the table (and its pool) alive
 
         def died(_ref, key=key):
@@ -152,7 +153,7 @@ class FunctionTable:
         with self._lock:
             fn_id = next(self._ids)
             self._pool.define_function(fn_id, blob)
-            entry = FunctionEntry(key, fn_id, refs, arena_views or None)
+            entry = FunctionEntry(key, fn_id, refs, held or None)
             old = self._by_key.pop(key, None)
             if old is not None:  # an object that was collected, its id now reused
                 old.dead = True
@@ -313,7 +314,7 @@ def _deliver_batch(state, batch):
         elif kind == _CRASHED:
             signaled = status_kind == _core.STATUS_SIGNALED
             fut._fail(WorkerCrashedError(
-                f"the worker running this task {status_text} "
+                f"the worker running this task {'was ' if status_text.startswith('killed') else ''}{status_text} "
                 f"(tried {1 + state.retries} time{'s' if state.retries else ''})",
                 signal=status_value if signaled else None,
                 exitcode=None if signaled else status_value))
@@ -434,7 +435,8 @@ class ProcessBackend(Backend):
         self._setup = encode_setup(WorkerSetup(
             cwd=os.getcwd(), path=list(sys.path), initializer=config.initializer, initargs=config.initargs,
             buffer_threshold=threshold if threshold is not None else 1 << 62, event_loop=config.event_loop,
-            env=dict(os.environ)))
+            env=dict(os.environ),
+            threads=_threads.worker_plan(config.threads_per_worker, config.max_workers)))
         self._arena = None if threshold is None else arena()
         self._threshold = threshold
         # Close frames of agent groups dropped unclosed (process/agents.py), sent with the next
@@ -444,6 +446,8 @@ class ProcessBackend(Backend):
         self._ids = itertools.count(1)
         self._start_lock = threading.Lock()
         self._closed = False
+        self._broken = None  # the PreloadError every task raises once a preload module failed
+        self._owner = os.getpid()  # a fork()ed child must not use this executor (see _check_owner)
         # The workers are forked at the first task, once the zygote has imported its function's
         # module (docs/design.md, "Zygote"); the zygote starts now.
         zygote()
@@ -455,14 +459,23 @@ class ProcessBackend(Backend):
             if self._pool is None:
                 if self._closed:
                     raise ExecutorClosedError("cannot schedule new futures after shutdown")
+                if self._broken is not None:
+                    raise self._broken  # a preload module failed: not tried again
                 config = self.config
-                pool = _core.Pool(
-                    zygote(), workers=config.max_workers, retries=config.retries,
-                    max_items_per_worker=config.max_tasks_per_worker or 0,
-                    preload=list(dict.fromkeys(config.preload)), spin_ns=self.SPIN_US * 1000,
-                    task_ring_bytes=self.RING_BYTES, result_ring_bytes=self.RING_BYTES,
-                    init_payload=self._setup, hints=_module_hints(fn), arena=self._arena,
-                    concurrency=config.concurrency)
+                try:
+                    pool = _core.Pool(
+                        zygote(), workers=config.max_workers, retries=config.retries,
+                        max_items_per_worker=config.max_tasks_per_worker or 0,
+                        preload=list(dict.fromkeys(config.preload)), spin_ns=self.SPIN_US * 1000,
+                        task_ring_bytes=self.RING_BYTES, result_ring_bytes=self.RING_BYTES,
+                        init_payload=self._setup, hints=_module_hints(fn), arena=self._arena,
+                        concurrency=config.concurrency)
+                except RuntimeError as exc:
+                    self._broken = _preload_error(exc)
+                    if self._broken is None:
+                        raise
+                if self._broken is not None:
+                    raise self._broken  # its __cause__: the import's traceback in the zygote
                 self._state = _State(pool, config.retries)
                 self._functions = self._state.functions = FunctionTable(pool, self._arena, self._threshold)
                 self._thread = threading.Thread(target=_complete, args=(self._state,),
@@ -472,7 +485,17 @@ class ProcessBackend(Backend):
                 self._pool = pool
             return self._pool
 
+    def _check_owner(self):
+        """Raises InheritedExecutorError in a fork()ed child, before the arena (the parent's)
+        or the pool is touched; the pool checks its own entry points too."""
+        if self._owner != os.getpid():
+            raise InheritedExecutorError(
+                f"shoal: this executor belongs to process {self._owner}; process {os.getpid()} is a "
+                "fork()ed child of it and cannot use it (its workers, rings and locks are the "
+                "parent's): make a new executor in the child")
+
     def _submit(self, fn, mode, data, count):
+        self._check_owner()
         if self._pool is None:
             self._start(fn)
         fn_id = self._functions.acquire(fn)
@@ -506,6 +529,7 @@ class ProcessBackend(Backend):
         """Sends a ready-made task payload to worker slot ``worker`` only (agents live there).
         If that worker dies, the future fails with WorkerCrashedError: it is not retried.
         ``refs`` are the payload's arena buffers; ``keep`` keeps them alive until it completes."""
+        self._check_owner()
         if self._pool is None:
             self._start(fn)
         fn_id = self._functions.acquire(fn)
@@ -523,7 +547,9 @@ class ProcessBackend(Backend):
         return fut
 
     def buffers(self):
-        """A collector for one payload's out-of-band buffers (None without an arena)."""
+        """A collector for one payload's out-of-band buffers (None without an arena). Agent
+        operations take it before they encode: the owner check comes first here too."""
+        self._check_owner()
         return None if self._arena is None else Buffers(self._arena, self._threshold)
 
     def submit(self, fn, args, kwargs):
@@ -579,6 +605,23 @@ class ProcessBackend(Backend):
                 self._pool.close(False)
         except Exception:
             pass
+
+
+_PRELOAD_FAILED = "shoal: preload failed in the zygote: "  # cpp/src/pool.cpp; then "module\ntraceback"
+
+
+def _preload_error(exc):
+    """The PreloadError for the Pool's RuntimeError when a preload module failed (else None)."""
+    text = str(exc)
+    if not text.startswith(_PRELOAD_FAILED):
+        return None
+    module, _, tb = text[len(_PRELOAD_FAILED):].partition("\n")
+    err = PreloadError(f"shoal: the preload module {module!r} failed to import in the zygote, so "
+                       f"no worker can start: {tb.strip().splitlines()[-1] if tb.strip() else '?'}",
+                       module=module)
+    err.__cause__ = RemoteTraceback(tb)
+    err.__suppress_context__ = True
+    return err
 
 
 def _module_hints(fn):

@@ -35,11 +35,12 @@ from .._pickle import dumps, dumps_exception, loads, pack_items
 # ------------------------------------------------------------------ worker setup (function 0)
 
 WorkerSetup = collections.namedtuple(
-    "WorkerSetup", "cwd path initializer initargs buffer_threshold event_loop env")
+    "WorkerSetup", "cwd path initializer initargs buffer_threshold event_loop env threads")
 WorkerSetup.__doc__ = """The executor's setup, run by each worker before its first task: working
 directory, sys.path, initializer and its arguments, the out-of-band buffer threshold in bytes,
-the event loop for coroutine tasks (see _aio.check_event_loop), and the driver's environment
-variables when the executor was made."""
+the event loop for coroutine tasks (see _aio.check_event_loop), the driver's environment
+variables when the executor was made, and the sizes of the native thread pools
+(``(variables, limits)`` of _threads.worker_plan, applied after the environment)."""
 
 
 def encode_setup(setup):

@@ -13,7 +13,8 @@ import sys
 import time
 from types import CoroutineType
 
-from .. import _aio, _core
+from .. import _aio, _core, _threads
+from .._import_guard import importing
 from .._arena import DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_arena
 from .._chunk import call_items
 from .._pickle import dumps, iter_items, loads_function
@@ -68,11 +69,12 @@ _threshold = DEFAULT_THRESHOLD  # the executor's buffer_threshold
 
 
 def _initialize(channel, payload, arena):
-    """Runs the executor's setup (cwd, sys.path, initializer); answers ready (with our id in
-    the arena, so the driver can reclaim our blocks if we die) or init_failed."""
+    """Runs the executor's setup (cwd, sys.path, native thread pools, initializer); answers ready
+    (with our id in the arena, so the driver can reclaim our blocks if we die) or init_failed."""
     global _threshold
     try:
-        setup = decode_setup(payload)
+        with importing("a worker loading the executor's initializer"):
+            setup = decode_setup(payload)
         _threshold = setup.buffer_threshold
         _aio.set_event_loop(setup.event_loop)
         try:
@@ -83,6 +85,8 @@ def _initialize(channel, payload, arena):
         if os.environ != setup.env:  # the zygote was started before the driver changed it
             os.environ.clear()
             os.environ.update(setup.env)
+        # Before the initializer: what it imports reads the variables set here.
+        _threads.apply(setup.threads)
         if setup.initializer is not None:
             setup.initializer(*setup.initargs)
     except BaseException as exc:  # noqa: BLE001 - every failure is reported
@@ -136,6 +140,8 @@ def _frame_handler(channel, arena, coroutines):
                                                 _core.FRAME_SHUTDOWN)
     ERROR = _core.FLAG_ERROR
     clock = time.perf_counter_ns
+    # Loading a function or arguments may import their modules: executors they create raise.
+    loading = importing("a worker loading a task's function and arguments")
 
     def handle(frame):
         kind, _flags, task_id, aux, count, payload, refs = frame
@@ -144,9 +150,10 @@ def _frame_handler(channel, arena, coroutines):
             flags = 0
             bufs = None if arena is None else Buffers(arena, _threshold, by_ref=False)
             try:
-                fn = functions.get_function(aux)
                 views = None if refs is None else [view(o, n & LENGTH, n >= READ_ONLY) for o, n in refs]
-                mode, data = decode_task(payload, views)
+                with loading:
+                    fn = functions.get_function(aux)
+                    mode, data = decode_task(payload, views)
                 if mode == TASK_CALL:
                     out = fn(*data[0], **data[1])
                     if type(out) is CoroutineType:  # the arguments' blocks live until it answers

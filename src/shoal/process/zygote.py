@@ -1,6 +1,8 @@
 """The zygote: started once per driver process with posix_spawn; forks workers on request.
 
-It is single-threaded. It imports what workers share (the worker loop, the preload modules,
+It is single-threaded, and its native thread pools stay so: before it imports anything, each
+pool the user left unset is set to one thread (_threads.zygote_defaults; each worker then sizes
+its own at setup, docs/threads.md). It imports what workers share (the worker loop, the preload modules,
 and, once idle, cloudpickle), freezes the garbage collector so forked workers do not copy those
 pages, and then serves fork and import requests from the driver's executors until the driver
 is gone.
@@ -30,11 +32,14 @@ def _import_hint(name, origin):
 
 
 def main(control_fd=3):
+    from .. import _threads
+
+    _threads.zygote_defaults()  # before anything that may load a BLAS or OpenMP runtime
     # A terminal's Ctrl-C is the driver's to handle; workers inherit this.
     import _signal  # not `signal`: it imports enum (~2 ms)
 
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
-    from .. import _core
+    from .. import _core, _import_guard
     from . import worker as _worker  # imported here so workers share it
 
     server = _core.ZygoteServer(control_fd)
@@ -59,14 +64,22 @@ def main(control_fd=3):
                     os._exit(1)
             server.forked(action, pid)
         elif action.kind == "import":
+            module = None
             try:
                 for name in action.modules:
-                    if "\t" in name:
-                        _import_hint(*name.split("\t", 1))
-                    else:
-                        importlib.import_module(name)
-            except BaseException as exc:  # noqa: BLE001 - reported to the driver
-                server.imported(action, False, f"{type(exc).__name__}: {exc}")
+                    module, _, origin = name.partition("\t")  # a hint: "module<TAB>file"
+                    # An executor the module creates raises: it would start a zygote that
+                    # imports the module again, without end (see _import_guard.py).
+                    with _import_guard.importing(f"the zygote importing {module!r} for its workers"):
+                        if origin:
+                            _import_hint(module, origin)
+                        else:
+                            importlib.import_module(module)
+                _threads.zygote_imported()
+            except BaseException:  # noqa: BLE001 - reported to the driver: the module, its traceback
+                import traceback
+
+                server.imported(action, False, f"{module}\n{traceback.format_exc()}")
             else:
                 server.imported(action, True, "")
             gc.freeze()

@@ -16,6 +16,8 @@ SYSTEMS = {
     # shoal.Pool: the drop-in for multiprocessing.Pool, measured beside it (issue 17's targets)
     "map_tiny": _CORE[:3] + ("cf_process[chunked]",) + _CORE[3:] + ("shoal.Pool",),
     "map_cpu": _CORE + ("shoal.Pool",),
+    # Native thread pools: each system as a user runs it (no thread limits set by hand).
+    "map_numpy": _CORE[:3] + ("cf_process[chunked]",) + _CORE[3:],
     "big_args": _CORE + ("shoal[direct]",),
     "big_results": _CORE,
     "startup": ("serial", "mp_pool", "mp_pool[spawn]") + _CORE[2:],
@@ -35,6 +37,7 @@ METRICS = {
     "submit_throughput": [("us_per_task", "us", True)],
     "map_tiny": [("us_per_item", "us", True)],
     "map_cpu": [("ms_total", "ms", True), ("efficiency", "ratio", False)],
+    "map_numpy": [("s_total", "s", True), ("efficiency", "ratio", False)],
     "big_args": [("ms_per_task", "ms", True), ("peak_pss_mb", "MB", True),
                  ("peak_uss_mb", "MB", True), ("steady_pss_mb", "MB", True)],
     "big_results": [("ms_per_task", "ms", True)],
@@ -57,6 +60,7 @@ SIZES = {
         "submit_throughput": {"tasks": 20000},
         "map_tiny": {"items": 200000},
         "map_cpu": {"tasks": 2000, "task_ms": 1.0},
+        "map_numpy": {"tasks": 60, "products": 20, "n": 400},
         "big_args": {"tasks": 20, "array_mb": 100},
         "big_results": {"tasks": 20, "result_mb": 50},
         "startup": {},
@@ -76,6 +80,7 @@ SIZES = {
         "submit_throughput": {"tasks": 1000},
         "map_tiny": {"items": 20000},
         "map_cpu": {"tasks": 300, "task_ms": 1.0},
+        "map_numpy": {"tasks": 20, "products": 20, "n": 400},
         "big_args": {"tasks": 6, "array_mb": 40},
         "big_results": {"tasks": 8, "result_mb": 20},
         "startup": {},

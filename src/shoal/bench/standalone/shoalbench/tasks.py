@@ -25,6 +25,22 @@ def spin(iterations):
     return x
 
 
+def matmul_chain(seed, products, n):
+    """map_numpy: ``products`` products of two n x n matrices (BLAS dgemm), from ``seed``.
+
+    The factor has spectral radius ~1 (normal entries / sqrt(n)), so 20 products neither overflow
+    nor vanish; the result is the sum of the last product (compared with a tolerance: BLAS sums
+    in another order with another number of threads)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, n))
+    b = rng.standard_normal((n, n)) / np.sqrt(n)
+    for _ in range(products):
+        a = a @ b
+    return float(a.sum())
+
+
 def array_sum(array, index):
     """big_args: reads the whole shared array, returns a float."""
     return float(array.sum()) + index
