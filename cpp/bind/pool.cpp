@@ -50,14 +50,14 @@ PyStructSequence_Field completion_fields[] = {
 
 PyStructSequence_Desc completion_desc = {
     "shoal._core.Completion",
-    "What Pool.take() and Pool.take_ready() hand over for each finished task or piece of output: "
-    "a named tuple of 10 items, (kind, flags, task_id, aux, status_kind, status_value, status_text, "
-    "worker, payload, buffers).",
+    "The items of a completion, by name. Pool.take() and Pool.take_ready() hand over each finished task or "
+    "piece of output as a plain tuple of 10 items in this order, (kind, flags, task_id, aux, status_kind, "
+    "status_value, status_text, worker, payload, buffers), which is faster to unpack than this record; "
+    "Completion(item) names one's items.",
     completion_fields, 10};
 
-RecordType<10> completion_record;
-
-/// (seq, [Completion, ...]) for the Python layer. GIL held.
+/// (seq, [completion, ...]) for the Python layer, each completion a plain tuple in
+/// Completion's order (record.hpp says why not the record). GIL held.
 nb::object completions_to_python(Pool& p, std::vector<Completion>& out, std::uint64_t seq) {
     nb::object items = nb::steal(PyList_New(static_cast<Py_ssize_t>(out.size())));
     if (!items) throw nb::python_error();
@@ -79,10 +79,10 @@ nb::object completions_to_python(Pool& p, std::vector<Completion>& out, std::uin
             status_text = c.status.describe();
             if (size != 0) status_text += " (the driver killed it: " + std::string(data, size) + ")";
         }
-        nb::object record = completion_record(static_cast<int>(c.kind), c.flags, c.task_id, c.aux,
-                                              static_cast<int>(c.status.kind), c.status.value, std::move(status_text),
-                                              c.worker, nb::bytes(data, size), std::move(buffers));
-        PyList_SET_ITEM(items.ptr(), i++, record.release().ptr());  // steals; the slots start as NULL
+        nb::object item = nb::make_tuple(static_cast<int>(c.kind), c.flags, c.task_id, c.aux,
+                                         static_cast<int>(c.status.kind), c.status.value, std::move(status_text),
+                                         c.worker, nb::bytes(data, size), std::move(buffers));
+        PyList_SET_ITEM(items.ptr(), i++, item.release().ptr());  // steals; the slots start as NULL
     }
     return nb::make_tuple(seq, items);
 }
@@ -106,8 +106,8 @@ void bind_pool(nb::module_& m) {
         }
     });
     PoolOptions const defaults{};
-    completion_record.define(m, completion_desc,
-                             "class Completion(tuple[int, int, int, int, int, int, str, int, bytes, list[Block] | None])");
+    define_record_type(m, completion_desc,
+                       "class Completion(tuple[int, int, int, int, int, int, str, int, bytes, list[Block] | None])");
     nb::class_<Pool>(m, "Pool",
                      "The driver's process pool: workers forked by the zygote, tasks in, completions out. It "
                      "has no thread of its own: the threads that call submit(), take() and join() serve it. "
@@ -202,10 +202,13 @@ void bind_pool(nb::module_& m) {
              },
              nb::arg("timeout") = -1.0, nb::arg("background") = false, nb::arg("epoch") = 0,
              nb::sig("def take(self, timeout: float = -1.0, background: bool = False, epoch: int = 0) "
-                     "-> tuple[int, list[Completion]] | None"),
+                     "-> tuple[int, list[tuple[int, int, int, int, int, int, str, int, bytes, list[Block] | None]]] "
+                     "| None"),
              "Serves the pool (drains the result rings, hears the zygote, refills the workers) until "
-             "completions are ready, and returns them as (seq, [Completion, ...]): the caller delivers them, "
-             "and batches taken by different threads are delivered in `seq` order. Releases the GIL.\n\n"
+             "completions are ready, and returns them as (seq, [completion, ...]), each completion a plain "
+             "tuple of Completion's items in its order (kind, flags, task_id, aux, status_kind, status_value, "
+             "status_text, worker, payload, buffers): the caller delivers them, and batches taken by different "
+             "threads are delivered in `seq` order. Releases the GIL.\n\n"
              "timeout: seconds to wait at most (< 0: until something completes); on timeout: (0, []).\n"
              "background: True only for the completion thread. It leaves completions to callers blocked on "
              "a result (who take them with no thread hop) and never spins.\n"
@@ -220,9 +223,11 @@ void bind_pool(nb::module_& m) {
                  p.take_ready(out, &seq);
                  return completions_to_python(p, out, seq);
              },
-             nb::sig("def take_ready(self) -> tuple[int, list[Completion]]"),
+             nb::sig("def take_ready(self) -> tuple[int, list[tuple[int, int, int, int, int, int, str, int, bytes, "
+                     "list[Block] | None]]]"),
              "The completions already drained (by submit()), without waiting or serving the pool: "
-             "(seq, [Completion, ...]) as take() numbers them, or (0, []).")
+             "(seq, [completion, ...]) as take() numbers them, each a plain tuple of Completion's items in its "
+             "order, or (0, []).")
         .def_prop_ro("epoch", &Pool::epoch,
                      "Bumped by interrupt(). Read it before checking a future and pass it to take().")
         .def("interrupt", &Pool::interrupt, nb::call_guard<nb::gil_scoped_release>(),

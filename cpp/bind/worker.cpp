@@ -1,4 +1,4 @@
-// worker.cpp (binding) — shoal._core.WorkerChannel: the worker's rings; frames as Frame records.
+// worker.cpp (binding) — shoal._core.WorkerChannel: the worker's rings; frames as plain tuples named by Frame.
 #include "shoal/frame.hpp"
 #include "shoal/worker.hpp"
 #include "arena.hpp"
@@ -28,12 +28,13 @@ PyStructSequence_Field frame_fields[] = {
 
 PyStructSequence_Desc frame_desc = {
     "shoal._core.Frame",
-    "A frame from the driver, as WorkerChannel.recv() and try_recv() hand it over: a named tuple "
-    "of 7 items, (kind, flags, task_id, aux, count, payload, refs).",
+    "The items of a frame from the driver, by name. WorkerChannel.recv() and try_recv() hand over each "
+    "frame as a plain tuple of 7 items in this order, (kind, flags, task_id, aux, count, payload, refs), "
+    "which is faster to unpack than this record; Frame(item) names one's items.",
     frame_fields, 7};
 
-RecordType<7> frame_record;
-
+/// A frame as a plain tuple in Frame's order (record.hpp says why not the record). GIL held;
+/// throws std::runtime_error on a malformed frame.
 nb::object frame_to_python(Bytes const& msg) {
     FrameView f;
     std::string error;
@@ -49,16 +50,16 @@ nb::object frame_to_python(Bytes const& msg) {
         }
         refs = l;
     }
-    return frame_record(static_cast<int>(f.header.kind), f.header.flags, f.header.task_id, f.header.aux,
-                        f.header.count,
-                        nb::bytes(reinterpret_cast<char const*>(f.payload.data()), f.payload.size()),
-                        std::move(refs));
+    return nb::make_tuple(static_cast<int>(f.header.kind), f.header.flags, f.header.task_id, f.header.aux,
+                          f.header.count,
+                          nb::bytes(reinterpret_cast<char const*>(f.payload.data()), f.payload.size()),
+                          std::move(refs));
 }
 }  // namespace
 
 void bind_worker(nb::module_& m) {
-    frame_record.define(m, frame_desc,
-                        "class Frame(tuple[int, int, int, int, int, bytes, list[tuple[int, int]] | None])");
+    define_record_type(m, frame_desc,
+                       "class Frame(tuple[int, int, int, int, int, bytes, list[tuple[int, int]] | None])");
     nb::class_<WorkerChannel>(m, "WorkerChannel",
                               "A worker's end of its two rings: frames from the driver in, result frames out. "
                               "Made by ZygoteServer.become_worker(); one thread uses it.")
@@ -73,8 +74,10 @@ void bind_worker(nb::module_& m) {
                  if (!ok) return nb::none();
                  return frame_to_python(msg);
              },
-             nb::arg("timeout") = -1.0, nb::sig("def recv(self, timeout: float = -1.0) -> Frame | None"),
-             "Waits for the next frame from the driver (spins, then sleeps on the ring; the GIL is released). "
+             nb::arg("timeout") = -1.0, nb::sig("def recv(self, timeout: float = -1.0) -> tuple[int, int, int, int, int, bytes, list[tuple[int, int]] | None] | None"),
+             "Waits for the next frame from the driver (spins, then sleeps on the ring; the GIL is released) and "
+             "returns it as a plain tuple of Frame's items in its order (kind, flags, task_id, aux, count, payload, "
+             "refs). "
              "timeout: seconds (< 0: no limit). None when the timeout passes or the stream is corrupt; "
              "raises on a malformed frame.")
         .def("try_recv",
@@ -87,8 +90,9 @@ void bind_worker(nb::module_& m) {
                  }
                  throw std::runtime_error("shoal worker: the task stream is corrupt");
              },
-             nb::sig("def try_recv(self) -> Frame | None"),
-             "The next frame if one is there, else None. Never blocks; a corrupt stream raises.")
+             nb::sig("def try_recv(self) -> tuple[int, int, int, int, int, bytes, list[tuple[int, int]] | None] | None"),
+             "The next frame if one is there, as a plain tuple of Frame's items in its order (as recv()), "
+             "else None. Never blocks; a corrupt stream raises.")
         .def("watch_fd", &WorkerChannel::watch_fd,
              "An eventfd for an event loop to watch: readable once arm() saw a frame arrive (starts the "
              "watcher thread on first call).")

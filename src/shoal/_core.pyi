@@ -113,7 +113,7 @@ class ArenaFull(MemoryError, shoal.ShoalError):
 
 class Completion(tuple[int, int, int, int, int, int, str, int, bytes, list[Block] | None]):
     """
-    What Pool.take() and Pool.take_ready() hand over for each finished task or piece of output: a named tuple of 10 items, (kind, flags, task_id, aux, status_kind, status_value, status_text, worker, payload, buffers).
+    The items of a completion, by name. Pool.take() and Pool.take_ready() hand over each finished task or piece of output as a plain tuple of 10 items in this order, (kind, flags, task_id, aux, status_kind, status_value, status_text, worker, payload, buffers), which is faster to unpack than this record; Completion(item) names one's items.
     """
 
     @property
@@ -215,9 +215,9 @@ class Pool:
     def cancel_all(self) -> list[int]:
         """Drops every task no worker has yet; returns their ids."""
 
-    def take(self, timeout: float = -1.0, background: bool = False, epoch: int = 0) -> tuple[int, list[Completion]] | None:
+    def take(self, timeout: float = -1.0, background: bool = False, epoch: int = 0) -> tuple[int, list[tuple[int, int, int, int, int, int, str, int, bytes, list[Block] | None]]] | None:
         """
-        Serves the pool (drains the result rings, hears the zygote, refills the workers) until completions are ready, and returns them as (seq, [Completion, ...]): the caller delivers them, and batches taken by different threads are delivered in `seq` order. Releases the GIL.
+        Serves the pool (drains the result rings, hears the zygote, refills the workers) until completions are ready, and returns them as (seq, [completion, ...]), each completion a plain tuple of Completion's items in its order (kind, flags, task_id, aux, status_kind, status_value, status_text, worker, payload, buffers): the caller delivers them, and batches taken by different threads are delivered in `seq` order. Releases the GIL.
 
         timeout: seconds to wait at most (< 0: until something completes); on timeout: (0, []).
         background: True only for the completion thread. It leaves completions to callers blocked on a result (who take them with no thread hop) and never spins.
@@ -226,9 +226,9 @@ class Pool:
         Returns None once the pool is closed and every worker has exited.
         """
 
-    def take_ready(self) -> tuple[int, list[Completion]]:
+    def take_ready(self) -> tuple[int, list[tuple[int, int, int, int, int, int, str, int, bytes, list[Block] | None]]]:
         """
-        The completions already drained (by submit()), without waiting or serving the pool: (seq, [Completion, ...]) as take() numbers them, or (0, []).
+        The completions already drained (by submit()), without waiting or serving the pool: (seq, [completion, ...]) as take() numbers them, each a plain tuple of Completion's items in its order, or (0, []).
         """
 
     @property
@@ -353,7 +353,7 @@ class ZygoteServer:
 
 class Frame(tuple[int, int, int, int, int, bytes, list[tuple[int, int]] | None]):
     """
-    A frame from the driver, as WorkerChannel.recv() and try_recv() hand it over: a named tuple of 7 items, (kind, flags, task_id, aux, count, payload, refs).
+    The items of a frame from the driver, by name. WorkerChannel.recv() and try_recv() hand over each frame as a plain tuple of 7 items in this order, (kind, flags, task_id, aux, count, payload, refs), which is faster to unpack than this record; Frame(item) names one's items.
     """
 
     @property
@@ -393,14 +393,14 @@ class WorkerChannel:
     A worker's end of its two rings: frames from the driver in, result frames out. Made by ZygoteServer.become_worker(); one thread uses it.
     """
 
-    def recv(self, timeout: float = -1.0) -> Frame | None:
+    def recv(self, timeout: float = -1.0) -> tuple[int, int, int, int, int, bytes, list[tuple[int, int]] | None] | None:
         """
-        Waits for the next frame from the driver (spins, then sleeps on the ring; the GIL is released). timeout: seconds (< 0: no limit). None when the timeout passes or the stream is corrupt; raises on a malformed frame.
+        Waits for the next frame from the driver (spins, then sleeps on the ring; the GIL is released) and returns it as a plain tuple of Frame's items in its order (kind, flags, task_id, aux, count, payload, refs). timeout: seconds (< 0: no limit). None when the timeout passes or the stream is corrupt; raises on a malformed frame.
         """
 
-    def try_recv(self) -> Frame | None:
+    def try_recv(self) -> tuple[int, int, int, int, int, bytes, list[tuple[int, int]] | None] | None:
         """
-        The next frame if one is there, else None. Never blocks; a corrupt stream raises.
+        The next frame if one is there, as a plain tuple of Frame's items in its order (as recv()), else None. Never blocks; a corrupt stream raises.
         """
 
     def watch_fd(self) -> int:
