@@ -10,7 +10,8 @@
 // Why not hand over the record itself: CPython's fast paths for unpacking and indexing
 // (UNPACK_SEQUENCE, BINARY_SUBSCR) are for exact tuples only. Unpacking a 10-item struct
 // sequence took ~58 ns against ~17 ns for a tuple, and handing over records made the
-// benchmark's round_trip ~6% and map_tiny ~7-9% slower than plain tuples.
+// benchmark's round_trip ~6% and map_tiny ~7-9% slower than plain tuples
+// (docs/decisions/2026-12-05-hot-path-hands-over-plain-tuples.md).
 #pragma once
 
 #include <nanobind/nanobind.h>
