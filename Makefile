@@ -13,7 +13,7 @@ NODEPS  := radcad==0.14.0
 BUILD   := build/py
 JOBS    ?= 2
 
-.PHONY: all venv apt chromium build cpp-tests test test-cpp test-python sanitize fuzz demo bench clean
+.PHONY: all venv apt chromium build stubs cpp-tests test test-cpp test-python sanitize fuzz demo bench clean
 
 all: build
 
@@ -47,6 +47,12 @@ build: $(STAMP)
 	$(VENV)/bin/cmake --build $(BUILD) -j $(JOBS)
 	for f in $(BUILD)/_core*.so; do cp $$f src/shoal/.$$(basename $$f).tmp && mv -f src/shoal/.$$(basename $$f).tmp src/shoal/$$(basename $$f); done
 	$(VPY) -m compileall -q src/shoal  # bytecode, as an installed package has (even with PYTHONDONTWRITEBYTECODE)
+
+# The type stubs of shoal._core, from the built module's signatures and docstrings (nanobind's
+# stubgen). Committed; tests/python/test_stubs.py fails when they are stale.
+STUBGEN := -m nanobind.stubgen -m shoal._core -p cpp/bind/stub_patterns.txt -q
+stubs: build
+	PYTHONPATH=src $(VPY) $(STUBGEN) -o src/shoal/_core.pyi
 
 cpp-tests: $(STAMP) apt
 	$(VENV)/bin/cmake -S . -B build/cpp -G Ninja -DSHOAL_BUILD_PYTHON=OFF -DSHOAL_BUILD_TESTS=ON \

@@ -1,8 +1,9 @@
-// pool.cpp — the driver's pool: layout of shared memory, dispatcher loop, worker lives.
+// pool.cpp — the driver's pool: layout of shared memory, serving the pool, worker lives.
 // See pool.hpp for the data flow of a task.
 #include "shoal/pool.hpp"
 #include "shoal/frame.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <poll.h>
@@ -15,6 +16,11 @@ namespace shoal {
 namespace {
 constexpr std::size_t k_page = 4096;
 std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+/// `o` with workers = 0 made one per online CPU.
+PoolOptions resolved(PoolOptions o) {
+    if (o.workers == 0) o.workers = static_cast<std::size_t>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));
+    return o;
+}
 Bytes text_bytes(std::string const& s) {
     auto const* p = reinterpret_cast<std::byte const*>(s.data());
     return Bytes(p, p + s.size());
@@ -57,9 +63,8 @@ void Pool::kill_slot_locked(std::size_t slot) noexcept {
 }
 
 Pool::Pool(ZygoteClient& zygote, PoolOptions options)
-    : m_options(std::move(options)), m_scheduler(m_options.workers, m_options.scheduler), m_owner(::getpid()) {
+    : m_options(resolved(std::move(options))), m_scheduler(m_options.workers, m_options.scheduler), m_owner(::getpid()) {
     std::size_t const n = m_options.workers;
-    if (n == 0) throw std::invalid_argument("Pool: at least one worker");
     std::size_t const tb = Ring::bytes_for(m_options.task_ring_bytes);
     std::size_t const rb = Ring::bytes_for(m_options.result_ring_bytes);
     std::size_t size = round_up(sizeof(DoorbellWord) + n * (tb + rb), k_page);
@@ -146,7 +151,7 @@ void Pool::start_worker_locked(std::size_t i) {
     try {
         send_message(m_executor.get(), m.encode(), std::span<int const>(fds, m_options.arena ? 3 : 2));
     } catch (std::system_error const&) {
-        // The zygote is gone; its EOF is handled by the dispatcher.
+        // The zygote is gone; the next thread that serves the pool reads its EOF.
         s.exited = true;
         m_scheduler.worker_died(i);
     }
@@ -190,7 +195,7 @@ bool Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t coun
     bool const had = !m_ready.empty();
     if (drain_locked() && !had && !m_ready.empty()) {
         m_ready_since_ns = now;
-        if (m_poller) wake_dispatcher();
+        if (m_poller) wake_poller();
     }
     pump_locked();
     return !m_ready.empty() && (m_ready.size() >= 16 || now - m_ready_since_ns >= 100'000);
@@ -449,7 +454,7 @@ bool Pool::results_waiting() const noexcept {
     return false;
 }
 
-void Pool::wake_dispatcher() noexcept { m_wakeup.signal(); }
+void Pool::wake_poller() noexcept { m_wakeup.signal(); }
 
 void Pool::service_locked() {
     while (drain_locked()) {}
@@ -579,7 +584,7 @@ void Pool::close(bool kill) {
                 if (!m_slots[i].exited) kill_slot_locked(i);
         }
     }
-    wake_dispatcher();
+    wake_poller();
 }
 
 void Pool::join(std::int64_t timeout_ns) {

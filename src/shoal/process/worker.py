@@ -145,7 +145,7 @@ def _frame_handler(channel, arena, coroutines):
     loading = importing("a worker loading a task's function and arguments")
 
     def handle(frame):
-        kind, _flags, task_id, aux, count, payload, refs = frame
+        kind, _flags, task_id, aux, count, payload, refs = frame  # a plain tuple in _core.Frame's order
         if kind == TASK:
             start = clock()
             flags = 0
