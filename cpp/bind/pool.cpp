@@ -108,15 +108,18 @@ void bind_pool(nb::module_& m) {
         .def("forget_function", &Pool::forget_function)
         .def("submit",
              [](Pool& p, std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count, nb::bytes payload,
-                nb::handle refs, bool concurrent, std::int64_t worker) {
-                 if (refs.is_none()) return p.submit(task_id, fn_id, count, view(payload), {}, concurrent, worker);
+                nb::handle refs, bool concurrent, std::int64_t worker, std::uint32_t limit_ms) {
+                 if (refs.is_none())
+                     return p.submit(task_id, fn_id, count, view(payload), {}, concurrent, worker, limit_ms);
                  auto r = buffer_refs(refs);
-                 return p.submit(task_id, fn_id, count, view(payload), r, concurrent, worker);
+                 return p.submit(task_id, fn_id, count, view(payload), r, concurrent, worker, limit_ms);
              },
              nb::arg("task_id"), nb::arg("fn_id"), nb::arg("count"), nb::arg("payload"),
-             nb::arg("refs") = nb::none(), nb::arg("concurrent") = false, nb::arg("worker") = -1)
+             nb::arg("refs") = nb::none(), nb::arg("concurrent") = false, nb::arg("worker") = -1,
+             nb::arg("limit_ms") = 0)
         .def("cancel", &Pool::cancel)
         .def("cancel_all", &Pool::cancel_all)
+        .def("kill", &Pool::kill)
         .def("take",
              [](Pool& p, double timeout, bool background, std::uint64_t epoch) -> nb::object {
                  std::vector<Completion> out;
@@ -154,6 +157,8 @@ void bind_pool(nb::module_& m) {
     m.attr("COMPLETION_CRASHED") = static_cast<int>(Completion::crashed);
     m.attr("COMPLETION_INIT_FAILED") = static_cast<int>(Completion::init_failed);
     m.attr("COMPLETION_BROKEN") = static_cast<int>(Completion::broken);
+    m.attr("COMPLETION_TIMED_OUT") = static_cast<int>(Completion::timed_out);
+    m.attr("COMPLETION_KILLED") = static_cast<int>(Completion::killed);
     m.attr("STATUS_EXITED") = static_cast<int>(ExitStatus::exited);
     m.attr("STATUS_SIGNALED") = static_cast<int>(ExitStatus::signaled);
 }

@@ -151,7 +151,8 @@ class ThreadBackend(_InProcess):
                 except RuntimeError:  # that loop has just closed
                     pass
 
-    def submit(self, fn, args, kwargs):
+    def submit(self, fn, args, kwargs, limit=None):
+        self.check_limit(limit)
         fut = _ThreadFuture(self)
         self._put((fut, fn, args, kwargs))
         return fut
@@ -178,7 +179,8 @@ class ThreadBackend(_InProcess):
             with self._lock:
                 self._waiting -= 1
 
-    def submit_chunk(self, fn, items, star=True):
+    def submit_chunk(self, fn, items, star=True, limit=None):
+        self.check_limit(limit)
         fut = Future()
         run = _run_chunk_async if _aio.is_coroutine_function(fn) else _run_chunk
         self._put((fut, run, (fn, items, star), {}))
@@ -264,7 +266,8 @@ class SerialBackend(_InProcess):
             result = self._coroutines.run(result)
         return result
 
-    def submit(self, fn, args, kwargs):
+    def submit(self, fn, args, kwargs, limit=None):
+        self.check_limit(limit)
         fut = Future()
         fut.set_running_or_notify_cancel()
         if self._init_error is not None:
@@ -278,7 +281,8 @@ class SerialBackend(_InProcess):
             fut._resolve(result)
         return fut
 
-    def submit_chunk(self, fn, items, star=True):
+    def submit_chunk(self, fn, items, star=True, limit=None):
+        self.check_limit(limit)
         run = _run_chunk_async if _aio.is_coroutine_function(fn) else _run_chunk
         return self.submit(run, (fn, items, star), {})
 
@@ -286,13 +290,15 @@ class SerialBackend(_InProcess):
     def slots(self):
         return 1  # agents: one block, run in the caller
 
-    def map(self, fn, args, *, star, timeout, bar, **_):
+    def map(self, fn, args, *, star, timeout, bar, limit=None, **_):
         """Each item runs when it is asked for, in the caller."""
+        self.check_limit(limit)
         self.check()
         return _serial_map(self.call, fn, args if star else ((a,) for a in args), timeout, bar)
 
     def sweep_rows(self, job, ordered, bar):
         """Every task in the caller, in order: a failing fn raises with its own traceback."""
+        self.check_limit(job.limit)
         self.check()
         return job.rows_serial(bar)
 
