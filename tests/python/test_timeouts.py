@@ -194,9 +194,15 @@ def test_kill_of_a_queued_or_finished_task(make_process_executor):
     assert ex.submit(nap, 0).result() == 0
     running = ex.submit(nap, 0.5)
     queued = [ex.submit(nap, 0) for _ in range(5)]
-    assert queued[-1].kill() and queued[-1].cancelled()
+    # Queued in the driver (dropped) or already in the worker's ring (its worker is killed):
+    # cancelled either way, and `running`, killed with it, runs again uncharged.
+    assert queued[-1].kill()
+    with pytest.raises(concurrent.futures.CancelledError):
+        queued[-1].result(timeout=5)
+    assert queued[-1].cancelled()
     done = ex.submit(nap, 0)
-    assert running.result() == 0.5
+    assert running.result(timeout=10) == 0.5
+    assert [f.result(timeout=10) for f in queued[:-1]] == [0] * 4
     done.result()
     assert not done.kill() and not done.cancelled()
 
