@@ -54,7 +54,7 @@ class Future(concurrent.futures.Future):
         replaced, and the future is cancelled (``result()`` raises CancelledError) once the
         worker is gone, within milliseconds. Other tasks queued on that worker run elsewhere,
         charged nothing. Returns True if the task was stopped (or already cancelled), False
-        if it had finished. Raises RuntimeError on the thread and serial backends (a thread
+        if it had finished (a result that arrives before its worker is gone still stands). Raises RuntimeError on the thread and serial backends (a thread
         cannot be stopped) and while an agent group without ``checkpoint=True`` lives in the
         executor (its agents would be lost with the worker)."""
         raise RuntimeError("shoal: this executor's backend runs tasks on threads or in the caller, "
