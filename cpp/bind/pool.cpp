@@ -31,7 +31,7 @@ std::vector<BufferRef> buffer_refs(nb::handle refs) {
 namespace {
 
 PyStructSequence_Field completion_fields[] = {
-    {"kind", "What happened: COMPLETION_RESULT, _OUTPUT, _CRASHED, _INIT_FAILED or _BROKEN."},
+    {"kind", "What happened: COMPLETION_RESULT, _OUTPUT, _CRASHED, _INIT_FAILED, _BROKEN, _TIMED_OUT or _KILLED."},
     {"flags", "A result: FLAG_ERROR if the task raised (payload: the pickled exception and traceback). "
               "Output: 1 for stdout, 2 for stderr."},
     {"task_id", "The task's id as given to Pool.submit (0 for output)."},
@@ -164,29 +164,37 @@ void bind_pool(nb::module_& m) {
              "Drops function `fn_id`: the workers that have it are told to forget it. Never blocks.")
         .def("submit",
              [](Pool& p, std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count, nb::bytes payload,
-                nb::handle refs, bool concurrent, std::int64_t worker) {
-                 if (refs.is_none()) return p.submit(task_id, fn_id, count, view(payload), {}, concurrent, worker);
+                nb::handle refs, bool concurrent, std::int64_t worker, std::uint32_t limit_ms) {
+                 if (refs.is_none())
+                     return p.submit(task_id, fn_id, count, view(payload), {}, concurrent, worker, limit_ms);
                  auto r = buffer_refs(refs);
-                 return p.submit(task_id, fn_id, count, view(payload), r, concurrent, worker);
+                 return p.submit(task_id, fn_id, count, view(payload), r, concurrent, worker, limit_ms);
              },
              nb::arg("task_id"), nb::arg("fn_id"), nb::arg("count"), nb::arg("payload"),
              nb::arg("refs") = nb::none(), nb::arg("concurrent") = false, nb::arg("worker") = -1,
+             nb::arg("limit_ms") = 0,
              nb::sig("def submit(self, task_id: int, fn_id: int, count: int, payload: bytes, "
                      "refs: collections.abc.Sequence[tuple[int, int]] | None = None, concurrent: bool = False, "
-                     "worker: int = -1) -> bool"),
+                     "worker: int = -1, limit_ms: int = 0) -> bool"),
              "Queues task `task_id`: function `fn_id` on `payload` (its pickled arguments), a chunk of "
              "`count` items, and hands it to a worker at once if one has room. Never blocks on workers.\n\n"
              "refs: (offset, length) of the arguments' buffers in the arena; keep them alive until the task "
              "completes.\n"
              "concurrent: a coroutine task; it counts against `concurrency`, not the adaptive in-flight limit.\n"
              "worker: a slot index to run the task there or nowhere (-1: any worker); if that worker dies, "
-             "the task completes as crashed instead of being retried.\n\n"
+             "the task completes as crashed instead of being retried.\n"
+             "limit_ms: a time limit for the task (each item of a chunk), in ms (0: none); past it the "
+             "worker is killed and the task completes as timed out, not retried.\n\n"
              "After close(), or once the pool is broken, the task completes as broken. Returns True when "
              "completions wait that the caller should deliver now (take_ready()).")
         .def("cancel", &Pool::cancel, nb::arg("task_id"),
              "Drops task `task_id` if no worker has it yet; True if it was dropped.")
         .def("cancel_all", &Pool::cancel_all,
              "Drops every task no worker has yet; returns their ids.")
+        .def("kill", &Pool::kill, nb::arg("task_id"),
+             "Stops task `task_id`: 1 if it was queued and is dropped; 2 if a worker has it: that worker "
+             "is killed and replaced and the task completes as killed (unless its result came first); "
+             "0 if the task is not here (done).")
         .def("take",
              [](Pool& p, double timeout, bool background, std::uint64_t epoch) -> nb::object {
                  std::vector<Completion> out;
@@ -253,6 +261,8 @@ void bind_pool(nb::module_& m) {
     m.attr("COMPLETION_CRASHED") = static_cast<int>(Completion::crashed);
     m.attr("COMPLETION_INIT_FAILED") = static_cast<int>(Completion::init_failed);
     m.attr("COMPLETION_BROKEN") = static_cast<int>(Completion::broken);
+    m.attr("COMPLETION_TIMED_OUT") = static_cast<int>(Completion::timed_out);
+    m.attr("COMPLETION_KILLED") = static_cast<int>(Completion::killed);
     m.attr("STATUS_EXITED") = static_cast<int>(ExitStatus::exited);
     m.attr("STATUS_SIGNALED") = static_cast<int>(ExitStatus::signaled);
 }

@@ -16,7 +16,7 @@ namespace {
 
 PyStructSequence_Field frame_fields[] = {
     {"kind", "FRAME_TASK, FRAME_FUNCTION, FRAME_FORGET or FRAME_SHUTDOWN."},
-    {"flags", "Reserved: 0 in frames from the driver."},
+    {"flags", "A task: its time limit in ms (0: none; see Pool.submit). Other frames: 0."},
     {"task_id", "A task: its id, to send back in the result frame. Otherwise 0."},
     {"aux", "A task: the id of the function to run. Function and forget: the function's id (0 in a "
             "function frame: the payload is the pickled initializer and its arguments)."},

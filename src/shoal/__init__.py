@@ -5,7 +5,7 @@ worker processes forked from a zygote, with a C++ core moving tasks through
 shared-memory rings.
 """
 __all__ = ["Executor", "Future", "AgentGroup", "ShoalError", "WorkerCrashedError", "InitializerError",
-           "PreloadError", "ExecutorShutdownError", "WorkersUnavailableError", "ExecutorClosedError",
+           "PreloadError", "ExecutorShutdownError", "WorkersUnavailableError", "TaskTimeoutError", "ExecutorClosedError",
            "InheritedExecutorError", "ImportTimeExecutorError", "CannotSendError", "DeadlockError", "RemoteTraceback", "AgentError",
            "AgentsLostError", "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats",
            "Progress", "Pool", "patch_pools", "Trace"]
@@ -20,6 +20,7 @@ _where = {
     "WorkerCrashedError": "._errors",
     "ExecutorShutdownError": "._errors",
     "WorkersUnavailableError": "._errors",
+    "TaskTimeoutError": "._errors",
     "ExecutorClosedError": "._errors",
     "InheritedExecutorError": "._errors",
     "InitializerError": "._errors",

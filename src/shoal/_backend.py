@@ -26,6 +26,7 @@ class BackendConfig(NamedTuple):
     concurrency: int = 1
     event_loop: Any = "asyncio"
     threads_per_worker: int | str | None = None  # native thread pools per worker (_threads.py)
+    task_timeout: float | None = None  # seconds a task may run; None: no limit
 
 
 class ChunkOutcome(NamedTuple):
@@ -53,12 +54,26 @@ class Backend(abc.ABC):
 
     name = "?"             # shown in reprs and messages only; never compared
     checkpoints = False    # agents' workers can die: a group can be rebuilt from checkpoints
+    stops_tasks = False    # can stop a running task (task_timeout, Future.kill())
     # The executor's _trace.Recorder while a trace is on, else None: a backend then records each
     # task (Recorder.task at submit) and fills in where and when it ran (see _trace.py).
     tracer = None
 
     def __init__(self, config: BackendConfig):
         self.config = config
+        self.check_limit(config.task_timeout)
+
+    def check_limit(self, limit):
+        """Raises ValueError if ``limit`` (a task_timeout, None for none) cannot be kept here."""
+        if limit is not None and not self.stops_tasks:
+            raise ValueError(f"shoal: the {self.name} backend runs tasks on threads or in the caller, "
+                             "and a running thread cannot be stopped, so task_timeout is not supported "
+                             "there: use backend='process' (its workers can be killed and replaced)")
+
+    def unkillable(self):
+        """Why no worker may be killed now for a task's limit or Future.kill() (the executor
+        replaces this with a check for agent groups without checkpoints), or None."""
+        return None
 
     # ---- sizes
 
@@ -93,24 +108,27 @@ class Backend(abc.ABC):
         return value
 
     @abc.abstractmethod
-    def submit(self, fn, args, kwargs):
+    def submit(self, fn, args, kwargs, limit=None):
         """Schedules ``fn(*args, **kwargs)``; returns a :class:`shoal.Future`. Arguments that
-        cannot be pickled raise here, in the caller."""
+        cannot be pickled raise here, in the caller. ``limit``: seconds the task may run
+        (only where ``stops_tasks``); past it the future fails with TaskTimeoutError."""
 
     @abc.abstractmethod
-    def submit_chunk(self, fn, items, star=True):
+    def submit_chunk(self, fn, items, star=True, limit=None):
         """Schedules one chunk of map() items (``fn(*item)`` when ``star``, else ``fn(item)``);
         returns a future of a :class:`ChunkOutcome`. A worker that dies fails it with
-        WorkerCrashedError once its retries are used up."""
+        WorkerCrashedError once its retries are used up. ``limit`` applies to each item; an
+        item past it fails the whole chunk with TaskTimeoutError."""
 
-    def map(self, fn, args, *, star, timeout, chunksize, ordered, bar, length, max_workers, concurrency):
+    def map(self, fn, args, *, star, timeout, chunksize, ordered, bar, length, max_workers, concurrency,
+            limit=None):
         """The iterator behind Executor.map: by default a bounded window of chunks in flight
         (see _mapping.MapWindow); a backend that runs in the caller overrides it."""
         from ._mapping import MapWindow
 
         return iter(MapWindow(self, fn, args, timeout=timeout, chunksize=chunksize, ordered=ordered,
                               star=star, bar=bar, length=length, max_workers=max_workers,
-                              concurrency=concurrency))
+                              concurrency=concurrency, limit=limit))
 
     def sweep_rows(self, job, ordered, bar):
         """The (index, row) generator of a sweep: by default its tasks on map's window."""

@@ -119,7 +119,7 @@ class Completion(tuple[int, int, int, int, int, int, str, int, bytes, list[Block
     @property
     def kind(self) -> int:
         """
-        What happened: COMPLETION_RESULT, _OUTPUT, _CRASHED, _INIT_FAILED or _BROKEN.
+        What happened: COMPLETION_RESULT, _OUTPUT, _CRASHED, _INIT_FAILED, _BROKEN, _TIMED_OUT or _KILLED.
         """
 
     @property
@@ -198,13 +198,14 @@ class Pool:
         Drops function `fn_id`: the workers that have it are told to forget it. Never blocks.
         """
 
-    def submit(self, task_id: int, fn_id: int, count: int, payload: bytes, refs: Sequence[tuple[int, int]] | None = None, concurrent: bool = False, worker: int = -1) -> bool:
+    def submit(self, task_id: int, fn_id: int, count: int, payload: bytes, refs: Sequence[tuple[int, int]] | None = None, concurrent: bool = False, worker: int = -1, limit_ms: int = 0) -> bool:
         """
         Queues task `task_id`: function `fn_id` on `payload` (its pickled arguments), a chunk of `count` items, and hands it to a worker at once if one has room. Never blocks on workers.
 
         refs: (offset, length) of the arguments' buffers in the arena; keep them alive until the task completes.
         concurrent: a coroutine task; it counts against `concurrency`, not the adaptive in-flight limit.
         worker: a slot index to run the task there or nowhere (-1: any worker); if that worker dies, the task completes as crashed instead of being retried.
+        limit_ms: a time limit for the task (each item of a chunk), in ms (0: none); past it the worker is killed and the task completes as timed out, not retried.
 
         After close(), or once the pool is broken, the task completes as broken. Returns True when completions wait that the caller should deliver now (take_ready()).
         """
@@ -214,6 +215,11 @@ class Pool:
 
     def cancel_all(self) -> list[int]:
         """Drops every task no worker has yet; returns their ids."""
+
+    def kill(self, task_id: int) -> int:
+        """
+        Stops task `task_id`: 1 if it was queued and is dropped; 2 if a worker has it: that worker is killed and replaced and the task completes as killed (unless its result came first); 0 if the task is not here (done).
+        """
 
     def take(self, timeout: float = -1.0, background: bool = False, epoch: int = 0) -> tuple[int, list[tuple[int, int, int, int, int, int, str, int, bytes, list[Block] | None]]] | None:
         """
@@ -280,6 +286,10 @@ COMPLETION_CRASHED: int = 3
 COMPLETION_INIT_FAILED: int = 4
 
 COMPLETION_BROKEN: int = 5
+
+COMPLETION_TIMED_OUT: int = 6
+
+COMPLETION_KILLED: int = 7
 
 STATUS_EXITED: int = 1
 
@@ -362,7 +372,9 @@ class Frame(tuple[int, int, int, int, int, bytes, list[tuple[int, int]] | None])
 
     @property
     def flags(self) -> int:
-        """Reserved: 0 in frames from the driver."""
+        """
+        A task: its time limit in ms (0: none; see Pool.submit). Other frames: 0.
+        """
 
     @property
     def task_id(self) -> int:

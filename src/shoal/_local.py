@@ -170,7 +170,8 @@ class ThreadBackend(_InProcess):
                 except RuntimeError:  # that loop has just closed
                     pass
 
-    def submit(self, fn, args, kwargs):
+    def submit(self, fn, args, kwargs, limit=None):
+        self.check_limit(limit)
         fut = _ThreadFuture(self)
         if self.tracer is not None:
             fn = _traced(self.tracer.task(fn, "call", 1), fn)
@@ -199,7 +200,8 @@ class ThreadBackend(_InProcess):
             with self._lock:
                 self._waiting -= 1
 
-    def submit_chunk(self, fn, items, star=True):
+    def submit_chunk(self, fn, items, star=True, limit=None):
+        self.check_limit(limit)
         fut = Future()
         run = _run_chunk_async if _aio.is_coroutine_function(fn) else _run_chunk
         if self.tracer is not None:
@@ -287,7 +289,8 @@ class SerialBackend(_InProcess):
             result = self._coroutines.run(result)
         return result
 
-    def submit(self, fn, args, kwargs, kind="call", items=1, name=None):
+    def submit(self, fn, args, kwargs, kind="call", items=1, name=None, limit=None):
+        self.check_limit(limit)
         fut = Future()
         fut.set_running_or_notify_cancel()
         if self._init_error is not None:
@@ -303,7 +306,8 @@ class SerialBackend(_InProcess):
             fut._resolve(result)
         return fut
 
-    def submit_chunk(self, fn, items, star=True):
+    def submit_chunk(self, fn, items, star=True, limit=None):
+        self.check_limit(limit)
         run = _run_chunk_async if _aio.is_coroutine_function(fn) else _run_chunk
         return self.submit(run, (fn, items, star), {}, "chunk", len(items), fn)
 
@@ -311,8 +315,9 @@ class SerialBackend(_InProcess):
     def slots(self):
         return 1  # agents: one block, run in the caller
 
-    def map(self, fn, args, *, star, timeout, bar, **_):
+    def map(self, fn, args, *, star, timeout, bar, limit=None, **_):
         """Each item runs when it is asked for, in the caller."""
+        self.check_limit(limit)
         self.check()
         call = self.call
         if self.tracer is not None:  # each item is a task of its own in the trace
@@ -324,6 +329,7 @@ class SerialBackend(_InProcess):
 
     def sweep_rows(self, job, ordered, bar):
         """Every task in the caller, in order: a failing fn raises with its own traceback."""
+        self.check_limit(job.limit)
         self.check()
         return job.rows_serial(bar)
 

@@ -47,8 +47,9 @@ class MapWindow:
     Not thread-safe: one consumer iterates it (or calls ``next_finished``)."""
 
     def __init__(self, backend, fn, args, *, timeout, chunksize, ordered, star=True, bar=None,
-                 length=None, max_workers=1, concurrency=1):
+                 length=None, max_workers=1, concurrency=1, limit=None):
         self._backend = backend
+        self._limit = limit  # task_timeout of each item, or None
         self._left = length  # items not yet submitted, when the input's length is known
         self._item_bytes = 0  # the most bytes per item (arguments + results) a chunk has held
         self._fn = fn
@@ -56,8 +57,10 @@ class MapWindow:
         self._bar = bar
         self._args = iter(args)
         self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._fixed = chunksize
-        self._size = chunksize or 1
+        # With a time limit, items go one per chunk unless told otherwise: a timed-out item
+        # takes its whole chunk with it (its worker dies), so it should take no other item.
+        self._fixed = chunksize or (1 if limit is not None else None)
+        self._size = self._fixed or 1
         self._ordered = ordered
         self._window = CHUNKS_PER_WORKER * max_workers
         self._target = TARGET_CHUNK_S
@@ -149,7 +152,10 @@ class MapWindow:
                     self._exhausted = True
                     break
             try:
-                fut = self._backend.submit_chunk(self._fn, items, self._star)
+                if self._limit is None:
+                    fut = self._backend.submit_chunk(self._fn, items, self._star)
+                else:
+                    fut = self._backend.submit_chunk(self._fn, items, self._star, self._limit)
             except ArenaFull:
                 # The chunks in flight hold the arena: wait for them to finish. With none in
                 # flight, a smaller chunk may fit; a single item that does not can never fit.

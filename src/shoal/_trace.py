@@ -55,7 +55,7 @@ class TaskRecord:
         self.start = self.loaded = self.ran = self.pickled = 0  # worker clock
         self.done = self.unpickle = 0                # driver: delivery, unpickling time (ns)
         self.result_bytes = self.result_arena = 0
-        self.status = "pending"  # then "ok", "error", "crashed", "failed"
+        self.status = "pending"  # then "ok", "error", "crashed", "timed out", "killed", "failed"
         self.retries = 0
         self.submit = clock()    # last: the record's own set-up is not the task's time
 

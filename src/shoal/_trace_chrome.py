@@ -37,7 +37,7 @@ def to_chrome(data):
                            "ts": _us(t["delivered"]), "dur": _us(t["driver_unpickle_s"]),
                            "args": {"task": t["task"], "bytes": t["bytes_received"], "arena": t["arena_received"]}})
         if t["started"] is None or t["worker"] < 0:
-            if t["status"] in ("crashed", "failed") and t["delivered"] is not None:
+            if t["status"] in ("crashed", "timed out", "killed", "failed") and t["delivered"] is not None:
                 events.append({"ph": "i", "s": "p", "name": f"{t['function']} {t['status']}", "cat": "failure",
                                "pid": max(t["worker"], -1) + 1, "tid": 0, "ts": _us(t["delivered"]),
                                "args": {"task": t["task"], "retries": t["retries"]}})

@@ -84,7 +84,7 @@ def analyse(data):
     sent = sum(t["bytes_sent"] + t["arena_sent"] for t in data["tasks"])
     received = sum(t["bytes_received"] + t["arena_received"] for t in data["tasks"])
     deaths = len(data["events"])
-    failed = sum(1 for t in data["tasks"] if t["status"] in ("error", "crashed", "failed"))
+    failed = sum(1 for t in data["tasks"] if t["status"] in ("error", "crashed", "timed out", "killed", "failed"))
     out = {"span": span, "workers": workers, "driver_pickling": driver_pickling, "imbalance": imbalance,
            "slowest": slowest, "sent": sent, "received": received, "tasks": len(data["tasks"]),
            "items": sum(t["items"] for t in data["tasks"]), "deaths": deaths, "failed": failed}

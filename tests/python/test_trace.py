@@ -143,6 +143,20 @@ def test_crash_after_retries_is_recorded(tmp_path, make_process_executor):
 
 
 @pytest.mark.timeout(60)
+def test_timed_out_and_killed_tasks_are_recorded_as_such(make_process_executor):
+    ex = make_process_executor()
+    with ex.trace() as t:
+        with pytest.raises(shoal.TaskTimeoutError):
+            list(ex.map(time.sleep, [30], task_timeout=0.2))
+        fut = ex.submit(time.sleep, 30)
+        time.sleep(0.3)  # it runs
+        fut.kill()
+        with pytest.raises(Exception):
+            fut.result(timeout=20)
+    assert sorted(r["status"] for r in rows_of(t)) == ["killed", "timed out"]
+
+
+@pytest.mark.timeout(60)
 def test_save_writes_chrome_trace_events(executor, tmp_path, backend):
     with executor.trace() as t:
         list(executor.map(nap, [0.002] * 20, chunksize=2))

@@ -102,6 +102,8 @@ struct Completion {
                           // payload: why the driver killed it (a malformed or oversized message), or empty
         init_failed = 4,  // a worker's initializer failed; payload: the exception
         broken = 5,       // the pool cannot run the task (initializer failed, zygote gone)
+        timed_out = 6,    // the task ran past its limit_ms: its worker killed itself (SIGALRM)
+        killed = 7,       // kill() stopped the task: its worker was killed
     };
     Kind kind = result;
     std::uint32_t flags = 0;
@@ -163,14 +165,24 @@ public:
     /// Returns true when completions wait that the caller should take with take_ready()
     /// and deliver now (16 or more, or the oldest 100 µs old): a thread submitting many tasks
     /// delivers their results itself between submits, with no thread hop (see take()).
+    /// `limit_ms > 0`: the worker arms a timer when the task (each item of a chunk) starts
+    /// and dies of SIGALRM past it; the task then completes as `timed_out`, is not retried,
+    /// and the tasks queued behind it on that worker go back to the queue uncharged. The
+    /// limit travels in the task frame's flags; without one the task costs nothing more.
     bool submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
                 std::span<std::byte const> payload, std::span<BufferRef const> refs = {},
-                bool concurrent = false, std::int64_t worker = -1);
+                bool concurrent = false, std::int64_t worker = -1, std::uint32_t limit_ms = 0);
     /// Moves the completions already drained into `out`, without waiting or serving the
     /// pool; numbers the batch like take(). Any thread.
     void take_ready(std::vector<Completion>& out, std::uint64_t* batch_seq = nullptr);
     /// Drops a task not yet handed to a worker; true if it was dropped.
     bool cancel(std::uint64_t task_id);
+    /// Stops a task: drops it if queued (returns 1); if a worker has it, asks the zygote to
+    /// SIGKILL that worker (returns 2): the task completes as `killed` once the exit is seen
+    /// (unless its result came first), and the worker's other tasks go back to the queue
+    /// uncharged; a new worker is forked as after a crash. 0: the task is not here (done).
+    /// Thread-safe; never blocks on workers.
+    int kill(std::uint64_t task_id);
     /// Drops every queued task; returns their ids.
     std::vector<std::uint64_t> cancel_all();
 
@@ -221,6 +233,7 @@ private:
         bool stopping = false;                // shutdown frame sent
         bool exited = true;
         std::string kill_reason;              // why the driver killed it (a bad message), for its tasks' crash
+        std::vector<std::uint64_t> killed;    // tasks kill() killed it for: they complete as `killed`
         std::uint32_t owner = 0;              // the worker's id in the arena (from its ready frame)
     };
 

@@ -28,6 +28,7 @@ struct Task {
     SharedBytes frame;
     bool concurrent = false;   // a coroutine task: runs beside others in the worker's event loop
     std::int64_t worker = -1;  // >= 0: pinned to this slot; -1: any worker
+    std::uint32_t limit_ms = 0;  // the worker kills itself (SIGALRM) past this run time; 0: none
 };
 
 /// Limits the scheduler keeps. The defaults are what shoal.Executor passes.
@@ -82,7 +83,15 @@ public:
     /// side) and the oldest other task (those run one at a time, in order). Tasks pinned to
     /// the slot, in flight and still queued for it, are all returned (in that order): they
     /// are never run elsewhere. The slot forgets its functions.
-    std::vector<Task> worker_died(std::size_t worker);
+    /// With `blame` (ids of tasks in flight there: the driver killed the worker for them, or
+    /// one overran its time limit) those tasks come first in what is returned, whatever their
+    /// attempts, and no other task is charged an attempt: they did not cause the death.
+    std::vector<Task> worker_died(std::size_t worker, std::vector<std::uint64_t> const& blame = {});
+    /// The task `worker` is running now, as far as the driver can tell: its oldest plain
+    /// (not concurrent) task in flight, or nullptr. Never blocks, never allocates.
+    Task const* running(std::size_t worker) const;
+    /// The slot a task was handed to and has not answered from, or -1. Never allocates.
+    std::int64_t slot_of(std::uint64_t task_id) const;
     /// A process now serves `worker` (fresh: knows no function, has run nothing). Tasks
     /// pinned to the slot while it had no worker stay queued for the new one.
     void worker_started(std::size_t worker);

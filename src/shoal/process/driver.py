@@ -33,7 +33,8 @@ from .._aio import is_coroutine_function
 from .._arena import LENGTH, READ_ONLY, Buffers, arena
 from .._backend import Backend, BackendConfig, ChunkOutcome
 from .._errors import (ExecutorClosedError, ExecutorShutdownError, InheritedExecutorError, InitializerError,
-                       PreloadError, RemoteTraceback, WorkerCrashedError, WorkersUnavailableError)
+                       PreloadError, RemoteTraceback, TaskTimeoutError, WorkerCrashedError, WorkersUnavailableError,
+                       function_name, timeout_message)
 from .._future import Future
 from .._pickle import dumps_function
 from .agents import ProcessAgentTransport
@@ -229,14 +230,15 @@ class TaskEntry:
     """A task the pool has not completed: its future, function, and what must live until it
     completes (its arguments' arena buffers)."""
 
-    __slots__ = ("future", "fn_id", "keep", "chunk", "nbytes", "trace")
+    __slots__ = ("future", "fn_id", "keep", "chunk", "nbytes", "limit", "trace")
 
-    def __init__(self, future, fn_id, keep, chunk, nbytes=0, trace=None):
+    def __init__(self, future, fn_id, keep, chunk, nbytes=0, limit=None, trace=None):
         self.future = future
         self.fn_id = fn_id
         self.keep = keep      # arena buffers of the arguments, or None
         self.chunk = chunk    # a map() chunk: resolves to a ChunkOutcome
         self.nbytes = nbytes  # a chunk's argument bytes (arena copies included)
+        self.limit = limit    # (seconds, function name) of a task with a time limit, or None
         self.trace = trace    # its _trace.TaskRecord while a trace is on, else None
 
 
@@ -252,6 +254,9 @@ class _State:
         self.functions = None
         self.order = threading.Condition()  # batches are delivered in the order taken
         self.delivered = 0
+        # A weak reference to the backend, for its unkillable(): why no worker may be killed
+        # now (weak: this state must not keep the executor alive).
+        self.backend = lambda: None
 
 
 def _deliver(state, taken):
@@ -325,6 +330,11 @@ def _deliver_batch(state, batch):
                 f"(tried {1 + state.retries} time{'s' if state.retries else ''})",
                 signal=status_value if signaled else None,
                 exitcode=None if signaled else status_value))
+        elif kind == _TIMED_OUT:
+            seconds, name = entry.limit or (0.0, "the task")
+            fut._fail(TaskTimeoutError(timeout_message(seconds, name), limit=seconds, function=name))
+        elif kind == _KILLED:
+            fut._killed()
         elif kind == _INIT_FAILED:
             err = InitializerError("the executor's initializer failed in a worker")
             try:
@@ -353,7 +363,7 @@ def _traced(state, rec, kind, flags, worker, payload, buffers):
         rec.result_bytes = len(payload)
         rec.result_arena = sum(map(len, buffers)) if buffers else 0
     else:
-        rec.status = "crashed" if kind == _CRASHED else "failed"
+        rec.status = _TRACE_STATUS.get(kind, "failed")
         if kind == _CRASHED:
             rec.retries = state.retries
 
@@ -362,6 +372,9 @@ _clock = time.perf_counter_ns
 
 _RESULT, _OUTPUT, _CRASHED, _INIT_FAILED = (_core.COMPLETION_RESULT, _core.COMPLETION_OUTPUT,
                                             _core.COMPLETION_CRASHED, _core.COMPLETION_INIT_FAILED)
+_TIMED_OUT, _KILLED = _core.COMPLETION_TIMED_OUT, _core.COMPLETION_KILLED
+_TRACE_STATUS = {_CRASHED: "crashed", _TIMED_OUT: "timed out", _KILLED: "killed"}
+_MAX_LIMIT_MS = 2**32 - 1  # the limit travels in a task frame's 32-bit flags
 _ERROR = _core.FLAG_ERROR
 
 
@@ -405,6 +418,25 @@ class _ProcessFuture(Future):
             state.functions.release(entry.fn_id)
         return True
 
+    def kill(self):
+        state = self._state_
+        if self.done():
+            return self.cancelled()
+        backend = state.backend()
+        reason = backend.unkillable() if backend is not None else None
+        if reason is not None:
+            raise RuntimeError(f"shoal: cannot kill a running task: {reason}")
+        how = state.pool.kill(self._task_id)
+        if how == 0:
+            return self.cancelled()  # it finished meanwhile
+        if how == 1:  # still queued: a plain cancel
+            entry = state.futures.pop(self._task_id, None)
+            if entry is not None:
+                state.functions.release(entry.fn_id)
+            self._canceller = None
+            return self.cancel()
+        return True  # its worker is being killed: the future is cancelled when it is gone
+
     def _help(self, timeout):
         state = self._state_
         pool = state.pool
@@ -441,6 +473,7 @@ class ProcessBackend(Backend):
 
     name = "process"
     checkpoints = True  # a worker can die: agents can be rebuilt from checkpoints
+    stops_tasks = True  # task_timeout and Future.kill() stop a running task by killing its worker
 
     # The worker spins this long on an empty task ring before it sleeps on its futex: a task
     # that comes sooner starts without a wake-up (~5-10 µs), at the cost of up to this much
@@ -503,6 +536,7 @@ class ProcessBackend(Backend):
                 if self._broken is not None:
                     raise self._broken  # its __cause__: the import's traceback in the zygote
                 self._state = _State(pool, config.retries)
+                self._state.backend = weakref.ref(self)
                 self._functions = self._state.functions = FunctionTable(pool, self._arena, self._threshold)
                 self._thread = threading.Thread(target=_complete, args=(self._state,),
                                                 name="shoal-completions", daemon=True)
@@ -520,8 +554,15 @@ class ProcessBackend(Backend):
                 "fork()ed child of it and cannot use it (its workers, rings and locks are the "
                 "parent's): make a new executor in the child")
 
-    def _submit(self, fn, mode, data, count):
+    def _submit(self, fn, mode, data, count, limit=None):
         self._check_owner()
+        limit_ms = 0
+        if limit is not None:
+            reason = self.unkillable()
+            if reason is not None:
+                raise ValueError(f"shoal: task_timeout cannot be used now: {reason}")
+            limit_ms = min(_MAX_LIMIT_MS, max(1, int(limit * 1000 + 0.5)))
+            limit = (limit, function_name(fn))
         if self._pool is None:
             self._start(fn)
         rec = self.tracer
@@ -547,9 +588,9 @@ class ProcessBackend(Backend):
             rec.pickle = _clock() - rec.submit
             rec.nbytes = len(payload)
             rec.arena = sum(n & LENGTH for _, n in refs) if refs else 0
-        self._state.futures[task_id] = TaskEntry(fut, fn_id, bufs.keep if refs else None, chunk, nbytes, rec)
+        self._state.futures[task_id] = TaskEntry(fut, fn_id, bufs.keep if refs else None, chunk, nbytes, limit, rec)
         # A coroutine task counts against the per-worker `concurrency`, not the adaptive limit.
-        if self._pool.submit(task_id, fn_id, count, payload, refs, is_coroutine_function(fn)):
+        if self._pool.submit(task_id, fn_id, count, payload, refs, is_coroutine_function(fn), -1, limit_ms):
             self._deliver_ready()
         return fut
 
@@ -591,11 +632,11 @@ class ProcessBackend(Backend):
         self._check_owner()
         return None if self._arena is None else Buffers(self._arena, self._threshold)
 
-    def submit(self, fn, args, kwargs):
-        return self._submit(fn, TASK_CALL, (args, kwargs), 1)
+    def submit(self, fn, args, kwargs, limit=None):
+        return self._submit(fn, TASK_CALL, (args, kwargs), 1, limit)
 
-    def submit_chunk(self, fn, items, star=True):
-        return self._submit(fn, TASK_CHUNK if star else TASK_CHUNK1, items, len(items))
+    def submit_chunk(self, fn, items, star=True, limit=None):
+        return self._submit(fn, TASK_CHUNK if star else TASK_CHUNK1, items, len(items), limit)
 
     def agent_transport(self, group):
         return ProcessAgentTransport(group, self)

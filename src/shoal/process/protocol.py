@@ -10,7 +10,8 @@ worker's decoder:
     FUNCTION    driver -> worker  fn id (>= 1)   dumps_function(fn)
     FUNCTION    driver -> worker  0              encode_setup(WorkerSetup)         (first frame)
     FORGET      driver -> worker  fn id          -
-    TASK        driver -> worker  fn id          encode_task(mode, data)           (modes below)
+    TASK        driver -> worker  fn id          encode_task(mode, data)           (modes below);
+                                                 flags: the task's time limit in ms, 0 for none
     RESULT      worker -> driver  run time (ns)  the reply of the task's mode; FLAG_ERROR: encode_error
     OUTPUT      worker -> driver  -              UTF-8 text; flags: OUTPUT_STDOUT or OUTPUT_STDERR
     READY       worker -> driver  arena owner    -

@@ -9,6 +9,7 @@ It leaves with os._exit so nothing inherited from the zygote runs at exit.
 import functools
 import io
 import os
+import signal
 import sys
 import time
 from types import CoroutineType
@@ -17,6 +18,7 @@ from .. import _aio, _core, _threads
 from .._import_guard import importing
 from .._arena import DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_arena
 from .._chunk import call_items
+from .._errors import function_name
 from .._pickle import dumps, iter_items, loads_function
 from . import agent_worker
 from .protocol import (OUTPUT_STDERR, OUTPUT_STDOUT, TASK_AGENTS, TASK_CALL, TASK_CHUNK, TRACED, decode_setup,
@@ -145,7 +147,7 @@ def _frame_handler(channel, arena, coroutines):
     loading = importing("a worker loading a task's function and arguments")
 
     def handle(frame):
-        kind, _flags, task_id, aux, count, payload, refs = frame  # a plain tuple in _core.Frame's order
+        kind, limit_ms, task_id, aux, count, payload, refs = frame  # a plain tuple in _core.Frame's order
         if kind == TASK:
             start = clock()
             flags = 0
@@ -159,6 +161,9 @@ def _frame_handler(channel, arena, coroutines):
                 if mode >= TRACED:
                     mode -= TRACED
                     timing = [start, clock(), 0]
+                coroutine = limit_ms and _aio.is_coroutine_function(fn)
+                if limit_ms:  # a task frame's flags hold its time limit (Pool::submit)
+                    fn = _Limited(fn, limit_ms / 1000)
                 if mode == TASK_CALL:
                     out = fn(*data[0], **data[1])
                     if type(out) is CoroutineType:  # the arguments' blocks live until it answers
@@ -169,7 +174,7 @@ def _frame_handler(channel, arena, coroutines):
                     out = dumps(out, bufs)
                 elif mode == TASK_AGENTS:
                     out = agent_worker.serve(fn, data, payload, views, bufs)
-                elif _aio.is_coroutine_function(fn):
+                elif coroutine or _aio.is_coroutine_function(fn):
                     _start_coroutine_chunk(coroutines, fn, data, mode, views, (task_id, count, start, mode, timing))
                     return
                 else:
@@ -205,6 +210,34 @@ def _frame_handler(channel, arena, coroutines):
             os._exit(0)
 
     return handle
+
+
+class _Limited:
+    """A task's function under a time limit (each call: a task, or one item of a chunk).
+
+    A plain call arms ITIMER_REAL for the limit and disarms it as soon as the call returns,
+    before the result is sent: past the limit SIGALRM's default action kills this worker,
+    whatever it is doing (a C loop holding the GIL included), and the driver, seeing the
+    signal, fails this task with TaskTimeoutError and re-queues the tasks behind it. The
+    disposition is reset to the default each time (a task may have set a handler). A call
+    that returns a coroutine is instead bounded in the event loop (_aio.limited)."""
+
+    __slots__ = ("fn", "seconds")
+
+    def __init__(self, fn, seconds):
+        self.fn = fn
+        self.seconds = seconds
+
+    def __call__(self, *args, **kwargs):
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        try:
+            out = self.fn(*args, **kwargs)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        if type(out) is CoroutineType:
+            return _aio.limited(out, self.seconds, function_name(self.fn))
+        return out
 
 
 # ---- coroutine tasks (the event loop itself is _aio.WorkerCoroutines)
