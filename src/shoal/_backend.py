@@ -100,6 +100,12 @@ class Backend(abc.ABC):
         returns a future of a :class:`ChunkOutcome`. A worker that dies fails it with
         WorkerCrashedError once its retries are used up."""
 
+    def placements(self, **options):
+        """A scope for one call (map, sweep, a joblib Parallel) in which a large buffer that
+        several items pass is placed once (``_arena.Placements``), passed as ``placements=`` to
+        ``submit``/``submit_chunk``; None (the default) where tasks get the caller's objects."""
+        return None
+
     def map(self, fn, args, *, star, timeout, chunksize, ordered, bar, length, max_workers, concurrency):
         """The iterator behind Executor.map: by default a bounded window of chunks in flight
         (see _mapping.MapWindow); a backend that runs in the caller overrides it."""

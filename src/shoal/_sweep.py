@@ -253,7 +253,6 @@ class _Sweep:
         """(index, row) for each item of a finished chunk. Under errors="keep", the items
         behind one whose result could not travel run again, and a chunk whose worker died
         runs again item by item, so that only the task that crashed is charged for it."""
-        backend = self.backend
         try:
             outcome = fut.result()
         except WorkerCrashedError as exc:
@@ -265,7 +264,7 @@ class _Sweep:
                 yield items[0][0], self.failed(items[0][0], exc)
                 return
             for item in items:
-                yield from self._settle(window, call, backend.submit_chunk(call, [item], False),
+                yield from self._settle(window, call, window.submit_chunk([item]),
                                         [item], False)
             return
         if learn:
@@ -289,7 +288,7 @@ class _Sweep:
             yield items[done][0], self.failed(items[done][0], exc)
             rest = items[done + 1:]
             if rest:
-                yield from self._settle(window, call, backend.submit_chunk(call, rest, False),
+                yield from self._settle(window, call, window.submit_chunk(rest),
                                         rest, False)
 
     def rows(self, ordered, bar):

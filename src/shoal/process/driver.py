@@ -30,7 +30,7 @@ from types import MethodType
 
 from .. import _core, _threads
 from .._aio import is_coroutine_function
-from .._arena import READ_ONLY, Buffers, arena
+from .._arena import COPY_ON_WRITE, Buffers, Placements, arena
 from .._backend import Backend, BackendConfig, ChunkOutcome
 from .._errors import (ExecutorClosedError, ExecutorShutdownError, InheritedExecutorError, InitializerError,
                        PreloadError, RemoteTraceback, WorkerCrashedError, WorkersUnavailableError)
@@ -494,12 +494,12 @@ class ProcessBackend(Backend):
                 "fork()ed child of it and cannot use it (its workers, rings and locks are the "
                 "parent's): make a new executor in the child")
 
-    def _submit(self, fn, mode, data, count):
+    def _submit(self, fn, mode, data, count, placements=None):
         self._check_owner()
         if self._pool is None:
             self._start(fn)
         fn_id = self._functions.acquire(fn)
-        bufs = None if self._arena is None else Buffers(self._arena, self._threshold)
+        bufs = None if self._arena is None else Buffers(self._arena, self._threshold, placements=placements)
         try:
             payload = encode_task(mode, data, bufs)
         except BaseException:
@@ -509,8 +509,9 @@ class ProcessBackend(Backend):
         fut = _ProcessFuture(self._state, task_id)
         refs = bufs.refs if bufs is not None and bufs.refs else None
         chunk = mode != TASK_CALL
-        # A chunk's argument bytes (arena copies included), for map()'s chunk cap.
-        nbytes = len(payload) + (sum(n for _, n in refs if n < READ_ONLY) if refs else 0) if chunk else 0
+        # A chunk's argument bytes (its own arena copies included, shared placements not), for
+        # map()'s chunk cap.
+        nbytes = len(payload) + (bufs.copied if refs else 0) if chunk else 0
         # The arguments' arena buffers live until the task completes (the entry is dropped).
         self._state.futures[task_id] = TaskEntry(fut, fn_id, bufs.keep if refs else None, chunk, nbytes)
         # A coroutine task counts against the per-worker `concurrency`, not the adaptive limit.
@@ -552,11 +553,17 @@ class ProcessBackend(Backend):
         self._check_owner()
         return None if self._arena is None else Buffers(self._arena, self._threshold)
 
-    def submit(self, fn, args, kwargs):
-        return self._submit(fn, TASK_CALL, (args, kwargs), 1)
+    def submit(self, fn, args, kwargs, placements=None):
+        return self._submit(fn, TASK_CALL, (args, kwargs), 1, placements)
 
-    def submit_chunk(self, fn, items, star=True):
-        return self._submit(fn, TASK_CHUNK if star else TASK_CHUNK1, items, len(items))
+    def submit_chunk(self, fn, items, star=True, placements=None):
+        return self._submit(fn, TASK_CHUNK if star else TASK_CHUNK1, items, len(items), placements)
+
+    def placements(self, view=COPY_ON_WRITE, arrays_above=None, reducers=None):
+        """A call's Placements (None without an arena): see _arena.Placements."""
+        if self._arena is None:
+            return None
+        return Placements(self._arena, view, arrays_above, reducers)
 
     def agent_transport(self, group):
         return ProcessAgentTransport(group, self)

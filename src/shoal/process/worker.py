@@ -15,7 +15,7 @@ from types import CoroutineType
 
 from .. import _aio, _core, _threads
 from .._import_guard import importing
-from .._arena import DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_arena
+from .._arena import COPY_ON_WRITE, DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_arena
 from .._chunk import call_items
 from .._pickle import dumps, iter_items, loads_function
 from . import agent_worker
@@ -129,10 +129,18 @@ def run(channel, arena=None):
             coroutines.serve(handle)  # the event loop, until no coroutine task is left
 
 
+def _view(arena, offset, length):
+    """A task's view of one arena reference: a fresh copy is writable, shared memory read-only,
+    and a placement several tasks share copy-on-write (a private mapping of its pages)."""
+    if length & COPY_ON_WRITE and not length & READ_ONLY:
+        return arena.private_view(offset, length & LENGTH)
+    return arena.view(offset, length & LENGTH, length >= READ_ONLY)
+
+
 def _frame_handler(channel, arena, coroutines):
     """handle(frame): runs a task (or starts it in the event loop if it is a coroutine),
     records a function, or shuts down."""
-    view = None if arena is None else arena.view  # args: a fresh copy is writable, a shared one not
+    view = None if arena is None else functools.partial(_view, arena)
     functions = _Functions()
     send = channel.send
     RESULT, TASK, FUNCTION, FORGET, SHUTDOWN = (_core.FRAME_RESULT, _core.FRAME_TASK,
@@ -150,7 +158,7 @@ def _frame_handler(channel, arena, coroutines):
             flags = 0
             bufs = None if arena is None else Buffers(arena, _threshold, by_ref=False)
             try:
-                views = None if refs is None else [view(o, n & LENGTH, n >= READ_ONLY) for o, n in refs]
+                views = None if refs is None else [view(o, n) for o, n in refs]
                 with loading:
                     fn = functions.get_function(aux)
                     mode, data = decode_task(payload, views)
