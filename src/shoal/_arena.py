@@ -149,8 +149,9 @@ class Buffers:
                 self.refs.append((offset, raw.nbytes | READ_ONLY))
                 self.keep.append(holder)
                 return len(self.refs) - 1
-        if self.placements is not None:
-            hold, flags, new = self.placements.place(raw)
+        p = self.placements
+        if p is not None and (p.arrays_above is None or (raw.nbytes > p.arrays_above and _is_array(raw.obj))):
+            hold, flags, new = p.place(raw)
             if new:
                 self.copied += raw.nbytes
             self.refs.append((hold.block.offset, raw.nbytes | flags))
@@ -233,6 +234,7 @@ class Placements:
         self.view = view
         self.arrays_above = arrays_above
         self.reducers = reducers
+        self.picklers = {}  # pickler class -> its subclass with `reducers` (_pickle._by_value)
         self.made = 0  # placements made (for tests and statistics)
         self._entries = {}
         self._dead = []  # keys of entries whose source died (queued by weakref callbacks)

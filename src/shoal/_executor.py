@@ -136,6 +136,15 @@ class Executor(concurrent.futures.Executor):
             raise TypeError(f"{fn!r} is not callable")
         return self._backend.submit(*self._backend.prepare(fn, args, kwargs))
 
+    def _submit_placed(self, placements, fn, *args):
+        """submit() within a call's Placements (the joblib backend's Parallel call), made by
+        ``self._backend.placements``; None: a plain submit."""
+        self._check_open()
+        fn, args, kwargs = self._backend.prepare(fn, args, {})
+        if placements is None:
+            return self._backend.submit(fn, args, kwargs)
+        return self._backend.submit(fn, args, kwargs, placements=placements)
+
     def map(self, fn, *iterables, timeout=None, chunksize=None, ordered=True, progress=False):
         """Lazy ``map``: reads the inputs only as far as needed to keep the workers busy,
         so it works on endless iterators with bounded memory. ``ordered=False`` yields
