@@ -139,3 +139,16 @@ def test_placements_reuse_only_the_same_live_object():
     assert new3
     assert np.frombuffer(h3.block, float)[0] == 2.0
     p.close()
+
+
+def first(a):
+    return float(a[0])
+
+
+@pytest.mark.timeout(120)
+def test_many_items_of_one_placement_in_a_chunk_map_one_view_at_a_time(backend):
+    """Chunks of thousands of items passing one array: each item's copy-on-write mapping is
+    made as the item is loaded, not all at once (vm.max_map_count is ~65,000)."""
+    big = np.zeros(MB // 8)
+    with shoal.Executor(max_workers=2, backend=backend) as ex:
+        assert list(ex.map(first, [big] * 70000, chunksize=70000)) == [0.0] * 70000

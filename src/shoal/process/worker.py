@@ -137,6 +137,37 @@ def _view(arena, offset, length):
     return arena.view(offset, length & LENGTH, length >= READ_ONLY)
 
 
+class _LazyViews:
+    """A frame's views made as the pickle reaches each one: a chunk of many items passing one
+    placement gets a copy-on-write mapping per item, and making them all up front would map the
+    block once per item at the same time (past vm.max_map_count for a large chunk)."""
+
+    __slots__ = ("_view", "_refs")
+
+    def __init__(self, view, refs):
+        self._view = view
+        self._refs = refs
+
+    def __len__(self):
+        return len(self._refs)
+
+    def __iter__(self):
+        return (self._view(o, n) for o, n in self._refs)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return (self._view(o, n) for o, n in self._refs[i])
+        o, n = self._refs[i]
+        return self._view(o, n)
+
+
+def _views(view, refs):
+    for _, n in refs:
+        if n & COPY_ON_WRITE and not n & READ_ONLY:
+            return _LazyViews(view, refs)
+    return [view(o, n) for o, n in refs]
+
+
 def _frame_handler(channel, arena, coroutines):
     """handle(frame): runs a task (or starts it in the event loop if it is a coroutine),
     records a function, or shuts down."""
@@ -158,7 +189,7 @@ def _frame_handler(channel, arena, coroutines):
             flags = 0
             bufs = None if arena is None else Buffers(arena, _threshold, by_ref=False)
             try:
-                views = None if refs is None else [view(o, n) for o, n in refs]
+                views = None if refs is None else _views(view, refs)
                 with loading:
                     fn = functions.get_function(aux)
                     mode, data = decode_task(payload, views)
