@@ -505,9 +505,13 @@ class ProcessBackend(Backend):
         except BaseException:
             self._functions.release(fn_id)
             raise
+        refs = bufs.refs if bufs is not None and bufs.refs else None
+        if refs is not None and len(refs) > _core.MAX_FRAME_BUFFERS:
+            self._functions.release(fn_id)
+            raise ValueError(f"shoal: a task of {count} item(s) passes {len(refs)} large buffers; one frame "
+                             f"carries at most {_core.MAX_FRAME_BUFFERS}: use a smaller chunksize")
         task_id = next(self._ids)
         fut = _ProcessFuture(self._state, task_id)
-        refs = bufs.refs if bufs is not None and bufs.refs else None
         chunk = mode != TASK_CALL
         # A chunk's argument bytes (its own arena copies included, shared placements not), for
         # map()'s chunk cap.

@@ -155,8 +155,9 @@ class _LazyViews:
         return (self._view(o, n) for o, n in self._refs)
 
     def __getitem__(self, i):
-        if isinstance(i, slice):
-            return (self._view(o, n) for o, n in self._refs[i])
+        if isinstance(i, slice):  # not self._refs[i]: a copy of the rest per item
+            refs, view = self._refs, self._view
+            return (view(*refs[k]) for k in range(*i.indices(len(refs))))
         o, n = self._refs[i]
         return self._view(o, n)
 
