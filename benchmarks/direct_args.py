@@ -8,7 +8,7 @@ all of them see the same machine; prints each case's median and (min, max) over 
 
 - joblib_big: Parallel(n_jobs=W)(delayed(read_one)(big, i) for i in range(20)), big 50 MB,
   read_one reads one element: seconds per call (the loky/shoal ratio is the target: >= 2x).
-- joblib_tiny: 20,000 calls of x + 1; joblib_1ms: 240 calls of ~1 ms of pure Python; seconds.
+- joblib_tiny: 100,000 calls of x + 1; joblib_1ms: 240 calls of ~1 ms of pure Python; seconds.
 - map_direct: list(ex.map(read_one, [big] * 20, range(20))): ms per task (first call after the
   pool is warm, so the one placement counts); map_share: the same over shoal.share(big).
 """
@@ -55,7 +55,7 @@ def run_case(case, workers):
         if what == "joblib_big":
             calls = [delayed(read_one)(big, i) for i in range(20)]
         elif what == "joblib_tiny":
-            calls = [delayed(plus_one)(i) for i in range(20000)]
+            calls = [delayed(plus_one)(i) for i in range(100000)]
         else:
             calls = [delayed(busy_1ms)(i) for i in range(240)]
         with Parallel(n_jobs=workers, backend=backend) as p:
