@@ -18,8 +18,11 @@ int block_getbuffer(PyObject* self, Py_buffer* view, int flags) {
     }
     // A read-only block is a view through the read-only mapping (in a worker): a C extension
     // that writes to it anyway faults here instead of changing shared data for everyone.
+    // A copy-on-write view has its own private mapping of the block's pages.
     std::byte* p = b->readonly ? const_cast<std::byte*>(b->arena->read_only_data()) : b->arena->data();
-    return PyBuffer_FillInfo(view, self, p + b->offset, static_cast<Py_ssize_t>(b->length), b->readonly ? 1 : 0,
+    p += b->offset;
+    if (b->cow.data() != nullptr) p = b->cow.data();
+    return PyBuffer_FillInfo(view, self, p, static_cast<Py_ssize_t>(b->length), b->readonly ? 1 : 0,
                              flags);
 }
 
@@ -143,6 +146,25 @@ void bind_arena(nb::module_& m) {
              nb::arg("offset"), nb::arg("length"), nb::arg("readonly") = true,
              nb::sig("def view(self, offset: int, length: int, readonly: bool = True) -> Block"),
              "A view of bytes another process placed in the arena (checked; not owned).")
+        .def("private_view",
+             [](PyArena& a, std::uint64_t offset, std::uint64_t length) {
+                 PyBlock b;
+                 try {
+                     b.cow = a.arena->private_view(offset, length);  // checks the range first
+                 } catch (std::out_of_range const&) {
+                     throw nb::value_error("shoal: a buffer reference outside the arena");
+                 }
+                 b.arena = a.arena;
+                 b.offset = offset;
+                 b.length = length;
+                 b.readonly = false;
+                 return new_block(std::move(b));
+             },
+             nb::arg("offset"), nb::arg("length"),
+             "A writable copy-on-write view of bytes in the arena (checked; not owned): reads share "
+             "the arena's pages, writes stay in this view.")
+        .def_prop_ro("blocks", [](PyArena const& a) { return a.arena->block_count(); },
+                     "Blocks in use in the whole arena (all processes).")
         .def("locate",
              [](PyArena& a, nb::handle obj) -> std::int64_t {
                  Buffer buf(obj);
@@ -164,6 +186,13 @@ void bind_arena(nb::module_& m) {
         .def_prop_ro_static("huge_page_bytes", [](nb::handle) { return Arena::huge_page_bytes(); },
                             nb::sig("def huge_page_bytes(cls, /) -> int"),
                             "The huge page size the arena's mapping is aligned to, in bytes (2 MiB if unknown).");
+
+    m.def("buffer_address",
+          [](nb::handle obj) -> std::uintptr_t {
+              Buffer buf(obj);
+              return reinterpret_cast<std::uintptr_t>(buf.view.buf);
+          },
+          nb::arg("buffer"), "The address of a contiguous buffer's first byte (an identity, never dereferenced).");
 
     // A MemoryError and a shoal.ShoalError (made first, in module.cpp).
     nb::exception<ArenaFull> arena_full(m, "ArenaFull",

@@ -142,4 +142,5 @@ void bind_worker(nb::module_& m) {
     m.attr("FRAME_READY") = static_cast<int>(FrameKind::ready);
     m.attr("FRAME_INIT_FAILED") = static_cast<int>(FrameKind::init_failed);
     m.attr("FLAG_ERROR") = k_flag_error;
+    m.attr("MAX_FRAME_BUFFERS") = k_max_frame_buffers;
 }

@@ -120,6 +120,12 @@ class Backend(abc.ABC):
         WorkerCrashedError once its retries are used up. ``limit`` applies to each item; an
         item past it fails the whole chunk with TaskTimeoutError."""
 
+    def placements(self, **options):
+        """A scope for one call (map, sweep, a joblib Parallel) in which a large buffer that
+        several items pass is placed once (``_arena.Placements``), passed as ``placements=`` to
+        ``submit``/``submit_chunk``; None (the default) where tasks get the caller's objects."""
+        return None
+
     def map(self, fn, args, *, star, timeout, chunksize, ordered, bar, length, max_workers, concurrency,
             limit=None):
         """The iterator behind Executor.map: by default a bounded window of chunks in flight

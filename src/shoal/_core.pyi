@@ -93,6 +93,15 @@ class Arena:
         A view of bytes another process placed in the arena (checked; not owned).
         """
 
+    def private_view(self, offset: int, length: int) -> object:
+        """
+        A writable copy-on-write view of bytes in the arena (checked; not owned): reads share the arena's pages, writes stay in this view.
+        """
+
+    @property
+    def blocks(self) -> int:
+        """Blocks in use in the whole arena (all processes)."""
+
     def locate(self, buffer: Buffer) -> int:
         """The offset of a contiguous buffer that lies in the arena, else -1."""
 
@@ -104,6 +113,11 @@ class Arena:
     huge_page_bytes: Final[int] = ...
     """
     The huge page size the arena's mapping is aligned to, in bytes (2 MiB if unknown).
+    """
+
+def buffer_address(buffer: object) -> int:
+    """
+    The address of a contiguous buffer's first byte (an identity, never dereferenced).
     """
 
 class ArenaFull(MemoryError, shoal.ShoalError):
@@ -469,6 +483,8 @@ FRAME_READY: int = 18
 FRAME_INIT_FAILED: int = 19
 
 FLAG_ERROR: int = 1
+
+MAX_FRAME_BUFFERS: int = 1048576
 
 def plain_items(items: list) -> bool:
     """

@@ -174,6 +174,16 @@ class Executor(concurrent.futures.Executor):
             return self._backend.submit(*self._backend.prepare(fn, args, kwargs))
         return self._backend.submit(*self._backend.prepare(fn, args, kwargs), self.task_timeout)
 
+    def _submit_placed(self, placements, fn, *args):
+        """submit() within a call's Placements (the joblib backend's Parallel call), made by
+        ``self._backend.placements``; None: a plain submit."""
+        self._check_open()
+        fn, args, kwargs = self._backend.prepare(fn, args, {})
+        options = {} if placements is None else {"placements": placements}
+        if self.task_timeout is not None:
+            options["limit"] = self.task_timeout
+        return self._backend.submit(fn, args, kwargs, **options)
+
     def map(self, fn, *iterables, timeout=None, chunksize=None, ordered=True, progress=False,
             task_timeout=None):
         """Lazy ``map``: reads the inputs only as far as needed to keep the workers busy,

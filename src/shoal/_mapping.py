@@ -78,6 +78,8 @@ class MapWindow:
         self._exhausted = False
         self._held = []  # items read but not submitted: the arena had no room for them yet
         self._input_error = None  # what reading the input raised: raised after the results before it
+        # A large buffer that several items pass is placed in the arena once for the call.
+        self.placements = backend.placements()
         self._fill()  # start now, so errors in pickling arguments show at the call
 
     # ------------------------------------------------------------------ for sweeps
@@ -111,8 +113,20 @@ class MapWindow:
         self._learn(n_items, outcome.seconds, outcome.nbytes)
         self._fill()
 
+    def submit_chunk(self, items):
+        """Submits one chunk of this call's items (sweeps resubmit failed items through it)."""
+        if self.placements is None and self._limit is None:
+            return self._backend.submit_chunk(self._fn, items, self._star)
+        options = {} if self.placements is None else {"placements": self.placements}
+        if self._limit is not None:
+            options["limit"] = self._limit
+        return self._backend.submit_chunk(self._fn, items, self._star, **options)
+
     def close(self):
-        """Cancels chunks not yet handed to a worker."""
+        """Cancels chunks not yet handed to a worker; the call's placements live on only while
+        tasks in flight use them."""
+        if self.placements is not None:
+            self.placements.close()
         self._exhausted = True
         self._held = []
         for fut, _ in self._pending:
@@ -152,10 +166,7 @@ class MapWindow:
                     self._exhausted = True
                     break
             try:
-                if self._limit is None:
-                    fut = self._backend.submit_chunk(self._fn, items, self._star)
-                else:
-                    fut = self._backend.submit_chunk(self._fn, items, self._star, self._limit)
+                fut = self.submit_chunk(items)
             except ArenaFull:
                 # The chunks in flight hold the arena: wait for them to finish. With none in
                 # flight, a smaller chunk may fit; a single item that does not can never fit.
@@ -176,6 +187,8 @@ class MapWindow:
                 fut.add_done_callback(lambda f, items=items, put=self._done.put: put((f, items)))
             # Chunks grow only from measured times (_learn): a blind ramp would hand one
             # worker 32 items of a task that turns out to take a second each.
+        if self._exhausted and not self._held and self.placements is not None:
+            self.placements.close()  # every item was read: the tasks in flight hold the rest
 
     def _remaining(self):
         if self._deadline is None:

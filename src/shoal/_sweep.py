@@ -261,7 +261,6 @@ class _Sweep:
         runs again item by item, so that only the task that crashed is charged for it. A run
         past the time limit is a row (or the error) of its own: with a limit, chunks hold one
         item."""
-        submit = self._resubmit
         try:
             outcome = fut.result()
         except (WorkerCrashedError, TaskTimeoutError) as exc:
@@ -273,7 +272,8 @@ class _Sweep:
                 yield items[0][0], self.failed(items[0][0], exc)
                 return
             for item in items:
-                yield from self._settle(window, call, submit(call, [item]), [item], False)
+                yield from self._settle(window, call, window.submit_chunk([item]),
+                                        [item], False)
             return
         if learn:
             window.learned(len(items), outcome)
@@ -296,12 +296,8 @@ class _Sweep:
             yield items[done][0], self.failed(items[done][0], exc)
             rest = items[done + 1:]
             if rest:
-                yield from self._settle(window, call, submit(call, rest), rest, False)
-
-    def _resubmit(self, call, items):
-        if self.limit is None:
-            return self.backend.submit_chunk(call, items, False)
-        return self.backend.submit_chunk(call, items, False, self.limit)
+                yield from self._settle(window, call, window.submit_chunk(rest),
+                                        rest, False)
 
     def rows(self, ordered, bar):
         return self.backend.sweep_rows(self, ordered, bar)

@@ -30,7 +30,7 @@ from types import MethodType
 
 from .. import _core, _threads
 from .._aio import is_coroutine_function
-from .._arena import LENGTH, READ_ONLY, Buffers, arena
+from .._arena import COPY_ON_WRITE, LENGTH, Buffers, Placements, arena
 from .._backend import Backend, BackendConfig, ChunkOutcome
 from .._errors import (ExecutorClosedError, ExecutorShutdownError, InheritedExecutorError, InitializerError,
                        PreloadError, RemoteTraceback, TaskTimeoutError, WorkerCrashedError, WorkersUnavailableError,
@@ -554,7 +554,7 @@ class ProcessBackend(Backend):
                 "fork()ed child of it and cannot use it (its workers, rings and locks are the "
                 "parent's): make a new executor in the child")
 
-    def _submit(self, fn, mode, data, count, limit=None):
+    def _submit(self, fn, mode, data, count, limit=None, placements=None):
         self._check_owner()
         limit_ms = 0
         if limit is not None:
@@ -569,7 +569,7 @@ class ProcessBackend(Backend):
         if rec is not None:
             rec = rec.task(fn, "call" if mode == TASK_CALL else "chunk", count)
         fn_id = self._functions.acquire(fn)
-        bufs = None if self._arena is None else Buffers(self._arena, self._threshold)
+        bufs = None if self._arena is None else Buffers(self._arena, self._threshold, placements=placements)
         try:
             payload = encode_task(mode, data, bufs, rec is not None)
         except BaseException:
@@ -577,12 +577,17 @@ class ProcessBackend(Backend):
             if rec is not None:
                 rec.status = "failed"
             raise
+        refs = bufs.refs if bufs is not None and bufs.refs else None
+        if refs is not None and len(refs) > _core.MAX_FRAME_BUFFERS:
+            self._functions.release(fn_id)
+            raise ValueError(f"shoal: a task of {count} item(s) passes {len(refs)} large buffers; one frame "
+                             f"carries at most {_core.MAX_FRAME_BUFFERS}: use a smaller chunksize")
         task_id = next(self._ids)
         fut = _ProcessFuture(self._state, task_id)
-        refs = bufs.refs if bufs is not None and bufs.refs else None
         chunk = mode != TASK_CALL
-        # A chunk's argument bytes (arena copies included), for map()'s chunk cap.
-        nbytes = len(payload) + (sum(n for _, n in refs if n < READ_ONLY) if refs else 0) if chunk else 0
+        # A chunk's argument bytes (its own arena copies included, shared placements not), for
+        # map()'s chunk cap.
+        nbytes = len(payload) + (bufs.copied if refs else 0) if chunk else 0
         # The arguments' arena buffers live until the task completes (the entry is dropped).
         if rec is not None:
             rec.pickle = _clock() - rec.submit
@@ -632,11 +637,17 @@ class ProcessBackend(Backend):
         self._check_owner()
         return None if self._arena is None else Buffers(self._arena, self._threshold)
 
-    def submit(self, fn, args, kwargs, limit=None):
-        return self._submit(fn, TASK_CALL, (args, kwargs), 1, limit)
+    def submit(self, fn, args, kwargs, limit=None, placements=None):
+        return self._submit(fn, TASK_CALL, (args, kwargs), 1, limit, placements)
 
-    def submit_chunk(self, fn, items, star=True, limit=None):
-        return self._submit(fn, TASK_CHUNK if star else TASK_CHUNK1, items, len(items), limit)
+    def submit_chunk(self, fn, items, star=True, limit=None, placements=None):
+        return self._submit(fn, TASK_CHUNK if star else TASK_CHUNK1, items, len(items), limit, placements)
+
+    def placements(self, view=COPY_ON_WRITE, arrays_above=None, reducers=None):
+        """A call's Placements (None without an arena): see _arena.Placements."""
+        if self._arena is None:
+            return None
+        return Placements(self._arena, view, arrays_above, reducers)
 
     def agent_transport(self, group):
         return ProcessAgentTransport(group, self)

@@ -16,7 +16,7 @@ from types import CoroutineType
 
 from .. import _aio, _core, _threads
 from .._import_guard import importing
-from .._arena import DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_arena
+from .._arena import COPY_ON_WRITE, DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_arena
 from .._chunk import call_items
 from .._errors import function_name
 from .._pickle import dumps, iter_items, loads_function
@@ -132,10 +132,50 @@ def run(channel, arena=None):
             coroutines.serve(handle)  # the event loop, until no coroutine task is left
 
 
+def _view(arena, offset, length):
+    """A task's view of one arena reference: a fresh copy is writable, shared memory read-only,
+    and a placement several tasks share copy-on-write (a private mapping of its pages)."""
+    if length & COPY_ON_WRITE and not length & READ_ONLY:
+        return arena.private_view(offset, length & LENGTH)
+    return arena.view(offset, length & LENGTH, length >= READ_ONLY)
+
+
+class _LazyViews:
+    """A frame's views made as the pickle reaches each one: a chunk of many items passing one
+    placement gets a copy-on-write mapping per item, and making them all up front would map the
+    block once per item at the same time (past vm.max_map_count for a large chunk)."""
+
+    __slots__ = ("_view", "_refs")
+
+    def __init__(self, view, refs):
+        self._view = view
+        self._refs = refs
+
+    def __len__(self):
+        return len(self._refs)
+
+    def __iter__(self):
+        return (self._view(o, n) for o, n in self._refs)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):  # not self._refs[i]: a copy of the rest per item
+            refs, view = self._refs, self._view
+            return (view(*refs[k]) for k in range(*i.indices(len(refs))))
+        o, n = self._refs[i]
+        return self._view(o, n)
+
+
+def _views(view, refs):
+    for _, n in refs:
+        if n & COPY_ON_WRITE and not n & READ_ONLY:
+            return _LazyViews(view, refs)
+    return [view(o, n) for o, n in refs]
+
+
 def _frame_handler(channel, arena, coroutines):
     """handle(frame): runs a task (or starts it in the event loop if it is a coroutine),
     records a function, or shuts down."""
-    view = None if arena is None else arena.view  # args: a fresh copy is writable, a shared one not
+    view = None if arena is None else functools.partial(_view, arena)
     functions = _Functions()
     send = channel.send
     RESULT, TASK, FUNCTION, FORGET, SHUTDOWN = (_core.FRAME_RESULT, _core.FRAME_TASK,
@@ -154,7 +194,7 @@ def _frame_handler(channel, arena, coroutines):
             timing = None  # [start, loaded, ran] when the driver traces this task
             bufs = None if arena is None else Buffers(arena, _threshold, by_ref=False)
             try:
-                views = None if refs is None else [view(o, n & LENGTH, n >= READ_ONLY) for o, n in refs]
+                views = None if refs is None else _views(view, refs)
                 with loading:
                     fn = functions.get_function(aux)
                     mode, data = decode_task(payload, views)

@@ -749,12 +749,41 @@ class ShoalThread(Shoal):
 
 
 class ShoalDirect(Shoal):
-    """The array passed as an ordinary argument (no shoal.share): copied into the arena per task."""
+    """The array passed as an ordinary argument (no shoal.share) to every item of one
+    ``ex.map``: placed in the arena once for the call, each task a copy-on-write view of it."""
 
     name = "shoal[direct]"
 
     def share(self, obj):
         return obj
+
+    def map_shared(self, fn, shared, n):
+        return list(self.ex.map(fn, [shared] * n, range(n)))
+
+
+class JoblibShoal(Joblib):
+    """joblib.Parallel on shoal's joblib backend (``backend="shoal"``), called as the joblib
+    peer is: arrays above max_nbytes are placed in shoal's arena once per call."""
+
+    imports = ("joblib", "shoal.joblib")
+    name = "joblib[shoal]"
+
+    def version(self):
+        return Shoal.version(self)
+
+    def start(self, **options):
+        import shoal.joblib  # noqa: F401  (registers "shoal")
+        from joblib import Parallel, delayed
+
+        self.delayed = delayed
+        self.parallel = Parallel(n_jobs=self.workers, backend="shoal")
+        self.parallel.__enter__()
+
+    def close(self):
+        self.parallel.__exit__(None, None, None)
+
+    def teardown(self):
+        pass  # shoal's idle executor is shut down at interpreter exit
 
 
 class ShoalPool(_PoolCalls, System):
@@ -780,7 +809,7 @@ class ShoalPool(_PoolCalls, System):
 
 BY_NAME = {cls.name: cls for cls in (Serial, MpPool, MpPoolSpawn, CfProcess, CfProcessChunked,
                                      CfThread, Asyncio, AsyncioUvloop, Joblib, Mpire, Ray, Dask, Shoal, ShoalThread,
-                                     ShoalDirect, ShoalPool)}
+                                     ShoalDirect, JoblibShoal, ShoalPool)}
 
 
 def make(name, workers):
