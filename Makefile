@@ -5,7 +5,8 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.shoal-deps
 PYDEPS  := nanobind scikit-build-core cloudpickle numpy pandas psutil pytest pytest-timeout ninja cmake \
-           joblib tqdm uvloop
+           joblib tqdm uvloop \
+           mpich mpi4py
 BUILD   := build/py
 JOBS    ?= 2
 
