@@ -1,0 +1,150 @@
+"""``mpiexec -n N python -m shoal.mpi [--workers-per-rank W] script.py [args...]``
+
+Rank 0 runs ``script.py`` as ``__main__``; in it, ``shoal.Executor(backend="mpi")`` runs tasks
+on ranks 1..N-1, one leader per node, each with a local pool of shoal workers. A leader starts
+its zygote *before* MPI is initialised: the workers are forked from it, never from a process
+that has MPI state (forking after MPI_Init is unsafe with several transports).
+"""
+import argparse
+import os
+import signal
+import sys
+import time
+import traceback
+
+from . import _wire
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(prog="python -m shoal.mpi", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workers-per-rank", type=int, default=None, metavar="W",
+                   help="workers per leader rank (default: the node's cores divided among its leaders)")
+    p.add_argument("--heartbeat-timeout", type=float, default=None, metavar="S",
+                   help="seconds without a message after which a leader (or the driver) counts as lost "
+                        "(default 5)")
+    p.add_argument("script", help="the Python script rank 0 runs as __main__")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    return p.parse_args(argv)
+
+
+def _ignore_failure_notices():
+    # MPICH's mpiexec, run with -disable-auto-cleanup, tells the surviving ranks that a rank died
+    # with SIGUSR1, whose default action ends the process: the driver must live to report it.
+    try:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    except (ValueError, OSError):
+        pass
+
+
+def _leaders_on_node(MPI, comm):
+    """The number of leader ranks on this node (rank 0 is not one). Collective."""
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        ranks = node.allgather(comm.Get_rank())
+    finally:
+        node.Free()
+    return max(1, sum(1 for r in ranks if r != 0))
+
+
+def _cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def main(argv=None):
+    opts = _parse(sys.argv[1:] if argv is None else argv)
+    timeout = opts.heartbeat_timeout or float(os.environ.get("SHOAL_MPI_HEARTBEAT_TIMEOUT", "5"))
+    _ignore_failure_notices()
+    rank = _wire.env_rank()
+    keep = None
+    if rank != 0:
+        # A leader (or a rank that cannot tell yet): its zygote starts now, before MPI_Init.
+        import shoal
+
+        keep = shoal.Executor(max_workers=1, backend="process")
+    MPI = _wire.init_mpi()
+    _ignore_failure_notices()
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    if comm.Get_size() < 2 and rank == 0:
+        sys.stderr.write("shoal.mpi: no leader ranks (run with mpiexec -n 2 or more); "
+                         "backend='mpi' will raise NoLeadersError\n")
+    per_node = _leaders_on_node(MPI, comm)
+    if rank == 0:
+        return _drive(MPI, comm, opts, timeout)
+    workers = opts.workers_per_rank or max(1, _cores() // per_node)
+    return _lead(MPI, comm, workers, timeout, keep)
+
+
+def _lead(MPI, comm, workers, timeout, keep):
+    from .leader import Leader
+
+    leader = Leader(comm, MPI, workers, timeout)
+    try:
+        clean = leader.serve()
+    except KeyboardInterrupt:
+        leader._close_all(kill=True)
+        os._exit(130)
+    finally:
+        keep.shutdown(wait=False)
+    if clean:
+        MPI.Finalize()
+        return 0
+    os._exit(1)  # the driver is gone: MPI_Finalize could wait for it forever
+
+
+def _drive(MPI, comm, opts, timeout):
+    from . import hub as _hub
+
+    hub = None
+    if comm.Get_size() > 1:
+        hub = _hub.Hub(comm, MPI, timeout=timeout)
+        _hub._hub = hub
+    path = opts.script
+    sys.argv = [path] + list(opts.args)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    rc = 0
+    try:
+        import runpy
+
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            rc = 0
+        elif isinstance(code, int):
+            rc = code
+        else:
+            sys.stderr.write(f"{code}\n")
+            rc = 1
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        rc = 130
+    except BaseException:  # noqa: BLE001 - shown once, here, and the job fails
+        traceback.print_exc()
+        rc = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if hub is None:
+        MPI.Finalize()
+        return rc
+    for backend in hub.backends():  # executors the script left open: their tasks finish first
+        try:
+            backend.shutdown(wait=rc == 0, kill=rc != 0)
+        except BaseException:  # noqa: BLE001 - ending anyway
+            pass
+    hub.stop(timeout=10.0 if rc == 0 else 3.0)
+    _hub._hub = None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if hub.lost or rc != 0:
+        # A lost peer can make MPI_Finalize wait forever; the leaders left were told to quit.
+        os._exit(rc or 1)
+    MPI.Finalize()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""What crosses MPI between the driver and the leaders: batches of operations, buffers apart.
+
+A message is one MPI message holding a pickled ``(ops, sizes)`` followed by one message per
+out-of-band buffer (``sizes`` says how long each is; a buffer over ``_PART`` bytes travels in
+several parts, so there is no 2 GiB limit). Messages between two ranks on one tag never overtake
+each other, so the buffers that follow a header belong to it.
+
+Payloads (a task's arguments, a function, a result) are pickled with protocol 5 where they are
+made: buffers of at least ``threshold`` bytes (numpy arrays, ``shoal.share``d data) leave the
+pickle and travel as their own MPI messages, with no copy into a pickle. Nothing here imports
+mpi4py at module level: workers import the task helpers beside it.
+"""
+import pickle
+import sys
+
+TAG_HEAD = 71   # a batch's header: pickle of (ops, buffer sizes)
+TAG_BUF = 72    # one part of one buffer of the batch before it
+_PART = 1 << 30  # at most this many bytes per MPI message (MPI counts are ints)
+DEFAULT_THRESHOLD = 64 * 1024
+
+
+def dumps(obj, threshold=DEFAULT_THRESHOLD):
+    """(pickle bytes, [contiguous memoryview]): ``obj`` pickled with protocol 5, its buffers of
+    at least ``threshold`` bytes out of band. Functions and classes of ``__main__`` (the
+    driver's script) and closures go by value through cloudpickle, as on one machine. Raises
+    the pickler's error for an object neither can pickle."""
+    bufs = []
+
+    def keep(pb):
+        try:
+            raw = pb.raw()
+        except BufferError:  # not contiguous: stays in the pickle
+            return True
+        if raw.nbytes < threshold:
+            return True
+        bufs.append(raw)
+        return False
+
+    try:
+        data = pickle.dumps(obj, 5, buffer_callback=keep)
+    except (pickle.PicklingError, AttributeError, TypeError) as first:
+        bufs.clear()
+        import cloudpickle
+
+        try:
+            data = cloudpickle.dumps(obj, 5, buffer_callback=keep)
+        except Exception:
+            raise first from None
+    else:
+        if data.find(b"__main__") >= 0:
+            import cloudpickle
+
+            bufs.clear()
+            data = cloudpickle.dumps(obj, 5, buffer_callback=keep)
+    return data, bufs
+
+
+def loads(data, buffers=()):
+    return pickle.loads(data, buffers=buffers)
+
+
+def dumps_error(exc, tb=None):
+    """(exception, traceback text) pickled; an exception that cannot be pickled becomes a
+    RuntimeError naming it, so the caller always hears of the failure."""
+    if tb is None:
+        import traceback
+
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        return pickle.dumps((exc, tb), 5)
+    except Exception:
+        try:
+            import cloudpickle
+
+            return cloudpickle.dumps((exc, tb), 5)
+        except Exception:
+            sub = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
+                               "(the exception itself could not be pickled)")
+            return pickle.dumps((sub, tb), 5)
+
+
+class Outbox:
+    """Non-blocking sends from one thread. Keeps every buffer alive until MPI is done with it."""
+
+    def __init__(self, comm, MPI):
+        self._comm = comm
+        self._MPI = MPI
+        self._pending = []  # (requests, objects kept alive)
+        self.bytes_sent = 0
+
+    def send(self, dest, ops, buffers=()):
+        comm = self._comm
+        sizes = [b.nbytes for b in buffers]
+        head = pickle.dumps((ops, sizes), 5)
+        reqs = [comm.Isend(head, dest, TAG_HEAD)]
+        self.bytes_sent += len(head)
+        for b in buffers:
+            b = b.cast("B") if b.format != "B" or b.ndim != 1 else b
+            for at in range(0, b.nbytes, _PART):
+                reqs.append(comm.Isend(b[at:at + _PART], dest, TAG_BUF))
+            self.bytes_sent += b.nbytes
+        self._pending.append((reqs, (head, buffers)))
+
+    def progress(self):
+        """Completes what MPI has sent; True while sends are pending."""
+        if self._pending:
+            Request = self._MPI.Request
+            self._pending = [p for p in self._pending if not Request.Testall(p[0])]
+        return bool(self._pending)
+
+    def flush(self, timeout):
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.progress() and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        return not self._pending
+
+
+def receive(comm, MPI, status, source=None):
+    """The next waiting message as (source rank, ops, buffers), or None if none is waiting.
+    Never blocks for a message that has not started to arrive."""
+    src = MPI.ANY_SOURCE if source is None else source
+    if not comm.Iprobe(src, TAG_HEAD, status):
+        return None
+    src = status.Get_source()
+    head = bytearray(status.Get_count(MPI.BYTE))
+    comm.Recv(head, src, TAG_HEAD)
+    ops, sizes = pickle.loads(head)
+    buffers = []
+    for n in sizes:
+        # The buffers were sent right after the header: they are already on their way.
+        buf = bytearray(n)
+        view = memoryview(buf)
+        for at in range(0, n, _PART):
+            comm.Recv(view[at:at + _PART], src, TAG_BUF)
+        buffers.append(buf)
+    if not sizes and not ops:
+        ops = []
+    return src, ops, buffers
+
+
+def env_rank():
+    """This process's rank from the launcher's environment (before MPI is initialised), or None."""
+    import os
+
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID", "PALS_RANKID"):
+        v = os.environ.get(name)
+        if v is not None and v.strip().isdigit():
+            return int(v)
+    return None
+
+
+def init_mpi():
+    """Initialises MPI (once) and returns the MPI module: a progress thread makes the calls."""
+    import mpi4py
+
+    mpi4py.rc.initialize = False
+    mpi4py.rc.finalize = False  # finalized by the launcher, and only when no peer was lost
+    from mpi4py import MPI
+
+    if not MPI.Is_initialized():
+        MPI.Init_thread(MPI.THREAD_MULTIPLE)
+    return MPI
+
+
+if sys.version_info < (3, 8):  # pragma: no cover
+    raise ImportError("shoal.mpi needs pickle protocol 5 (Python 3.8+)")

@@ -1,0 +1,100 @@
+"""MPIBackend: an executor's tasks run on the node leaders of an MPI job (see hub.py)."""
+import itertools
+import os
+import sys
+import threading
+
+from .._backend import Backend
+from .._future import Future
+from . import hub as _hub
+from ._wire import DEFAULT_THRESHOLD, dumps
+
+__all__ = ["MPIBackend"]
+
+
+class MPIBackend(Backend):
+    """Runs tasks on the leader ranks' local process pools. Built by ``make_backend("mpi", ...)``
+    in a script started with ``mpiexec -n N python -m shoal.mpi script.py``.
+
+    The workers per leader are the launcher's (``--workers-per-rank``); ``config.max_workers``
+    does not change them. The other settings (initializer, retries, preload, ...) apply to every
+    leader's local executor."""
+
+    name = "mpi"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._hub = _hub.current()
+        self._threshold = config.buffer_threshold if config.buffer_threshold is not None else DEFAULT_THRESHOLD
+        cfg = dict(initializer=config.initializer, initargs=tuple(config.initargs), retries=config.retries,
+                   preload=tuple(config.preload), max_tasks_per_worker=config.max_tasks_per_worker,
+                   buffer_threshold=config.buffer_threshold, concurrency=config.concurrency,
+                   event_loop=config.event_loop, sys_path=[os.getcwd()] + list(sys.path))
+        blob, bufs = dumps(cfg, self._threshold)  # an initializer that cannot be pickled raises here
+        self._fns = {}  # id(fn) -> (fn, fn_id): each function is pickled once per executor
+        self._fn_ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._sid = self._hub.open_session(blob, bufs, self)
+
+    @property
+    def slots(self):
+        return sum(lead.workers for lead in self._hub.live_leaders()) or 1
+
+    def _function(self, fn):
+        with self._lock:
+            entry = self._fns.get(id(fn))
+            if entry is not None and entry[0] is fn:
+                return entry[1]
+        blob, bufs = dumps(fn, self._threshold)  # raises in the caller if it cannot be pickled
+        with self._lock:
+            fn_id = next(self._fn_ids)
+            self._hub.define(self._sid, fn_id, blob, bufs)
+            self._fns[id(fn)] = (fn, fn_id)  # holds fn: its id stays its own
+            return fn_id
+
+    def _submit(self, kind, fn, payload):
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        fn_id = self._function(fn)
+        blob, bufs = dumps(payload, self._threshold)
+        return self._hub.submit(self._sid, kind, fn_id, blob, bufs, Future())
+
+    def submit(self, fn, args, kwargs):
+        return self._submit(_hub.CALL, fn, (args, kwargs))
+
+    def submit_chunk(self, fn, items, star=True):
+        return self._submit(_hub.CHUNK, fn, (list(items), star))
+
+    def agent_transport(self, group):
+        raise NotImplementedError("shoal: agents on the MPI backend are not built yet")
+
+    def worker_pids(self):
+        """The live leaders' workers (process ids on their own hosts)."""
+        return [p for lead in self._hub.live_leaders() for p in lead.pids.get(self._sid, ())]
+
+    def cancel_all(self):
+        self._hub.cancel_session(self._sid)
+
+    def shutdown(self, wait, kill=False):
+        with self._lock:
+            first, self._closed = not self._closed, True
+        if kill:
+            self.cancel_all()
+        if not first and not kill:
+            if wait:
+                self._hub.wait_session(self._sid)
+            return
+
+        def close():
+            if not kill:
+                self._hub.wait_session(self._sid)
+            try:
+                self._hub.close_session(self._sid, kill)
+            except Exception as exc:  # noqa: BLE001 - a lost leader was already reported
+                sys.stderr.write(f"shoal.mpi: closing the leaders' executors: {exc}\n")
+
+        if wait:
+            close()
+        else:
+            threading.Thread(target=close, name="shoal-mpi-shutdown", daemon=True).start()

@@ -1,0 +1,217 @@
+"""A node leader: relays tasks between MPI and this node's shoal process pool.
+
+    driver ──MPI batch──► leader main loop ──Executor.submit──► zygote's workers (rings, arena)
+    driver ◄─MPI batch─── leader main loop ◄─done callbacks──── local futures
+
+The leader's zygote is started before MPI is initialised (see ``__main__``); its workers are
+forked by the zygote, never by this process, and never touch MPI. One local executor per
+driver-side executor ("session"), built with that executor's settings. The loop never makes
+a blocking MPI call: it probes, and sleeps a little longer each time nothing happened, up to
+``_IDLE_SLEEP`` (a blocking MPI receive would spin a core that the workers need).
+"""
+import collections
+import functools
+import os
+import socket
+import sys
+import threading
+import time
+
+from ._tasks import run_chunk
+from ._wire import DEFAULT_THRESHOLD, Outbox, dumps, dumps_error, loads, receive
+
+HEARTBEAT_S = 1.0      # a leader that sent nothing for this long sends a heartbeat
+_IDLE_SLEEP = 0.005    # the longest nap between probes once idle (≈0.3 % of a core)
+
+
+def _backoff(idle):
+    """How long to nap after ``idle`` seconds without traffic: ~0 at first, so that a round
+    trip stays fast, a few milliseconds once the traffic has stopped."""
+    if idle < 0.001:
+        return 0.0
+    if idle < 0.01:
+        return 0.00005
+    if idle < 0.1:
+        return 0.0005
+    return _IDLE_SLEEP
+
+
+class _Session:
+    __slots__ = ("executor", "functions", "runners", "threshold")
+
+    def __init__(self, executor, threshold):
+        self.executor = executor
+        self.functions = {}  # fn_id -> function, or the exception its pickle raised
+        self.runners = {}    # (fn_id, star) -> partial(run_chunk, fn, star): pickled once locally
+        self.threshold = threshold
+
+
+class Leader:
+    def __init__(self, comm, MPI, workers, timeout):
+        self.comm = comm
+        self.MPI = MPI
+        self.workers = workers
+        self.timeout = timeout
+        self.outbox = Outbox(comm, MPI)
+        self.sessions = {}
+        self.done = collections.deque()   # (task id, is chunk, local future, session)
+        self.replies = collections.deque()  # ops ready to send from other threads
+        self.wake = threading.Event()
+
+    # ---------------------------------------------------------------- main loop
+
+    def serve(self):
+        """Serves until the driver says quit (returns True) or goes silent (returns False)."""
+        comm, MPI = self.comm, self.MPI
+        status = MPI.Status()
+        self.outbox.send(0, [("hello", socket.gethostname(), os.getpid(), self.workers)])
+        now = time.monotonic()
+        last_heard = last_sent = last_active = now
+        wake = self.wake
+        while True:
+            heard = False
+            while True:
+                msg = receive(comm, MPI, status, 0)
+                if msg is None:
+                    break
+                heard = True
+                _, ops, bufs = msg
+                for op in ops:
+                    if op[0] == "quit":
+                        self._close_all(kill=False)
+                        self.outbox.send(0, [("bye",)])
+                        self.outbox.flush(5.0)
+                        return True
+                    self._handle(op, bufs)
+            ops, bufs = self._finished()
+            if ops:
+                self.outbox.send(0, ops, bufs)
+            self.outbox.progress()
+            now = time.monotonic()
+            if heard:  # the driver pings at least every second
+                last_heard = last_active = now
+            if ops:
+                last_sent = last_active = now
+            elif now - last_sent > HEARTBEAT_S:
+                self.outbox.send(0, [("beat",)])
+                last_sent = now
+            if now - last_heard > self.timeout:
+                sys.stderr.write(f"shoal.mpi: leader rank {comm.Get_rank()} heard nothing from the driver "
+                                 f"for {self.timeout:g} s; stopping\n")
+                self._close_all(kill=True)
+                return False
+            nap = _backoff(now - last_active)
+            if nap == 0.0:
+                time.sleep(0)  # lets the local executor's threads deliver completions
+            else:
+                wake.wait(nap)
+                wake.clear()
+
+    # ---------------------------------------------------------------- driver operations
+
+    def _handle(self, op, bufs):
+        kind = op[0]
+        if kind == "call" or kind == "chunk":
+            _, sid, tid, fn_id, blob, b0, nb = op
+            sess = self.sessions.get(sid)
+            try:
+                if sess is None:
+                    raise RuntimeError(f"shoal.mpi: no session {sid} on this leader")
+                fn = sess.functions[fn_id]
+                if isinstance(fn, BaseException):
+                    raise fn
+                payload = loads(blob, bufs[b0:b0 + nb])
+                if kind == "call":
+                    args, kwargs = payload
+                    fut = sess.executor.submit(fn, *args, **kwargs)
+                else:
+                    items, star = payload
+                    runner = sess.runners.get((fn_id, star))
+                    if runner is None:
+                        runner = sess.runners[(fn_id, star)] = functools.partial(run_chunk, fn, star)
+                    fut = sess.executor.submit(runner, items)
+            except BaseException as exc:  # noqa: BLE001 - this task fails, the leader goes on
+                self.replies.append((("err", tid, dumps_error(exc)), ()))
+                return
+            done, wake, chunk = self.done, self.wake, kind == "chunk"
+            fut.add_done_callback(lambda f: (done.append((tid, chunk, f, sess)), wake.set()))
+        elif kind == "fn":
+            _, sid, fn_id, blob, b0, nb = op
+            sess = self.sessions.get(sid)
+            if sess is not None:
+                try:
+                    sess.functions[fn_id] = loads(blob, bufs[b0:b0 + nb])
+                except BaseException as exc:  # noqa: BLE001 - its tasks fail with this
+                    sess.functions[fn_id] = exc
+        elif kind == "open":
+            _, sid, blob, b0, nb = op
+            self._open(sid, loads(blob, bufs[b0:b0 + nb]))
+        elif kind == "close":
+            _, sid, kill = op
+            self._close(sid, kill)
+        # "ping": nothing to do; hearing it is the point.
+
+    def _open(self, sid, cfg):
+        import shoal
+
+        try:
+            for p in reversed(cfg.pop("sys_path")):  # the driver's script folder, its modules
+                if p not in sys.path:
+                    sys.path.insert(0, p)
+            threshold = cfg.get("buffer_threshold") or DEFAULT_THRESHOLD
+            ex = shoal.Executor(max_workers=self.workers, backend="process", **cfg)
+            self.sessions[sid] = _Session(ex, threshold)
+            pids = ex.worker_pids()
+            self.replies.append((("opened", sid, pids), ()))
+        except BaseException as exc:  # noqa: BLE001 - told to the driver
+            self.replies.append((("open_failed", sid, dumps_error(exc)), ()))
+
+    def _close(self, sid, kill):
+        sess = self.sessions.pop(sid, None)
+
+        def close():
+            if sess is not None:
+                sess.executor.shutdown(wait=True, cancel_futures=kill)
+            self.replies.append((("closed", sid), ()))
+            self.wake.set()
+
+        threading.Thread(target=close, name="shoal-mpi-close", daemon=True).start()
+
+    def _close_all(self, kill):
+        for sid in list(self.sessions):
+            sess = self.sessions.pop(sid)
+            try:
+                if kill:
+                    sess.executor.shutdown(wait=True, cancel_futures=True)
+                else:
+                    sess.executor.shutdown(wait=True)
+            except BaseException:  # noqa: BLE001 - leaving anyway
+                pass
+
+    # ---------------------------------------------------------------- results
+
+    def _finished(self):
+        """The ops and buffers of everything finished since the last call."""
+        ops, bufs = [], []
+        replies = self.replies
+        while replies:
+            op, b = replies.popleft()
+            ops.append(op)
+            bufs.extend(b)
+        done = self.done
+        while done:
+            tid, chunk, fut, sess = done.popleft()
+            exc = fut.exception()
+            if exc is None:
+                try:
+                    blob, b = dumps(fut.result(), sess.threshold)
+                except BaseException as e:  # noqa: BLE001 - a result that cannot travel fails alone
+                    ops.append(("err", tid, dumps_error(e)))
+                    continue
+                ops.append(("ok", tid, blob, len(bufs), len(b)))
+                bufs.extend(b)
+            else:
+                cause = exc.__cause__
+                tb = getattr(cause, "tb", None) if type(cause).__name__ == "RemoteTraceback" else None
+                ops.append(("err", tid, dumps_error(exc, tb or "")))
+        return ops, bufs
