@@ -10,6 +10,7 @@ made: buffers of at least ``threshold`` bytes (numpy arrays, ``shoal.share``d da
 pickle and travel as their own MPI messages, with no copy into a pickle. Nothing here imports
 mpi4py at module level: workers import the task helpers beside it.
 """
+import os
 import pickle
 import sys
 
@@ -138,6 +139,23 @@ def receive(comm, MPI, status, source=None):
     if not sizes and not ops:
         ops = []
     return src, ops, buffers
+
+
+_SPIN_S = float(os.environ.get("SHOAL_MPI_SPIN_S", "0.001"))
+_SHORT_NAP = float(os.environ.get("SHOAL_MPI_SHORT_NAP", "0.0001"))
+IDLE_NAP = 0.005  # the longest nap between probes once idle (≈0.3 % of a core)
+
+
+def backoff(idle):
+    """How long to nap after ``idle`` seconds without traffic: almost nothing at first, so
+    that a round trip stays fast, a few milliseconds once the traffic has stopped."""
+    if idle < _SPIN_S:
+        return 0.0
+    if idle < 0.01:
+        return _SHORT_NAP
+    if idle < 0.1:
+        return 0.0005
+    return IDLE_NAP
 
 
 def env_rank():

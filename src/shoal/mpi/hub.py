@@ -19,11 +19,10 @@ import time
 
 from .._errors import RemoteTraceback
 from ._errors import LeaderLostError, NoLeadersError
-from ._wire import Outbox, loads, receive
+from ._wire import IDLE_NAP, Outbox, backoff, loads, receive
 
 PING_S = 1.0
 DEFAULT_TIMEOUT_S = 5.0
-_IDLE_SLEEP = 0.005
 CALL, CHUNK = "call", "chunk"
 
 _hub = None
@@ -248,21 +247,15 @@ class Hub:
                 self._heartbeats(now)
                 if active:
                     last_active = now
-                idle = now - last_active
-                inflight = any(lead.inflight for lead in self.leaders.values())
-                if idle < 0.001 and inflight:
-                    time.sleep(0)
-                    continue
-                if not inflight:
-                    nap = _IDLE_SLEEP
-                elif idle < 0.01:
-                    nap = 0.00005
-                elif idle < 0.1:
-                    nap = 0.0005
+                if any(lead.inflight for lead in self.leaders.values()):
+                    nap = backoff(now - last_active)
                 else:
-                    nap = _IDLE_SLEEP
-                self._wake.wait(nap)
-                self._wake.clear()
+                    nap = IDLE_NAP  # nothing to wait for: a submit wakes us at once
+                if nap == 0.0:
+                    time.sleep(0)
+                else:
+                    self._wake.wait(nap)
+                    self._wake.clear()
         except BaseException as exc:  # noqa: BLE001 - never die silently: fail what waits
             sys.stderr.write(f"shoal.mpi: the progress thread failed: {exc!r}\n")
             for lead in self.live_leaders():

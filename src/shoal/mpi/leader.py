@@ -6,8 +6,9 @@
 The leader's zygote is started before MPI is initialised (see ``__main__``); its workers are
 forked by the zygote, never by this process, and never touch MPI. One local executor per
 driver-side executor ("session"), built with that executor's settings. The loop never makes
-a blocking MPI call: it probes, and sleeps a little longer each time nothing happened, up to
-``_IDLE_SLEEP`` (a blocking MPI receive would spin a core that the workers need).
+a blocking MPI call: it probes, and naps a little longer each time nothing happened, up to
+``_wire.IDLE_NAP`` (a blocking MPI receive would spin a core that the workers need). While
+local tasks run it waits on one of them instead, which takes their results in this thread.
 """
 import collections
 import functools
@@ -16,24 +17,12 @@ import socket
 import sys
 import threading
 import time
+from concurrent.futures import CancelledError, TimeoutError
 
 from ._tasks import run_chunk
-from ._wire import DEFAULT_THRESHOLD, Outbox, dumps, dumps_error, loads, receive
+from ._wire import DEFAULT_THRESHOLD, Outbox, backoff, dumps, dumps_error, loads, receive
 
 HEARTBEAT_S = 1.0      # a leader that sent nothing for this long sends a heartbeat
-_IDLE_SLEEP = 0.005    # the longest nap between probes once idle (≈0.3 % of a core)
-
-
-def _backoff(idle):
-    """How long to nap after ``idle`` seconds without traffic: ~0 at first, so that a round
-    trip stays fast, a few milliseconds once the traffic has stopped."""
-    if idle < 0.001:
-        return 0.0
-    if idle < 0.01:
-        return 0.00005
-    if idle < 0.1:
-        return 0.0005
-    return _IDLE_SLEEP
 
 
 class _Session:
@@ -54,6 +43,7 @@ class Leader:
         self.timeout = timeout
         self.outbox = Outbox(comm, MPI)
         self.sessions = {}
+        self.running = {}  # task id -> local future, oldest first
         self.done = collections.deque()   # (task id, is chunk, local future, session)
         self.replies = collections.deque()  # ops ready to send from other threads
         self.wake = threading.Event()
@@ -100,9 +90,19 @@ class Leader:
                                  f"for {self.timeout:g} s; stopping\n")
                 self._close_all(kill=True)
                 return False
-            nap = _backoff(now - last_active)
-            if nap == 0.0:
-                time.sleep(0)  # lets the local executor's threads deliver completions
+            nap = backoff(now - last_active)
+            running = self.running
+            if running and not self.done:
+                # Wait on a local task itself: a waiting caller takes the pool's results in
+                # this thread (no hand-over from the pool's completion thread), and the
+                # wait does not hold the GIL. MPI is probed again within a millisecond.
+                try:
+                    oldest = next(iter(running.values()))
+                    oldest.exception(timeout=min(max(nap, 0.0002), 0.001))
+                except (RuntimeError, StopIteration, TimeoutError, CancelledError):
+                    pass
+            elif nap == 0.0:
+                time.sleep(0)
             else:
                 wake.wait(nap)
                 wake.clear()
@@ -133,8 +133,9 @@ class Leader:
             except BaseException as exc:  # noqa: BLE001 - this task fails, the leader goes on
                 self.replies.append((("err", tid, dumps_error(exc)), ()))
                 return
-            done, wake, chunk = self.done, self.wake, kind == "chunk"
-            fut.add_done_callback(lambda f: (done.append((tid, chunk, f, sess)), wake.set()))
+            done, wake, chunk, running = self.done, self.wake, kind == "chunk", self.running
+            running[tid] = fut
+            fut.add_done_callback(lambda f: (running.pop(tid, None), done.append((tid, chunk, f, sess)), wake.set()))
         elif kind == "fn":
             _, sid, fn_id, blob, b0, nb = op
             sess = self.sessions.get(sid)
