@@ -53,11 +53,44 @@ def _cores():
         return os.cpu_count() or 1
 
 
+def _supervise(argv):
+    """Runs this rank's leader as a child process and returns its exit status as an exit code.
+
+    mpiexec (MPICH's hydra, even with -disable-auto-cleanup) ends the whole job when one of its
+    own children dies of a signal, so the driver would be killed before it could report the lost
+    leader. The leader therefore runs one process below the rank mpiexec started: if it dies,
+    this process exits with 128 + the signal, and the other ranks live on. The child inherits
+    the launcher's environment and descriptors, so it is the MPI process of this rank."""
+    import subprocess
+
+    env = dict(os.environ, SHOAL_MPI_SUPERVISED="1")
+    child = subprocess.Popen([sys.executable, "-m", "shoal.mpi"] + argv, env=env, close_fds=False)  # PMI_FD
+
+    def forward(signum, frame):
+        try:
+            child.send_signal(signum)
+        except OSError:
+            pass
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            code = child.wait()
+            break
+        except KeyboardInterrupt:
+            continue
+    return 128 - code if code < 0 else code
+
+
 def main(argv=None):
-    opts = _parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    opts = _parse(argv)
     timeout = opts.heartbeat_timeout or float(os.environ.get("SHOAL_MPI_HEARTBEAT_TIMEOUT", "5"))
     _ignore_failure_notices()
     rank = _wire.env_rank()
+    if rank is not None and rank != 0 and not os.environ.get("SHOAL_MPI_SUPERVISED"):
+        return _supervise(argv)
     keep = None
     if rank != 0:
         # A leader (or a rank that cannot tell yet): its zygote starts now, before MPI_Init.
@@ -83,16 +116,19 @@ def _lead(MPI, comm, workers, timeout, keep):
 
     leader = Leader(comm, MPI, workers, timeout)
     try:
-        clean = leader.serve()
+        finalize = leader.serve()
     except KeyboardInterrupt:
         leader._close_all(kill=True)
         os._exit(130)
     finally:
         keep.shutdown(wait=False)
-    if clean:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if finalize:
         MPI.Finalize()
         return 0
-    os._exit(1)  # the driver is gone: MPI_Finalize could wait for it forever
+    # The driver will not finalize (or is gone): MPI_Finalize would wait for it forever.
+    os._exit(0 if finalize is False else 1)
 
 
 def _drive(MPI, comm, opts, timeout):
@@ -135,11 +171,12 @@ def _drive(MPI, comm, opts, timeout):
             backend.shutdown(wait=rc == 0, kill=rc != 0)
         except BaseException:  # noqa: BLE001 - ending anyway
             pass
-    hub.stop(timeout=10.0 if rc == 0 else 3.0)
+    finalize = rc == 0 and not hub.lost
+    hub.stop(timeout=10.0 if rc == 0 else 3.0, kill=rc != 0, finalize=finalize)
     _hub._hub = None
     sys.stdout.flush()
     sys.stderr.flush()
-    if hub.lost or rc != 0:
+    if not finalize or hub.lost:
         # A lost peer can make MPI_Finalize wait forever; the leaders left were told to quit.
         os._exit(rc or 1)
     MPI.Finalize()

@@ -217,11 +217,12 @@ class Hub:
         with self._cond:
             return [s["backend"] for s in self._sessions.values()]
 
-    def stop(self, timeout=10.0):
-        """Tells every live leader to quit; returns once they said bye (or the timeout passed)."""
+    def stop(self, timeout=10.0, kill=False, finalize=True):
+        """Tells every live leader to quit (``kill``: stopping what runs; ``finalize``: calling
+        MPI_Finalize, as rank 0 will); returns once they said bye (or the timeout passed)."""
         self._stop = True
         for lead in self.live_leaders():
-            self._control.append((lead.rank, ("quit",), ()))
+            self._control.append((lead.rank, ("quit", kill, finalize), ()))
         self._wake.set()
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -247,9 +248,8 @@ class Hub:
                 self._heartbeats(now)
                 if active:
                     last_active = now
-                if any(lead.inflight for lead in self.leaders.values()):
-                    nap = backoff(now - last_active)
-                else:
+                nap = backoff(now - last_active)
+                if nap < IDLE_NAP and not any(lead.inflight for lead in self.leaders.values()):
                     nap = IDLE_NAP  # nothing to wait for: a submit wakes us at once
                 if nap == 0.0:
                     time.sleep(0)
@@ -264,19 +264,23 @@ class Hub:
             self.outbox.flush(2.0)
 
     def _receive(self):
+        """Takes every waiting message, leader by leader (an MPI error is then its leader's)."""
         got = False
-        while True:
-            msg = receive(self.comm, self.MPI, self._status)
-            if msg is None:
-                return got
-            got = True
-            src, ops, bufs = msg
-            lead = self.leaders.get(src)
-            if lead is None or not lead.alive:
-                continue
-            lead.last_heard = time.monotonic()
-            for op in ops:
-                self._handle(lead, op, bufs)
+        for lead in list(self.leaders.values()):
+            while lead.alive:
+                try:
+                    msg = receive(self.comm, self.MPI, self._status, lead.rank)
+                except self.MPI.Exception as exc:
+                    self._lose(lead, f"MPI reported: {exc.Get_error_string().strip()}")
+                    break
+                if msg is None:
+                    break
+                _, ops, bufs = msg
+                got = got or ops != [("beat",)]  # a heartbeat is no work: the back-off goes on
+                lead.last_heard = time.monotonic()
+                for op in ops:
+                    self._handle(lead, op, bufs)
+        return got
 
     def _handle(self, lead, op, bufs):
         kind = op[0]
@@ -362,9 +366,15 @@ class Hub:
                 credits[rank] -= 1
         now = time.monotonic()
         for rank, (ops, obufs) in batches.items():
-            self.outbox.send(rank, ops, obufs)
-            self.leaders[rank].last_sent = now
+            self._send_to(self.leaders[rank], ops, obufs, now)
         return bool(batches)
+
+    def _send_to(self, lead, ops, bufs=(), now=None):
+        try:
+            self.outbox.send(lead.rank, ops, bufs)
+        except self.MPI.Exception as exc:
+            self._lose(lead, f"MPI reported: {exc.Get_error_string().strip()}")
+        lead.last_sent = time.monotonic() if now is None else now
 
     def _heartbeats(self, now):
         for lead in self.leaders.values():
@@ -373,10 +383,11 @@ class Hub:
             if now - lead.last_heard > self.timeout:
                 self._lose(lead, f"no message or heartbeat for {now - lead.last_heard:.1f} s")
             elif now - lead.last_sent > PING_S:
-                self.outbox.send(lead.rank, [("ping",)])
-                lead.last_sent = now
+                self._send_to(lead, [("ping",)], (), now)
 
     def _lose(self, lead, why):
+        if not lead.alive:
+            return
         lead.alive = False
         self.lost.append(lead)
         msg = f"shoal: MPI leader {lead.name()} was lost ({why})"

@@ -35,6 +35,14 @@ class _Session:
         self.threshold = threshold
 
 
+def _stop(executor, kill):
+    """Shuts a local executor down; ``kill``: its running tasks too (the driver gave up on them)."""
+    if kill and hasattr(executor, "_terminate"):
+        executor._terminate()  # what Ctrl-C does to an executor: cancel, stop the workers now
+    else:
+        executor.shutdown(wait=True, cancel_futures=kill)
+
+
 class Leader:
     def __init__(self, comm, MPI, workers, timeout):
         self.comm = comm
@@ -51,7 +59,9 @@ class Leader:
     # ---------------------------------------------------------------- main loop
 
     def serve(self):
-        """Serves until the driver says quit (returns True) or goes silent (returns False)."""
+        """Serves until the driver says quit or goes silent. Returns True when the driver will
+        call MPI_Finalize (so must this rank), False when it will not (a lost peer, a failed
+        script) or is gone."""
         comm, MPI = self.comm, self.MPI
         status = MPI.Status()
         self.outbox.send(0, [("hello", socket.gethostname(), os.getpid(), self.workers)])
@@ -59,19 +69,21 @@ class Leader:
         last_heard = last_sent = last_active = now
         wake = self.wake
         while True:
-            heard = False
+            heard = active = False
             while True:
                 msg = receive(comm, MPI, status, 0)
                 if msg is None:
                     break
                 heard = True
                 _, ops, bufs = msg
+                if ops != [("ping",)]:  # a ping is no work: the back-off goes on
+                    active = True
                 for op in ops:
                     if op[0] == "quit":
-                        self._close_all(kill=False)
+                        self._close_all(kill=op[1])
                         self.outbox.send(0, [("bye",)])
                         self.outbox.flush(5.0)
-                        return True
+                        return op[2]
                     self._handle(op, bufs)
             ops, bufs = self._finished()
             if ops:
@@ -79,7 +91,9 @@ class Leader:
             self.outbox.progress()
             now = time.monotonic()
             if heard:  # the driver pings at least every second
-                last_heard = last_active = now
+                last_heard = now
+            if active:
+                last_active = now
             if ops:
                 last_sent = last_active = now
             elif now - last_sent > HEARTBEAT_S:
@@ -89,7 +103,7 @@ class Leader:
                 sys.stderr.write(f"shoal.mpi: leader rank {comm.Get_rank()} heard nothing from the driver "
                                  f"for {self.timeout:g} s; stopping\n")
                 self._close_all(kill=True)
-                return False
+                return None
             nap = backoff(now - last_active)
             running = self.running
             if running and not self.done:
@@ -172,7 +186,7 @@ class Leader:
 
         def close():
             if sess is not None:
-                sess.executor.shutdown(wait=True, cancel_futures=kill)
+                _stop(sess.executor, kill)
             self.replies.append((("closed", sid), ()))
             self.wake.set()
 
@@ -180,12 +194,8 @@ class Leader:
 
     def _close_all(self, kill):
         for sid in list(self.sessions):
-            sess = self.sessions.pop(sid)
             try:
-                if kill:
-                    sess.executor.shutdown(wait=True, cancel_futures=True)
-                else:
-                    sess.executor.shutdown(wait=True)
+                _stop(self.sessions.pop(sid).executor, kill)
             except BaseException:  # noqa: BLE001 - leaving anyway
                 pass
 
