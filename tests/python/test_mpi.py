@@ -207,3 +207,40 @@ def test_idle_leaders_and_driver_cost_almost_nothing(tmp_path):
     assert all(x <= 0.02 for x in busy), busy
     assert p.returncode == 0, err
     assert "RESULT 32" in out
+
+
+def test_ctrl_c_to_mpiexec_ends_everything(tmp_path):
+    script = write_script(tmp_path, r'''
+        import json, time
+        from shoal._backend import make_backend, BackendConfig
+        from shoal.mpi import hub
+
+        b = make_backend("mpi", BackendConfig(max_workers=2))
+        futs = [b.submit(time.sleep, (60,), {}) for _ in range(4)]
+        leaders = [l.pid for l in hub.current().leaders.values()]
+        print("READY " + json.dumps(leaders + b.worker_pids()), flush=True)
+        [f.result() for f in futs]
+    ''')
+    argv, env = testing.job(script, leaders=2, workers_per_rank=1)
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        line = p.stdout.readline()
+        assert line.startswith("READY "), line + p.stderr.read()
+        import json
+
+        pids = json.loads(line[6:])
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends mpiexec
+        start = time.monotonic()
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert time.monotonic() - start < 20
+    assert p.returncode != 0
+    assert err.count("KeyboardInterrupt") == 1, err
+    deadline = time.monotonic() + 10
+    while any(_is(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if _is(pid)]
