@@ -149,8 +149,8 @@ def receive(comm, MPI, status, source=None):
     return src, ops, buffers
 
 
-_SPIN_S = float(os.environ.get("SHOAL_MPI_SPIN_S", "0.001"))
-_SHORT_NAP = float(os.environ.get("SHOAL_MPI_SHORT_NAP", "0.0001"))
+_SPIN_S = float(os.environ.get("SHOAL_MPI_SPIN_S", "0"))
+_SHORT_NAP = float(os.environ.get("SHOAL_MPI_SHORT_NAP", "0.00005"))
 # The nap between probes after a second of idle. Each wake-up costs ~50-100 µs of CPU on a
 # virtual machine, so 50 wake-ups a second are ~0.5 % of a core.
 IDLE_NAP = 0.02

@@ -12,6 +12,22 @@ from ._wire import DEFAULT_THRESHOLD, dumps
 __all__ = ["MPIBackend"]
 
 
+class _MPIFuture(Future):
+    """A future whose waiter receives its result itself (see Hub.help)."""
+
+    _shoal_hub = None
+
+    def result(self, timeout=None):
+        if self._state != "FINISHED" and self._shoal_hub is not None:
+            self._shoal_hub.help(self, timeout)
+        return super().result(timeout=0 if timeout is not None and not self.done() else timeout)
+
+    def exception(self, timeout=None):
+        if self._state != "FINISHED" and self._shoal_hub is not None:
+            self._shoal_hub.help(self, timeout)
+        return super().exception(timeout=0 if timeout is not None and not self.done() else timeout)
+
+
 class MPIBackend(Backend):
     """Runs tasks on the leader ranks' local process pools. Built by ``make_backend("mpi", ...)``
     in a script started with ``mpiexec -n N python -m shoal.mpi script.py``.
@@ -58,7 +74,7 @@ class MPIBackend(Backend):
             raise RuntimeError("cannot schedule new futures after shutdown")
         fn_id = self._function(fn)
         blob, bufs = dumps(payload, self._threshold)
-        return self._hub.submit(self._sid, kind, fn_id, blob, bufs, Future())
+        return self._hub.submit(self._sid, kind, fn_id, blob, bufs, _MPIFuture())
 
     def submit(self, fn, args, kwargs):
         return self._submit(_hub.CALL, fn, (args, kwargs))

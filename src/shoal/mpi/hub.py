@@ -84,6 +84,10 @@ class Hub:
         self._ids = itertools.count(1)
         self._sids = itertools.count(1)
         self._wake = threading.Event()
+        # Held while calling MPI or touching the leaders' state: by the progress thread, or by
+        # a caller that sends its own task or waits for its own result (no thread hand-over).
+        self._plock = threading.Lock()
+        self._ready = collections.deque()   # (future, True and value | False and exception, task)
         self._stop = False
         self.lost = []                      # leaders lost so far
         self._thread = threading.Thread(target=self._run, name="shoal-mpi-progress", daemon=True)
@@ -177,10 +181,58 @@ class Hub:
         with self._cond:
             self._sessions[sid]["outstanding"] += 1
         future._canceller = lambda: self._cancel(tid)
+        future._shoal_hub = self
         self._queued[tid] = task
         self._queue.append(task)
-        self._wake.set()
+        if self._plock.acquire(blocking=False):
+            try:
+                self._send()
+                self.outbox.progress()
+            finally:
+                self._plock.release()
+        self._wake.set()  # the progress thread watches for the result
         return future
+
+    def help(self, future, timeout=None):
+        """Waits for ``future`` in the caller's thread, making MPI progress itself while the
+        progress thread does not: its result is received and resolved here, with no hand-over
+        between threads. Returns when it is done or the timeout passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        start = time.monotonic()
+        while future._state in ("PENDING", "RUNNING"):
+            if self._plock.acquire(blocking=False):
+                try:
+                    self._receive()
+                    self._send()
+                    self.outbox.progress()
+                finally:
+                    self._plock.release()
+                self._deliver()
+                if future._state not in ("PENDING", "RUNNING"):
+                    return
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return
+            if not any(lead.alive for lead in self.leaders.values()):
+                return
+            waited = now - start
+            time.sleep(0 if waited < 0.0005 else 0.00005 if waited < 0.01 else 0.0005)
+
+    def _deliver(self):
+        """Completes the futures whose results were received (outside the lock: their callbacks
+        may submit or wait)."""
+        ready = self._ready
+        while ready:
+            try:
+                future, ok, value, task = ready.popleft()
+            except IndexError:
+                return
+            if ok:
+                future._resolve(value)
+            else:
+                future._fail(value)
+            if task is not None:
+                self._finished(task)
 
     def _cancel(self, tid):
         task = self._queued.pop(tid, None)
@@ -241,25 +293,26 @@ class Hub:
         self._quit = False
         try:
             while not self._quit:
-                active = self._receive()
-                active |= self._send()
-                self.outbox.progress()
-                now = time.monotonic()
-                self._heartbeats(now)
+                with self._plock:
+                    active = self._receive()
+                    active |= self._send()
+                    self.outbox.progress()
+                    now = time.monotonic()
+                    self._heartbeats(now)
+                self._deliver()
                 if active:
                     last_active = now
                 nap = backoff(now - last_active)
                 if nap < IDLE_NAP and not any(lead.inflight for lead in self.leaders.values()):
                     nap = IDLE_NAP  # nothing to wait for: a submit wakes us at once
-                if nap == 0.0:
-                    time.sleep(0)
-                else:
-                    self._wake.wait(nap)
-                    self._wake.clear()
+                # Never a spin here: a caller waiting for its result makes progress itself.
+                self._wake.wait(max(nap, 0.00005))
+                self._wake.clear()
         except BaseException as exc:  # noqa: BLE001 - never die silently: fail what waits
             sys.stderr.write(f"shoal.mpi: the progress thread failed: {exc!r}\n")
             for lead in self.live_leaders():
                 self._lose(lead, f"the driver's MPI progress thread failed ({exc!r})")
+            self._deliver()
         finally:
             self.outbox.flush(2.0)
 
@@ -301,10 +354,9 @@ class Hub:
                         len(b) for b in bufs[b0:b0 + nb])
                     value = ChunkOutcome((False, results), err, seconds, None, nbytes)
             except BaseException as exc:  # noqa: BLE001 - fails this task only
-                task.future._fail(exc)
+                self._ready.append((task.future, False, exc, task))
             else:
-                task.future._resolve(value)
-            self._finished(task)
+                self._ready.append((task.future, True, value, task))
         elif kind == "err":
             _, tid, blob = op
             task = lead.inflight.pop(tid, None)
@@ -316,8 +368,7 @@ class Hub:
                     exc.__cause__ = RemoteTraceback(tb)
             except BaseException as e:  # noqa: BLE001
                 exc = e
-            task.future._fail(exc)
-            self._finished(task)
+            self._ready.append((task.future, False, exc, task))
         elif kind in ("opened", "open_failed", "closed"):
             key = ("opened" if kind == "open_failed" else kind, op[1], lead.rank)
             with self._cond:
@@ -393,16 +444,14 @@ class Hub:
         msg = f"shoal: MPI leader {lead.name()} was lost ({why})"
         sys.stderr.write(msg + "\n")
         for task in list(lead.inflight.values()):
-            task.future._fail(LeaderLostError(msg + "; this task was running there",
-                                              rank=lead.rank, host=lead.host))
-            self._finished(task)
+            self._ready.append((task.future, False, LeaderLostError(msg + "; this task was running there",
+                                                                    rank=lead.rank, host=lead.host), task))
         lead.inflight.clear()
         if not any(x.alive for x in self.leaders.values()):
             while self._queue:
                 task = self._queue.popleft()
                 if self._queued.pop(task.tid, None) is not None:
-                    task.future._fail(LeaderLostError(msg + "; no leader is left to run this task",
-                                                      rank=lead.rank, host=lead.host))
-                    self._finished(task)
+                    self._ready.append((task.future, False, LeaderLostError(
+                        msg + "; no leader is left to run this task", rank=lead.rank, host=lead.host), task))
         with self._cond:
             self._cond.notify_all()
