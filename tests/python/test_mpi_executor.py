@@ -48,3 +48,33 @@ def test_executor_submit_map_starmap_sweep(tmp_path):
     (out,) = results(proc)
     assert out == {"submit": 42, "map": True, "map_unordered": True, "starmap": True, "map_error": True,
                    "sweep_rows": 24, "sweep_identical": True}
+
+
+def test_mpi_sweep_example_matches_one_machine(tmp_path):
+    import pathlib
+    import subprocess
+
+    from shoal.mpi import testing
+
+    example = pathlib.Path(__file__).resolve().parents[2] / "examples" / "mpi_sweep.py"
+    argv, env = testing.job(example, ("--runs", "3", "--steps", "50", "--check"), leaders=2, workers_per_rank=1)
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=200, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 parameter sets x 3 runs x 50 steps on 2 workers" in proc.stdout
+    assert "rows identical to one machine's: True" in proc.stdout
+
+
+def test_spmd_form_under_plain_mpiexec(tmp_path):
+    proc = run_job(tmp_path, r'''
+        import json, operator
+        import shoal.mpi
+
+        with shoal.mpi.MPIExecutor(workers_per_rank=1) as ex:
+            if ex is not None:
+                out = {"map": list(ex.map(operator.neg, range(100))) == [-i for i in range(100)],
+                       "submit": ex.submit(pow, 3, 4).result(timeout=60)}
+                print("RESULT " + json.dumps(out), flush=True)
+    ''', leaders=2, module=None)
+    assert proc.returncode == 0, proc.stderr
+    (out,) = results(proc)
+    assert out == {"map": True, "submit": 81}

@@ -48,7 +48,8 @@ def job(script, args=(), leaders=2, workers_per_rank=None, python=None, module="
     extra = list(launcher_args)
     if workers_per_rank is not None and module == "shoal.mpi":
         extra = ["--workers-per-rank", str(workers_per_rank)] + extra
-    rank_argv = [python, "-m", module] + extra + [str(script)] + [str(a) for a in args]
+    launcher = [python, "-m", module] if module else [python]  # None: plain `python script.py` (SPMD)
+    rank_argv = launcher + extra + [str(script)] + [str(a) for a in args]
     argv = [mpiexec()]
     if fault_tolerant:
         argv.append("-disable-auto-cleanup")
