@@ -244,3 +244,39 @@ def test_ctrl_c_to_mpiexec_ends_everything(tmp_path):
     while any(_is(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in pids if _is(pid)]
+
+
+def test_shared_object_crosses_to_each_node_once(tmp_path):
+    proc = run_job(tmp_path, r'''
+        import functools, json
+        import numpy as np
+        import shoal
+        from shoal._backend import make_backend, BackendConfig
+        from shoal.mpi import hub
+
+        def tail_sum(a, i):
+            return float(a[i:].sum()), a.flags.writeable
+
+        b = make_backend("mpi", BackendConfig(max_workers=2))
+        arr = np.arange(3_000_000, dtype=np.float64)  # 24 MB
+        h = shoal.share(arr)
+        sent = hub.current().outbox.bytes_sent
+        futs = [b.submit(tail_sum, (h, i), {}) for i in range(20)]
+        got = [f.result(timeout=60) for f in futs]
+        args_sent = hub.current().outbox.bytes_sent - sent
+        sent = hub.current().outbox.bytes_sent
+        bound = functools.partial(tail_sum, h)  # a function binding the handle: nothing more to send
+        got2 = [f.result(timeout=60) for f in [b.submit(bound, (i,), {}) for i in range(10)]]
+        fn_sent = hub.current().outbox.bytes_sent - sent
+        b.shutdown(wait=True)
+        print("RESULT " + json.dumps({
+            "right": [g[0] for g in got] == [float(arr[i:].sum()) for i in range(20)]
+                     and [g[0] for g in got2] == [float(arr[i:].sum()) for i in range(10)],
+            "read_only": not any(g[1] for g in got + got2),
+            "args_sent": args_sent, "fn_sent": fn_sent, "nbytes": arr.nbytes}))
+    ''')
+    assert proc.returncode == 0, proc.stderr
+    (out,) = results(proc)
+    assert out["right"] and out["read_only"]  # the workers read the node's arena copy
+    assert out["args_sent"] <= 1.1 * out["nbytes"] * 2  # once per node (2 nodes), not per task
+    assert out["fn_sent"] < 1e6

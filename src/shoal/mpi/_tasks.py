@@ -14,3 +14,15 @@ def run_chunk(fn, star, items):
 
         err = dumps_error(exc)
     return results, err, time.perf_counter() - start
+
+
+_shared = {}  # on a leader: driver's share key -> this node's shoal.share handle
+
+
+def shared_ref(key):
+    """On a leader: the node's own handle for the driver's ``shoal.share``d object ``key``
+    (placed in this node's arena once, when it first arrived)."""
+    try:
+        return _shared[key]
+    except KeyError:
+        raise RuntimeError(f"shoal.mpi: shared object {key} has not reached this node") from None

@@ -20,11 +20,16 @@ _PART = 1 << 30  # at most this many bytes per MPI message (MPI counts are ints)
 DEFAULT_THRESHOLD = 64 * 1024
 
 
-def dumps(obj, threshold=DEFAULT_THRESHOLD):
+def dumps(obj, threshold=DEFAULT_THRESHOLD, shares=None):
     """(pickle bytes, [contiguous memoryview]): ``obj`` pickled with protocol 5, its buffers of
     at least ``threshold`` bytes out of band. Functions and classes of ``__main__`` (the
     driver's script) and closures go by value through cloudpickle, as on one machine. Raises
-    the pickler's error for an object neither can pickle."""
+    the pickler's error for an object neither can pickle.
+
+    With ``shares`` (a list), each ``shoal.share`` handle in ``obj`` is pickled as a reference
+    by key and appended to ``shares``: it crosses to each node once (see Hub), not per task."""
+    if shares is not None:
+        return _dumps_sharing(obj, threshold, shares)
     bufs = []
 
     def keep(pb):
@@ -53,6 +58,82 @@ def dumps(obj, threshold=DEFAULT_THRESHOLD):
 
             bufs.clear()
             data = cloudpickle.dumps(obj, 5, buffer_callback=keep)
+    return data, bufs
+
+
+_share_keys = None  # weakref.WeakKeyDictionary: Shared handle -> its key in this process
+_next_key = [0]
+
+
+def share_key(handle):
+    """This process's key for a ``shoal.share`` handle (the same for as long as it lives)."""
+    global _share_keys
+    if _share_keys is None:
+        import weakref
+
+        _share_keys = weakref.WeakKeyDictionary()
+    key = _share_keys.get(handle)
+    if key is None:
+        _next_key[0] += 1
+        key = _share_keys[handle] = _next_key[0]
+    return key
+
+
+def _dumps_sharing(obj, threshold, shares):
+    import io
+
+    from .._arena import Shared
+    from ._tasks import shared_ref
+
+    bufs = []
+
+    def keep(pb):
+        try:
+            raw = pb.raw()
+        except BufferError:
+            return True
+        if raw.nbytes < threshold:
+            return True
+        bufs.append(raw)
+        return False
+
+    def reduce_shared(handle):
+        shares.append(handle)
+        return shared_ref, (share_key(handle),)
+
+    def run(cloud):
+        out = io.BytesIO()
+        if cloud:
+            import cloudpickle
+
+            class Pickler(cloudpickle.CloudPickler):
+                # cloudpickle's own reducer_override comes before any dispatch table
+                def reducer_override(self, o):
+                    if type(o) is Shared:
+                        return reduce_shared(o)
+                    return super().reducer_override(o)
+
+            Pickler(out, 5, buffer_callback=keep).dump(obj)
+        else:
+            p = pickle.Pickler(out, 5, buffer_callback=keep)
+            p.dispatch_table = {Shared: reduce_shared}  # looked up in C, for non-builtin types only
+            p.dump(obj)
+        return out.getvalue()
+
+    try:
+        data = run(False)
+    except (pickle.PicklingError, AttributeError, TypeError) as first:
+        bufs.clear()
+        del shares[:]
+        try:
+            data = run(True)
+        except Exception:
+            raise first from None
+    else:
+        if data.find(b"__main__") >= 0:
+            bufs.clear()
+            del shares[:]
+            data = run(True)
     return data, bufs
 
 

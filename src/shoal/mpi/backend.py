@@ -62,10 +62,11 @@ class MPIBackend(Backend):
             entry = self._fns.get(id(fn))
             if entry is not None and entry[0] is fn:
                 return entry[1]
-        blob, bufs = dumps(fn, self._threshold)  # raises in the caller if it cannot be pickled
+        shares = []
+        blob, bufs = dumps(fn, self._threshold, shares)  # raises in the caller if it cannot be pickled
         with self._lock:
             fn_id = next(self._fn_ids)
-            self._hub.define(self._sid, fn_id, blob, bufs)
+            self._hub.define(self._sid, fn_id, blob, bufs, shares)
             self._fns[id(fn)] = (fn, fn_id)  # holds fn: its id stays its own
             return fn_id
 
@@ -73,8 +74,9 @@ class MPIBackend(Backend):
         if self._closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
         fn_id = self._function(fn)
-        blob, bufs = dumps(payload, self._threshold)
-        return self._hub.submit(self._sid, kind, fn_id, blob, bufs, _MPIFuture())
+        shares = []
+        blob, bufs = dumps(payload, self._threshold, shares)
+        return self._hub.submit(self._sid, kind, fn_id, blob, bufs, _MPIFuture(), shares)
 
     def submit(self, fn, args, kwargs):
         return self._submit(_hub.CALL, fn, (args, kwargs))

@@ -40,7 +40,7 @@ def current():
 
 class _Leader:
     __slots__ = ("rank", "host", "pid", "workers", "inflight", "last_heard", "last_sent", "alive",
-                 "functions", "pids")
+                 "functions", "pids", "shares")
 
     def __init__(self, rank):
         self.rank = rank
@@ -52,17 +52,19 @@ class _Leader:
         self.alive = True
         self.functions = set()    # (session, fn_id) this leader holds
         self.pids = {}            # session -> its workers' pids
+        self.shares = set()       # keys of the shoal.share'd objects this leader holds
 
     def name(self):
         return f"rank {self.rank} on host {self.host!r} (pid {self.pid})"
 
 
 class _Task:
-    __slots__ = ("tid", "sid", "fn_id", "kind", "blob", "bufs", "future")
+    __slots__ = ("tid", "sid", "fn_id", "kind", "blob", "bufs", "future", "shares", "handles")
 
-    def __init__(self, tid, sid, fn_id, kind, blob, bufs, future):
+    def __init__(self, tid, sid, fn_id, kind, blob, bufs, future, shares=()):
         self.tid, self.sid, self.fn_id, self.kind = tid, sid, fn_id, kind
-        self.blob, self.bufs, self.future = blob, bufs, future
+        self.blob, self.bufs, self.future, self.shares = blob, bufs, future, shares
+        self.handles = None  # the shoal.share handles it uses, alive until it is sent
 
 
 class Hub:
@@ -77,7 +79,8 @@ class Hub:
         self._queue = collections.deque()   # tasks not yet placed on a leader
         self._queued = {}                   # task id -> task; cancel() takes it out
         self._control = collections.deque() # (rank, op, bufs) to send as they are
-        self._functions = {}                # (session, fn_id) -> (blob, bufs)
+        self._functions = {}                # (session, fn_id) -> (blob, bufs, share keys)
+        self._shares = {}                   # share key -> (blob, bufs), while the handle lives
         self._sessions = {}                 # session -> {"outstanding": n, "backend": ...}
         self._replies = {}                  # (kind, session, rank) -> reply
         self._cond = threading.Condition()
@@ -167,17 +170,42 @@ class Hub:
                                        f"within {timeout:g} s")
                 self._cond.wait(min(left, 0.1))
 
-    def define(self, sid, fn_id, blob, bufs):
-        self._functions[(sid, fn_id)] = (blob, bufs)
+    def define(self, sid, fn_id, blob, bufs, shares=()):
+        self._functions[(sid, fn_id)] = (blob, bufs, self._register(shares))
 
-    def submit(self, sid, kind, fn_id, blob, bufs, future):
+    def _register(self, handles):
+        """Share keys of ``handles``, each pickled once (its buffers out of band) while it lives."""
+        from ._wire import dumps, share_key
+
+        keys = []
+        for h in handles:
+            key = share_key(h)
+            if key not in self._shares:
+                import weakref
+
+                self._shares[key] = dumps(h)
+                weakref.finalize(h, self._forget_share, key)
+            keys.append(key)
+        return tuple(dict.fromkeys(keys))
+
+    def _forget_share(self, key):
+        """The driver's handle is gone: its pickle goes, and the leaders drop their copies."""
+        self._shares.pop(key, None)
+        for lead in self.leaders.values():
+            if key in lead.shares and lead.alive:
+                lead.shares.discard(key)
+                self._control.append((lead.rank, ("unshare", (key,)), ()))
+
+    def submit(self, sid, kind, fn_id, blob, bufs, future, shares=()):
         if self._stop:
             raise RuntimeError("shoal: the MPI job is ending; cannot schedule new tasks")
         if not any(lead.alive for lead in self.leaders.values()):
             raise LeaderLostError("shoal: every MPI leader rank was lost: "
                                   + "; ".join(lead.name() for lead in self.lost))
         tid = next(self._ids)
-        task = _Task(tid, sid, fn_id, kind, blob, bufs, future)
+        task = _Task(tid, sid, fn_id, kind, blob, bufs, future, self._register(shares) if shares else ())
+        if shares:
+            task.handles = shares
         with self._cond:
             self._sessions[sid]["outstanding"] += 1
         future._canceller = lambda: self._cancel(tid)
@@ -406,8 +434,16 @@ class Hub:
                 lead = self.leaders[rank]
                 ops, obufs = batches.setdefault(rank, ([], []))
                 key = (task.sid, task.fn_id)
+                fn_shares = ()
                 if key not in lead.functions:
-                    blob, fbufs = self._functions[key]
+                    blob, fbufs, fn_shares = self._functions[key]
+                for skey in fn_shares + task.shares:  # shared objects first, once per leader
+                    if skey not in lead.shares:
+                        sblob, sbufs = self._shares[skey]
+                        ops.append(("share", skey, sblob, len(obufs), len(sbufs)))
+                        obufs.extend(sbufs)
+                        lead.shares.add(skey)
+                if key not in lead.functions:
                     ops.append(("fn", task.sid, task.fn_id, blob, len(obufs), len(fbufs)))
                     obufs.extend(fbufs)
                     lead.functions.add(key)

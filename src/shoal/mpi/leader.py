@@ -158,6 +158,23 @@ class Leader:
                     sess.functions[fn_id] = loads(blob, bufs[b0:b0 + nb])
                 except BaseException as exc:  # noqa: BLE001 - its tasks fail with this
                     sess.functions[fn_id] = exc
+        elif kind == "share":
+            _, key, blob, b0, nb = op
+            import shoal
+
+            from . import _tasks
+
+            try:
+                # The value on the received buffers, placed once in this node's arena: the tasks
+                # here get the node's handle and read it without a copy.
+                _tasks._shared[key] = shoal.share(loads(blob, bufs[b0:b0 + nb]))
+            except BaseException as exc:  # noqa: BLE001 - the tasks that use it fail with this
+                sys.stderr.write(f"shoal.mpi: shared object {key} could not be placed: {exc!r}\n")
+        elif kind == "unshare":
+            from . import _tasks
+
+            for key in op[1]:
+                _tasks._shared.pop(key, None)
         elif kind == "open":
             _, sid, blob, b0, nb = op
             self._open(sid, loads(blob, bufs[b0:b0 + nb]))
