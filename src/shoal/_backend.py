@@ -184,6 +184,7 @@ _TABLE = {
     "process": "shoal.process.driver:ProcessBackend",
     "thread": "shoal._local:ThreadBackend",
     "serial": "shoal._local:SerialBackend",
+    "mpi": "shoal.mpi.backend:MPIBackend",
 }
 BACKEND_NAMES = tuple(_TABLE)
 
