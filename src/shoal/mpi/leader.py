@@ -19,16 +19,18 @@ import time
 from concurrent.futures import CancelledError, TimeoutError
 
 from ._shares import drop_shared, place_shared
+from .agents import run_operation
 from ._wire import DEFAULT_THRESHOLD, Outbox, backoff, dumps, dumps_error, loads, receive
 
 HEARTBEAT_S = 1.0      # a leader that sent nothing for this long sends a heartbeat
 
 
 class _Session:
-    __slots__ = ("executor", "functions", "threshold")
+    __slots__ = ("executor", "functions", "threshold", "groups")
 
     def __init__(self, executor, threshold):
         self.executor = executor
+        self.groups = {}     # driver's group id -> this node's AgentGroup of its block
         self.functions = {}  # fn_id -> function, or the exception its pickle raised
         self.threshold = threshold
 
@@ -53,6 +55,7 @@ class Leader:
         self.done = collections.deque()   # (task id, is chunk, local future, session)
         self.replies = collections.deque()  # ops ready to send from other threads
         self.wake = threading.Event()
+        self._agents = None  # threads that run agent operations, made at the first one
 
     # ---------------------------------------------------------------- main loop
 
@@ -123,7 +126,7 @@ class Leader:
 
     def _handle(self, op, bufs):
         kind = op[0]
-        if kind == "call" or kind == "chunk":
+        if kind == "call" or kind == "chunk" or kind == "agent":
             _, sid, tid, fn_id, blob, b0, nb = op
             sess = self.sessions.get(sid)
             try:
@@ -136,6 +139,11 @@ class Leader:
                 if kind == "call":
                     args, kwargs = payload
                     fut = sess.executor.submit(fn, *args, **kwargs)
+                elif kind == "agent":
+                    # The node's group blocks while its workers run the operation: a thread of
+                    # its own, so this loop goes on relaying (operations on one group arrive
+                    # one at a time).
+                    fut = self._agent_threads().submit(run_operation, sess, fn, payload)
                 else:
                     # The local backend's own chunk: bare items, coroutine functions awaited,
                     # the run time measured in the worker, as on one machine.
@@ -165,6 +173,12 @@ class Leader:
                 place_shared(key, shoal.share(loads(blob, bufs[b0:b0 + nb])))
             except BaseException as exc:  # noqa: BLE001 - the tasks that use it fail with this
                 sys.stderr.write(f"shoal.mpi: shared object {key} could not be placed: {exc!r}\n")
+        elif kind == "drop_agents":
+            _, sid, gid = op
+            sess = self.sessions.get(sid)
+            group = sess.groups.pop(gid, None) if sess is not None else None
+            if group is not None:
+                self._agent_threads().submit(group.close)
         elif kind == "unshare":
             for key in op[1]:
                 drop_shared(key)
@@ -175,6 +189,13 @@ class Leader:
             _, sid, kill = op
             self._close(sid, kill)
         # "ping": nothing to do; hearing it is the point.
+
+    def _agent_threads(self):
+        if self._agents is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._agents = ThreadPoolExecutor(4, thread_name_prefix="shoal-mpi-agents")
+        return self._agents
 
     def _open(self, sid, cfg):
         import shoal
@@ -235,9 +256,7 @@ class Leader:
                 ops.append(("ok", tid, blob, len(bufs), len(b)))
                 bufs.extend(b)
             else:
-                cause = exc.__cause__
-                tb = getattr(cause, "tb", None) if type(cause).__name__ == "RemoteTraceback" else None
-                ops.append(("err", tid, dumps_error(exc, tb or "")))
+                ops.append(("err", tid, dumps_error(exc, _traceback_text(exc))))
         return ops, bufs
 
 
@@ -262,3 +281,17 @@ def _chunk_reply(outcome):
     if err is not None:
         err = dumps_error(*err)
     return results, err, outcome.seconds
+
+
+def _traceback_text(exc):
+    """What the driver shows as the ``__cause__`` of a task's exception: the worker's traceback
+    when the exception came from a worker, else this leader's whole chain (an
+    InitializerError's cause, which does not survive pickling, included)."""
+    from .._errors import RemoteTraceback
+
+    cause = exc.__cause__
+    if type(cause) is RemoteTraceback and cause.__cause__ is None:
+        return cause.tb
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
