@@ -148,6 +148,9 @@ class AgentTransport(abc.ABC):
 
     blocks: list
     retries: int = 0
+    # True where the far side keeps a group's checkpoints itself (MPI: each node's own group),
+    # so the driver's group saves none and restores nothing, yet checkpoint=True holds.
+    checkpoints_elsewhere: bool = False
 
     @abc.abstractmethod
     def prepare(self, operation, extra, args, kwargs):

@@ -78,3 +78,54 @@ def test_spmd_form_under_plain_mpiexec(tmp_path):
     assert proc.returncode == 0, proc.stderr
     (out,) = results(proc)
     assert out == {"map": True, "submit": 81}
+
+
+def test_agents_across_nodes(tmp_path):
+    proc = run_job(tmp_path, r'''
+        import json, os
+        import shoal
+        from shoal.mpi import hub
+
+        class Trader:
+            def __init__(self, index):
+                self.index = index
+                self.cash = 100.0
+
+            def trade(self, price):
+                if self.index == 3 and price > 5:
+                    raise ValueError(f"agent 3 refuses {price}")
+                self.cash -= price
+                return self.cash
+
+            def where(self):
+                return os.getpid()
+
+        out = {}
+        with shoal.Executor(backend="mpi") as ex:
+            group = ex.agents(Trader, [dict(index=i) for i in range(10)], checkpoint=True)
+            out["len"] = len(group)
+            out["checkpoint"] = group.checkpoint
+            out["pids"] = len(set(group.call("where")))
+            before = hub.current().outbox.bytes_sent
+            out["call"] = group.call("trade", 1.0)
+            out["each"] = group.call_each("trade", [float(i) for i in range(10)])[:3]
+            group.set("cash", [float(i) for i in range(10)])
+            out["get"] = group.get("cash")
+            out["gather"] = [a.index for a in group.gather()]
+            try:
+                group.call("trade", 10.0)
+            except shoal.AgentError as e:
+                out["error"] = [sorted(e.errors), type(e.errors[3]).__name__, "refuses" in str(e.errors[3]),
+                                e.results[0]]
+            group.close()
+        print("RESULT " + json.dumps(out))
+    ''', leaders=2, workers=2)
+    assert proc.returncode == 0, proc.stderr
+    (out,) = results(proc)
+    assert out["len"] == 10 and out["checkpoint"] is True
+    assert out["pids"] == 4  # 2 nodes x 2 workers
+    assert out["call"] == [99.0] * 10
+    assert out["each"] == [99.0, 98.0, 97.0]
+    assert out["get"] == [float(i) for i in range(10)]
+    assert out["gather"] == list(range(10))
+    assert out["error"] == [[3], "ValueError", True, -10.0]

@@ -5,6 +5,7 @@ import sys
 import threading
 
 from .._backend import Backend
+from .._errors import ExecutorShutdownError
 from .._future import Future
 from .hub import CALL, CHUNK, current
 from ._wire import DEFAULT_THRESHOLD, dumps
@@ -70,13 +71,24 @@ class MPIBackend(Backend):
             self._fns[id(fn)] = (fn, fn_id)  # holds fn: its id stays its own
             return fn_id
 
-    def _submit(self, kind, fn, payload):
-        if self._closed:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        fn_id = self._function(fn)
+    def _encode(self, payload):
+        """(blob, buffers, share handles) of a task's payload; raises if it cannot be pickled."""
         shares = []
         blob, bufs = dumps(payload, self._threshold, shares)
-        return self._hub.submit(self._sid, kind, fn_id, blob, bufs, _MPIFuture(), shares)
+        return blob, bufs, shares
+
+    def _submit_encoded(self, kind, fn, encoded, rank=None):
+        if self._closed:  # shutdown began: the task fails, as on one machine (never hangs)
+            fut = _MPIFuture()
+            fut.set_running_or_notify_cancel()
+            fut._fail(ExecutorShutdownError("shoal: cannot run the task: the executor was shut down"))
+            return fut
+        fn_id = self._function(fn)
+        blob, bufs, shares = encoded
+        return self._hub.submit(self._sid, kind, fn_id, blob, bufs, _MPIFuture(), shares, rank)
+
+    def _submit(self, kind, fn, payload):
+        return self._submit_encoded(kind, fn, self._encode(payload))
 
     def submit(self, fn, args, kwargs):
         return self._submit(CALL, fn, (args, kwargs))
@@ -94,10 +106,9 @@ class MPIBackend(Backend):
         return job.rows_parallel(ordered, bar)
 
     def agent_transport(self, group):
-        raise NotImplementedError(
-            "shoal: agents are not available on backend='mpi' yet: MPIBackend has no agent "
-            "transport (placing a group's blocks on the leaders' workers and relaying its "
-            "operations over MPI is not built). Run agents on backend='process' in the meantime")
+        from .agents import MPIAgentTransport
+
+        return MPIAgentTransport(group, self)
 
     def worker_pids(self):
         """The live leaders' workers (process ids on their own hosts)."""

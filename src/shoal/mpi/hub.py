@@ -5,7 +5,7 @@
 
 Only the progress thread calls MPI. It probes without blocking and naps between probes, a
 little longer each time nothing happened (a blocking MPI receive spins a core). A leader gets at
-most ``2 × its workers`` tasks in flight (credits), so every node's workers stay fed without one
+most ``2 × its workers`` tasks in flight (× the executors' ``concurrency``: credits), so every node's workers stay fed without one
 node hoarding the queue. A leader not heard from (results or a heartbeat, sent every second)
 within the heartbeat timeout is lost: its tasks fail with LeaderLostError naming its rank and
 host, and the other leaders go on.
@@ -23,7 +23,7 @@ from ._wire import IDLE_NAP, Outbox, backoff, loads, receive
 
 PING_S = 1.0
 DEFAULT_TIMEOUT_S = 5.0
-CALL, CHUNK = "call", "chunk"
+CALL, CHUNK, AGENT = "call", "chunk", "agent"
 
 _hub = None
 
@@ -65,12 +65,13 @@ class _Leader:
 
 
 class _Task:
-    __slots__ = ("tid", "sid", "fn_id", "kind", "blob", "bufs", "future", "shares", "handles")
+    __slots__ = ("tid", "sid", "fn_id", "kind", "blob", "bufs", "future", "shares", "handles", "rank")
 
-    def __init__(self, tid, sid, fn_id, kind, blob, bufs, future, shares=()):
+    def __init__(self, tid, sid, fn_id, kind, blob, bufs, future, shares=(), rank=None):
         self.tid, self.sid, self.fn_id, self.kind = tid, sid, fn_id, kind
         self.blob, self.bufs, self.future, self.shares = blob, bufs, future, shares
         self.handles = None  # the shoal.share handles it uses, alive until it is sent
+        self.rank = rank     # None: any leader; else only this one (an agent block lives there)
 
 
 class Hub:
@@ -83,6 +84,7 @@ class Hub:
         self._status = MPI.Status()
         self._hello(startup_timeout)
         self._queue = collections.deque()   # tasks not yet placed on a leader
+        self._pinned = collections.deque()  # tasks for one leader (agent operations): no credits
         self._queued = {}                   # task id -> task; cancel() takes it out
         self._control = collections.deque() # (rank, op, bufs) to send as they are
         self._functions = {}                # (session, fn_id) -> (blob, bufs, share keys)
@@ -90,6 +92,7 @@ class Hub:
         self._sessions = {}                 # session -> {"outstanding": n, "backend": ...}
         self._replies = {}                  # (kind, session, rank) -> reply
         self._cond = threading.Condition()
+        self._depth = 1                     # tasks per worker a leader is given (credits)
         self._ids = itertools.count(1)
         self._sids = itertools.count(1)
         self._wake = threading.Event()
@@ -131,6 +134,8 @@ class Hub:
         sid = next(self._sids)
         with self._cond:
             self._sessions[sid] = {"outstanding": 0, "backend": backend}
+            # Coroutine tasks wait side by side: each worker slot takes `concurrency` of them.
+            self._depth = max(self._depth, backend.config.concurrency)
         ranks = [lead.rank for lead in self.live_leaders()]
         if not ranks:
             raise NoLeadersError("shoal: no MPI leader rank is left to run tasks")
@@ -202,14 +207,15 @@ class Hub:
                 lead.shares.discard(key)
                 self._control.append((lead.rank, ("unshare", (key,)), ()))
 
-    def submit(self, sid, kind, fn_id, blob, bufs, future, shares=()):
+    def submit(self, sid, kind, fn_id, blob, bufs, future, shares=(), rank=None):
+        """Queues a task (for leader ``rank`` only, when given); returns ``future``."""
         if self._stop:
             raise RuntimeError("shoal: the MPI job is ending; cannot schedule new tasks")
         if not any(lead.alive for lead in self.leaders.values()):
             raise LeaderLostError("shoal: every MPI leader rank was lost: "
                                   + "; ".join(lead.name() for lead in self.lost))
         tid = next(self._ids)
-        task = _Task(tid, sid, fn_id, kind, blob, bufs, future, self._register(shares) if shares else ())
+        task = _Task(tid, sid, fn_id, kind, blob, bufs, future, self._register(shares) if shares else (), rank)
         if shares:
             task.handles = shares
         with self._cond:
@@ -217,7 +223,7 @@ class Hub:
         future._canceller = lambda: self._cancel(tid)
         future._shoal_hub = self
         self._queued[tid] = task
-        self._queue.append(task)
+        (self._queue if rank is None else self._pinned).append(task)
         if self._plock.acquire(blocking=False):
             try:
                 self._send()
@@ -275,8 +281,14 @@ class Hub:
         self._finished(task)
         return True
 
+    def drop_agents(self, sid, gid, ranks):
+        """A group was dropped unclosed: its leaders free its agents. Only queues (a finalizer)."""
+        for r in ranks:
+            self._control.append((r, ("drop_agents", sid, gid), ()))
+        self._wake.set()
+
     def cancel_session(self, sid):
-        for task in list(self._queue):
+        for task in list(self._queue) + list(self._pinned):
             if task.sid == sid and self._queued.pop(task.tid, None) is not None:
                 task.future._canceller = None
                 task.future.cancel()
@@ -426,10 +438,21 @@ class Hub:
                 op = op[:3] + (len(obufs), op[4])
             ops.append(op)
             obufs.extend(bufs)
+        pinned = self._pinned
+        while pinned:
+            task = pinned.popleft()
+            if self._queued.pop(task.tid, None) is None:
+                continue  # cancelled
+            lead = self.leaders[task.rank]
+            if not lead.alive:
+                self._ready.append((task.future, False, LeaderLostError(
+                    f"shoal: MPI leader {lead.name()} was lost", rank=lead.rank, host=lead.host), task))
+                continue
+            self._place(task, lead, batches)
         queue = self._queue
         if queue:
             live = [lead for lead in self.leaders.values() if lead.alive]
-            credits = {lead.rank: 2 * max(1, lead.workers) - len(lead.inflight) for lead in live}
+            credits = {lead.rank: 2 * self._depth * max(1, lead.workers) - len(lead.inflight) for lead in live}
             while queue:
                 rank = max(credits, key=credits.get, default=None)
                 if rank is None or credits[rank] <= 0:
@@ -437,30 +460,34 @@ class Hub:
                 task = queue.popleft()
                 if self._queued.pop(task.tid, None) is None:
                     continue  # cancelled
-                lead = self.leaders[rank]
-                ops, obufs = batches.setdefault(rank, ([], []))
-                key = (task.sid, task.fn_id)
-                fn_shares = ()
-                if key not in lead.functions:
-                    blob, fbufs, fn_shares = self._functions[key]
-                for skey in fn_shares + task.shares:  # shared objects first, once per leader
-                    if skey not in lead.shares:
-                        sblob, sbufs = self._shares[skey]
-                        ops.append(("share", skey, sblob, len(obufs), len(sbufs)))
-                        obufs.extend(sbufs)
-                        lead.shares.add(skey)
-                if key not in lead.functions:
-                    ops.append(("fn", task.sid, task.fn_id, blob, len(obufs), len(fbufs)))
-                    obufs.extend(fbufs)
-                    lead.functions.add(key)
-                ops.append((task.kind, task.sid, task.tid, task.fn_id, task.blob, len(obufs), len(task.bufs)))
-                obufs.extend(task.bufs)
-                lead.inflight[task.tid] = task
+                self._place(task, self.leaders[rank], batches)
                 credits[rank] -= 1
         now = time.monotonic()
         for rank, (ops, obufs) in batches.items():
             self._send_to(self.leaders[rank], ops, obufs, now)
         return bool(batches)
+
+    def _place(self, task, lead, batches):
+        """Adds ``task`` to ``lead``'s batch, after what it needs there and lacks: the shared
+        objects it uses, then its function."""
+        ops, obufs = batches.setdefault(lead.rank, ([], []))
+        key = (task.sid, task.fn_id)
+        fn_shares = ()
+        if key not in lead.functions:
+            blob, fbufs, fn_shares = self._functions[key]
+        for skey in fn_shares + task.shares:  # shared objects first, once per leader
+            if skey not in lead.shares:
+                sblob, sbufs = self._shares[skey]
+                ops.append(("share", skey, sblob, len(obufs), len(sbufs)))
+                obufs.extend(sbufs)
+                lead.shares.add(skey)
+        if key not in lead.functions:
+            ops.append(("fn", task.sid, task.fn_id, blob, len(obufs), len(fbufs)))
+            obufs.extend(fbufs)
+            lead.functions.add(key)
+        ops.append((task.kind, task.sid, task.tid, task.fn_id, task.blob, len(obufs), len(task.bufs)))
+        obufs.extend(task.bufs)
+        lead.inflight[task.tid] = task
 
     def _send_to(self, lead, ops, bufs=(), now=None):
         try:
