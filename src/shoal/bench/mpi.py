@@ -21,31 +21,42 @@ from ..mpi import testing
 _HERE = Path(__file__).resolve().parent
 _CELL = _HERE / "mpi_cell.py"
 
-SIZES = {"quick": {"mpi_round_trip": 300, "mpi_map_tiny": 20000},
-         "full": {"mpi_round_trip": 2000, "mpi_map_tiny": 100000}}
+SIZES = {"quick": {"mpi_round_trip": 300, "mpi_map_tiny": 20000, "mpi_scale": 640, "mpi_big_args": 20_000_000},
+         "full": {"mpi_round_trip": 2000, "mpi_map_tiny": 100000, "mpi_scale": 3200,
+                  "mpi_big_args": 100_000_000}}
 REPEATS = {"quick": 3, "full": 5}
-METRIC = {"mpi_round_trip": ("us_per_call", "us"), "mpi_map_tiny": ("us_per_item", "us")}
+METRIC = {"mpi_round_trip": ("us_per_call", "us"), "mpi_map_tiny": ("us_per_item", "us"),
+          "mpi_scale": ("time_over_ideal", "x"), "mpi_big_args": ("ms_per_task", "ms")}
+SCALE_WORKERS = 16  # mpi_scale: per leader (2 leaders); mpi4py.futures gets 2 x this many ranks
 
 
 def _systems(workload, size):
-    """(name in results, launcher module, extra cell args, extra environment)."""
-    yield "shoal", "shoal.mpi", (), {}
-    yield "mpi4py_futures", "mpi4py.futures", (), {}
+    """(name in results, launcher module, extra cell args, extra environment, leaders, workers per
+    leader). Leaders are the ranks beside the driver: shoal's node leaders, mpi4py.futures'
+    worker ranks."""
+    if workload == "mpi_scale":
+        yield "shoal", "shoal.mpi", (), {}, 2, SCALE_WORKERS
+        yield "shoal_one_machine", None, (str(2 * SCALE_WORKERS),), {}, 0, None
+        yield "mpi4py_futures", "mpi4py.futures", (), {}, 2 * SCALE_WORKERS, None
+        return
+    yield "shoal", "shoal.mpi", (), {}, 2, 1
+    yield "mpi4py_futures", "mpi4py.futures", (), {}, 2, None
     if workload == "mpi_round_trip":
-        yield "mpi4py_futures[backoff=0]", "mpi4py.futures", (), {"MPI4PY_FUTURES_BACKOFF": "0"}
-    else:
+        yield "mpi4py_futures[backoff=0]", "mpi4py.futures", (), {"MPI4PY_FUTURES_BACKOFF": "0"}, 2, None
+    elif workload == "mpi_map_tiny":
         # Its best chunksize on this shape: one chunk per worker rank per round of 4.
-        yield "mpi4py_futures[chunked]", "mpi4py.futures", (str(max(1, size // 8)),), {}
+        yield "mpi4py_futures[chunked]", "mpi4py.futures", (str(max(1, size // 8)),), {}, 2, None
 
 
-def _cell(workload, system, module, extra, env_extra, size, repeats, timeout):
+def _cell(workload, system, module, extra, env_extra, size, repeats, timeout, leaders, workers):
     argv, env = testing.job(_CELL, (system.split("[")[0], workload, size, repeats) + tuple(extra),
-                            leaders=2, workers_per_rank=1, module=module)
+                            leaders=leaders, workers_per_rank=workers, module=module)
     env["PYTHONPATH"] = os.pathsep.join([str(_HERE / "standalone"), env["PYTHONPATH"]])
     env.update(env_extra)
     metric, unit = METRIC[workload]
     record = {"workload": workload, "system": system, "metric": metric, "unit": unit,
-              "lower_is_better": True, "workers": 2, "repeats": repeats, "note": ""}
+              "lower_is_better": True, "workers": leaders * (workers or 1) or int(extra[0]),
+              "repeats": repeats, "note": ""}
     try:
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -55,9 +66,15 @@ def _cell(workload, system, module, extra, env_extra, size, repeats, timeout):
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return dict(record, value=None, spread=None, status="failed",
                     note=f"exit {proc.returncode}: {' | '.join(tail)}")
-    samples = json.loads(lines[-1][7:])["samples"]
-    return dict(record, value=statistics.median(samples), spread=[min(samples), max(samples)],
-                samples=samples, status="ok")
+    got = json.loads(lines[-1][7:])
+    samples = got["samples"]
+    rec = dict(record, value=statistics.median(samples), spread=[min(samples), max(samples)],
+               samples=samples, status="ok")
+    if got.get("bytes_sent"):
+        rec["bytes_sent_over_mpi"] = got["bytes_sent"]
+        rec["note"] = (f"bytes sent over MPI per round of 20 tasks: {statistics.median(got['bytes_sent']):.3g} "
+                       f"(array {size:.3g} B x 2 nodes = {2 * size:.3g})")
+    return rec
 
 
 def run(mode="quick", only=None, repeats=None):
@@ -66,13 +83,13 @@ def run(mode="quick", only=None, repeats=None):
     for workload, size in SIZES[mode].items():
         if only and workload not in only:
             continue
-        for system, module, extra, env_extra in _systems(workload, size):
+        for system, module, extra, env_extra, leaders, workers in _systems(workload, size):
             if why is not None or testing.mpiexec() is None:
                 records.append({"workload": workload, "system": system, "status": "skipped",
                                 "note": why or "no mpiexec", "value": None})
                 continue
             rec = _cell(workload, system, module, extra, env_extra, size, repeats or REPEATS[mode],
-                        timeout=600 if mode == "full" else 300)
+                        timeout=600 if mode == "full" else 300, leaders=leaders, workers=workers)
             print(f"{workload:16} {system:28} {rec['status']:7} "
                   + (f"{rec['value']:10.1f} {rec['unit']}" if rec["value"] is not None else rec["note"]),
                   flush=True)
@@ -94,7 +111,7 @@ def ratios(records):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m shoal.bench.mpi", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes, 3 repeats")
-    p.add_argument("--only", default="", help="comma-separated workloads (mpi_round_trip, mpi_map_tiny)")
+    p.add_argument("--only", default="", help="comma-separated workloads (mpi_round_trip, mpi_map_tiny, mpi_scale, mpi_big_args)")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--json", dest="json_path", help="write the records here")
     args = p.parse_args(argv)

@@ -2,9 +2,13 @@
 
     python -m shoal.mpi      mpi_cell.py shoal          WORKLOAD SIZE REPEATS
     python -m mpi4py.futures mpi_cell.py mpi4py_futures WORKLOAD SIZE REPEATS [CHUNKSIZE]
+    python mpi_cell.py shoal_one_machine WORKLOAD SIZE REPEATS WORKERS
 
 Prints ``RESULT {"samples": [...]}``: per repeat, µs per call (round trip) or per item (map),
-after one untimed 10 % pass. Every system runs the same functions (shoalbench.tasks).
+time / ideal (mpi_scale: SIZE tasks of 10 ms), ms per task (mpi_big_args: 20 tasks reading one
+array of SIZE bytes; ``bytes_sent`` over MPI per repeat for shoal), after one untimed pass at
+a tenth of the size (the whole size for mpi_big_args). Every system runs the same functions
+(shoalbench.tasks).
 """
 import json
 import sys
@@ -13,59 +17,26 @@ import time
 from shoalbench import tasks
 
 
-def _shoal_executor():
-    import shoal
-    from shoal import _backend
-
-    try:
-        return shoal.Executor(backend="mpi"), None
-    except ValueError:
-        # The executor does not route to the MPI backend yet: drive it directly, as the
-        # executor will (map: chunks of map's rule of thumb, 4 per worker, 2 per worker in flight).
-        return None, _backend.make_backend("mpi", _backend.BackendConfig(max_workers=2))
-
-
-def _backend_map(backend, fn, items):
-    import collections
-    import itertools
-
-    items = list(items)
-    size = max(1, -(-len(items) // (4 * backend.slots)))
-    it = iter(items)
-    window = collections.deque()
-    out = []
-    while True:
-        while len(window) < 2 * backend.slots:
-            chunk = list(itertools.islice(it, size))
-            if not chunk:
-                break
-            window.append(backend.submit_chunk(fn, chunk, star=False))
-        if not window:
-            return out
-        outcome = window.popleft().result()
-        if outcome.error is not None:
-            raise outcome.error[0]
-        out.extend(outcome.results[1])
-
-
 def main():
     system, workload, size, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    chunksize = int(sys.argv[5]) if len(sys.argv) > 5 else 1
-    ex = backend = None
+    chunksize = int(sys.argv[5]) if len(sys.argv) > 5 and system == "mpi4py_futures" else 1
     if system == "shoal":
-        ex, backend = _shoal_executor()
-        if ex is not None:
-            submit = ex.submit
-            map_ = lambda fn, xs: list(ex.map(fn, xs))  # noqa: E731
-        else:
-            submit = lambda fn, x: backend.submit(fn, (x,), {})  # noqa: E731
-            map_ = lambda fn, xs: _backend_map(backend, fn, xs)  # noqa: E731
+        import shoal
+
+        ex = shoal.Executor(backend="mpi")
+        map_ = lambda fn, xs: list(ex.map(fn, xs))  # noqa: E731
+    elif system == "shoal_one_machine":  # the same run on this machine's process pool
+        import shoal
+
+        ex = shoal.Executor(max_workers=int(sys.argv[5]), backend="process")
+        map_ = lambda fn, xs: list(ex.map(fn, xs))  # noqa: E731
     else:
         from mpi4py.futures import MPIPoolExecutor
 
         ex = MPIPoolExecutor()
-        submit = ex.submit
         map_ = lambda fn, xs: list(ex.map(fn, xs, chunksize=chunksize))  # noqa: E731
+    submit = ex.submit
+    extra = {}
 
     def once(n):
         if workload == "mpi_round_trip":
@@ -74,21 +45,55 @@ def main():
                 if submit(tasks.identity, i).result() != i:
                     raise AssertionError("wrong result")
             return (time.perf_counter() - t0) / n * 1e6
-        xs = range(n)
-        t0 = time.perf_counter()
-        ys = map_(tasks.inc, xs)
-        elapsed = time.perf_counter() - t0
-        if ys != [x + 1 for x in xs]:
-            raise AssertionError("wrong results")
-        return elapsed / n * 1e6
+        if workload == "mpi_scale":  # n tasks that each sleep 10 ms; the value is time / ideal
+            t0 = time.perf_counter()
+            futs = [submit(time.sleep, 0.01) for _ in range(n)]
+            for f in futs:
+                f.result()
+            elapsed = time.perf_counter() - t0
+            return elapsed / (n * 0.01 / extra.setdefault("workers", _workers(system)))
+        if workload == "mpi_big_args":  # 20 tasks reading one 100 MB array; ms per task
+            import numpy as np
 
-    once(max(1, size // 10))  # warm-up
+            if "array" not in extra:
+                extra["array"] = np.arange(n // 8, dtype=np.float64)
+                if system == "shoal":
+                    import shoal
+
+                    extra["arg"] = shoal.share(extra["array"])
+                    from shoal.mpi import hub
+
+                    extra["hub"] = hub.current()
+                else:
+                    extra["arg"] = extra["array"]
+            sent = extra["hub"].outbox.bytes_sent if "hub" in extra else 0
+            t0 = time.perf_counter()
+            futs = [submit(tasks.array_tail_sum, extra["arg"], i) for i in range(20)]
+            got = [f.result() for f in futs]
+            elapsed = time.perf_counter() - t0
+            if "hub" in extra:
+                extra.setdefault("bytes_sent", []).append(extra["hub"].outbox.bytes_sent - sent)
+            if got[3] != float(extra["array"][3:].sum()):
+                raise AssertionError("wrong results")
+            return elapsed / 20 * 1e3
+        xs = range(n)
+    once(size if workload == "mpi_big_args" else max(1, size // 10))  # warm-up
     samples = [once(size) for _ in range(repeats)]
-    print("RESULT " + json.dumps({"samples": samples}), flush=True)
-    if ex is not None:
-        ex.shutdown(wait=True)
-    else:
-        backend.shutdown(wait=True)
+    print("RESULT " + json.dumps({"samples": samples, "bytes_sent": extra.get("bytes_sent")}), flush=True)
+    ex.shutdown(wait=True)
+
+
+def _workers(system):
+    """Processes running tasks: the leaders' workers, the pool's, or mpi4py.futures' worker ranks."""
+    if system == "shoal":
+        from shoal.mpi import hub
+
+        return sum(lead.workers for lead in hub.current().live_leaders())
+    if system == "shoal_one_machine":
+        return int(sys.argv[5])
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.Get_size() - 1
 
 
 if __name__ == "__main__":

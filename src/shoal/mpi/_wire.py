@@ -86,14 +86,14 @@ _Pickler = None
 
 
 def _by_value_pickler():
-    """shoal's cloudpickle Pickler (``_pickle._pickler_class``), which also sends ``shoal.share``
+    """shoal's cloudpickle Pickler (``_pickle.by_value_pickler``), which also sends ``shoal.share``
     handles by key when its ``shoal_shares`` is a list."""
     global _Pickler
     if _Pickler is None:
-        from .._pickle import _pickler_class
+        from .._pickle import by_value_pickler
         from .._share import Shared
 
-        class Pickler(_pickler_class()):
+        class Pickler(by_value_pickler()):
             shoal_shares = None
 
             def reducer_override(self, o):  # cloudpickle's comes before any dispatch table
@@ -147,9 +147,9 @@ def dumps_error(exc, tb=None):
         return pickle.dumps((exc, tb), 5)
     except Exception:
         try:
-            from .._pickle import _by_value
+            from .._pickle import by_value
 
-            return _by_value((exc, tb))
+            return by_value((exc, tb))
         except Exception:
             sub = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
                                "(the exception itself could not be pickled)")

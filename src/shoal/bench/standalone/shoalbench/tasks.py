@@ -323,3 +323,8 @@ def agents_reference(n, steps, iterations):
     """The digest of market_steps with the agents in a plain loop here (the runner's reference)."""
     agents = [Battery(**a) for a in battery_args(n, iterations)]
     return market_steps(lambda method, *args: [getattr(a, method)(*args) for a in agents], n, steps)
+
+
+def array_tail_sum(a, i):
+    """mpi_big_args: reads a large shared array (the sum of its items from i on)."""
+    return float(a[i:].sum())
