@@ -68,12 +68,15 @@ def _cell(workload, system, module, extra, env_extra, size, repeats, timeout, le
                     note=f"exit {proc.returncode}: {' | '.join(tail)}")
     got = json.loads(lines[-1][7:])
     samples = got["samples"]
+    if not samples or None in samples:
+        return dict(record, value=None, spread=None, status="failed", note=f"no value: {samples}")
     rec = dict(record, value=statistics.median(samples), spread=[min(samples), max(samples)],
                samples=samples, status="ok")
     if got.get("bytes_sent"):
         rec["bytes_sent_over_mpi"] = got["bytes_sent"]
-        rec["note"] = (f"bytes sent over MPI per round of 20 tasks: {statistics.median(got['bytes_sent']):.3g} "
-                       f"(array {size:.3g} B x 2 nodes = {2 * size:.3g})")
+        total = got["bytes_sent"][-1]
+        rec["note"] = (f"bytes sent over MPI for all {20 * (repeats + 1)} tasks: {total:.4g} = "
+                       f"{total / (2 * size):.3f} x (array {size:.3g} B x 2 nodes)")
     return rec
 
 

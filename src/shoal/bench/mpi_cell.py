@@ -6,7 +6,8 @@
 
 Prints ``RESULT {"samples": [...]}``: per repeat, µs per call (round trip) or per item (map),
 time / ideal (mpi_scale: SIZE tasks of 10 ms), ms per task (mpi_big_args: 20 tasks reading one
-array of SIZE bytes; ``bytes_sent`` over MPI per repeat for shoal), after one untimed pass at
+array of SIZE bytes; ``bytes_sent``: for shoal, the bytes sent over MPI since the array was
+shared, after each repeat), after one untimed pass at
 a tenth of the size (the whole size for mpi_big_args). Every system runs the same functions
 (shoalbench.tasks).
 """
@@ -64,19 +65,26 @@ def main():
                     from shoal.mpi import hub
 
                     extra["hub"] = hub.current()
+                    extra["base"] = extra["hub"].outbox.bytes_sent  # before the array first crosses
                 else:
                     extra["arg"] = extra["array"]
-            sent = extra["hub"].outbox.bytes_sent if "hub" in extra else 0
             t0 = time.perf_counter()
             futs = [submit(tasks.array_tail_sum, extra["arg"], i) for i in range(20)]
             got = [f.result() for f in futs]
             elapsed = time.perf_counter() - t0
-            if "hub" in extra:
-                extra.setdefault("bytes_sent", []).append(extra["hub"].outbox.bytes_sent - sent)
+            if "hub" in extra:  # everything sent since the array was shared, warm-up included
+                extra.setdefault("bytes_sent", []).append(extra["hub"].outbox.bytes_sent - extra["base"])
             if got[3] != float(extra["array"][3:].sum()):
                 raise AssertionError("wrong results")
             return elapsed / 20 * 1e3
         xs = range(n)
+        t0 = time.perf_counter()
+        ys = map_(tasks.inc, xs)
+        elapsed = time.perf_counter() - t0
+        if ys != [x + 1 for x in xs]:
+            raise AssertionError("wrong results")
+        return elapsed / n * 1e6
+
     once(size if workload == "mpi_big_args" else max(1, size // 10))  # warm-up
     samples = [once(size) for _ in range(repeats)]
     print("RESULT " + json.dumps({"samples": samples, "bytes_sent": extra.get("bytes_sent")}), flush=True)
