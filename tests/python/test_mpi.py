@@ -280,3 +280,53 @@ def test_shared_object_crosses_to_each_node_once(tmp_path):
     assert out["right"] and out["read_only"]  # the workers read the node's arena copy
     assert out["args_sent"] <= 1.1 * out["nbytes"] * 2  # once per node (2 nodes), not per task
     assert out["fn_sent"] < 1e6
+
+
+def test_agents_of_a_killed_leader_are_lost_the_others_go_on(tmp_path):
+    script = write_script(tmp_path, r'''
+        import json, sys
+        import shoal
+        from shoal.mpi import hub
+
+        class Counter:
+            def __init__(self, index):
+                self.n = index
+
+            def add(self, k):
+                self.n += k
+                return self.n
+
+        ex = shoal.Executor(backend="mpi")
+        group = ex.agents(Counter, range(4))
+        first = group.call("add", 1)
+        leaders = {l.rank: l.pid for l in hub.current().leaders.values()}
+        print("READY " + json.dumps(leaders), flush=True)
+        sys.stdin.readline()  # the test kills leader rank 1 now
+        out = {"first": first}
+        try:
+            group.call("add", 1)
+        except shoal.AgentsLostError as e:
+            out["lost"] = list(e.lost)
+            out["results"] = e.results
+        print("RESULT " + json.dumps(out), flush=True)
+    ''')
+    argv, env = testing.job(script, leaders=2, workers_per_rank=1)
+    p = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=tmp_path)
+    try:
+        line = p.stdout.readline()
+        assert line.startswith("READY "), line + p.stderr.read()
+        import json
+
+        os.kill(json.loads(line[6:])["1"], signal.SIGKILL)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    (res,) = results(subprocess.CompletedProcess(argv, p.returncode, out, err))
+    assert res["first"] == [1, 2, 3, 4]
+    assert res["lost"] == [0, 1]          # the block on rank 1
+    assert res["results"] == [None, None, 4, 5]

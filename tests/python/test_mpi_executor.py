@@ -62,6 +62,7 @@ def test_mpi_sweep_example_matches_one_machine(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "6 parameter sets x 3 runs x 50 steps on 2 workers" in proc.stdout
     assert "rows identical to one machine's: True" in proc.stdout
+    assert "market of 1000 traders across the nodes: price after 5 rounds" in proc.stdout
 
 
 def test_spmd_form_under_plain_mpiexec(tmp_path):

@@ -4,7 +4,8 @@ Layout (BENCHMARKS.md, the issue's targets): one driver rank and two worker-side
 of those its own "node" (a private /dev/shm, MPI on TCP; see shoal.mpi.testing). shoal runs
 ``mpiexec ... python -m shoal.mpi`` with one worker per leader; mpi4py.futures runs its static
 launch ``mpiexec ... python -m mpi4py.futures`` with the same ranks, so both have two processes
-running tasks. Each cell is a fresh job; the value is the median of the repeats, ``spread`` is
+running tasks. mpi_scale gives shoal 2 leaders x 16 workers, mpi4py.futures 32 worker ranks,
+and runs shoal's process backend with 32 workers on one machine beside them. Each cell is a fresh job; the value is the median of the repeats, ``spread`` is
 [min, max]. mpi4py.futures runs with its defaults (1 ms back-off, ``chunksize=1``) and, beside
 them, with no back-off (round trip) and with its best ``chunksize`` (map).
 """
