@@ -22,12 +22,14 @@ from ..mpi import testing
 _HERE = Path(__file__).resolve().parent
 _CELL = _HERE / "mpi_cell.py"
 
-SIZES = {"quick": {"mpi_round_trip": 300, "mpi_map_tiny": 20000, "mpi_scale": 640, "mpi_big_args": 20_000_000},
+SIZES = {"quick": {"mpi_round_trip": 300, "mpi_map_tiny": 20000, "mpi_scale": 640, "mpi_big_args": 20_000_000,
+                   "mpi_agents": 10000},
          "full": {"mpi_round_trip": 2000, "mpi_map_tiny": 100000, "mpi_scale": 3200,
-                  "mpi_big_args": 100_000_000}}
+                  "mpi_big_args": 100_000_000, "mpi_agents": 10000}}
 REPEATS = {"quick": 3, "full": 5}
 METRIC = {"mpi_round_trip": ("us_per_call", "us"), "mpi_map_tiny": ("us_per_item", "us"),
-          "mpi_scale": ("time_over_ideal", "x"), "mpi_big_args": ("ms_per_task", "ms")}
+          "mpi_scale": ("time_over_ideal", "x"), "mpi_big_args": ("ms_per_task", "ms"),
+          "mpi_agents": ("ms_per_step", "ms")}
 SCALE_WORKERS = 16  # mpi_scale: per leader (2 leaders); mpi4py.futures gets 2 x this many ranks
 
 
@@ -115,7 +117,8 @@ def ratios(records):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m shoal.bench.mpi", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes, 3 repeats")
-    p.add_argument("--only", default="", help="comma-separated workloads (mpi_round_trip, mpi_map_tiny, mpi_scale, mpi_big_args)")
+    p.add_argument("--only", default="", help="comma-separated workloads (mpi_round_trip, mpi_map_tiny, mpi_scale, mpi_big_args, "
+                        "mpi_agents)")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--json", dest="json_path", help="write the records here")
     args = p.parse_args(argv)

@@ -77,6 +77,26 @@ def main():
             if got[3] != float(extra["array"][3:].sum()):
                 raise AssertionError("wrong results")
             return elapsed / 20 * 1e3
+        if workload == "mpi_agents":  # SIZE light agents across the nodes; ms per step (10 steps)
+            if "agents" not in extra:
+                if system == "shoal":
+                    extra["agents"] = ex.agents(tasks.LightAgent, range(size))
+                else:
+                    extra["agents"] = [tasks.LightAgent(i) for i in range(size)]
+            agents = extra["agents"]
+            t0 = time.perf_counter()
+            for _ in range(10):
+                if system == "shoal":
+                    wealth = agents.call("step", 1.01)
+                else:  # every agent pickled to a worker rank and back, each step
+                    half = len(agents) // 2
+                    futs = [submit(tasks.step_agents, part, 1.01) for part in (agents[:half], agents[half:])]
+                    parts = [f.result() for f in futs]
+                    agents = extra["agents"] = parts[0][0] + parts[1][0]
+                    wealth = parts[0][1] + parts[1][1]
+            if len(wealth) != size:
+                raise AssertionError("wrong results")
+            return (time.perf_counter() - t0) / 10 * 1e3
         xs = range(n)
         t0 = time.perf_counter()
         ys = map_(tasks.inc, xs)
