@@ -6,7 +6,8 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.shoal-deps
 PYDEPS  := nanobind scikit-build-core cloudpickle numpy pandas psutil pytest pytest-timeout ninja cmake \
            joblib tqdm uvloop threadpoolctl \
-           mesa networkx emcee schwimmbad nbclient nbformat ipykernel
+           mesa networkx emcee schwimmbad nbclient nbformat ipykernel \
+           mpich mpi4py
 # radCAD pins numpy<1.26.4 and pandas 1.x, which would downgrade the project's numpy and pandas;
 # its engine runs on today's (tests/python/test_integrations.py), so it is installed without them.
 NODEPS  := radcad==0.14.0

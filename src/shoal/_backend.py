@@ -55,6 +55,8 @@ class Backend(abc.ABC):
     name = "?"             # shown in reprs and messages only; never compared
     checkpoints = False    # agents' workers can die: a group can be rebuilt from checkpoints
     stops_tasks = False    # can stop a running task (task_timeout, Future.kill())
+    # Why not, where stops_tasks is False (in the errors of task_timeout and Future.kill()).
+    unstoppable = "it runs tasks on threads or in the caller, and a running thread cannot be stopped"
     # The executor's _trace.Recorder while a trace is on, else None: a backend then records each
     # task (Recorder.task at submit) and fills in where and when it ran (see _trace.py).
     tracer = None
@@ -66,9 +68,9 @@ class Backend(abc.ABC):
     def check_limit(self, limit):
         """Raises ValueError if ``limit`` (a task_timeout, None for none) cannot be kept here."""
         if limit is not None and not self.stops_tasks:
-            raise ValueError(f"shoal: the {self.name} backend runs tasks on threads or in the caller, "
-                             "and a running thread cannot be stopped, so task_timeout is not supported "
-                             "there: use backend='process' (its workers can be killed and replaced)")
+            raise ValueError(f"shoal: task_timeout is not supported on the {self.name} backend: "
+                             f"{self.unstoppable}; use backend='process' (its workers can be killed "
+                             "and replaced)")
 
     def unkillable(self):
         """Why no worker may be killed now for a task's limit or Future.kill() (the executor
@@ -180,6 +182,9 @@ class AgentTransport(abc.ABC):
 
     blocks: list
     retries: int = 0
+    # True where the far side keeps a group's checkpoints itself (MPI: each node's own group),
+    # so the driver's group saves none and restores nothing, yet checkpoint=True holds.
+    checkpoints_elsewhere: bool = False
 
     @abc.abstractmethod
     def prepare(self, operation, extra, args, kwargs):
@@ -216,6 +221,7 @@ _TABLE = {
     "process": "shoal.process.driver:ProcessBackend",
     "thread": "shoal._local:ThreadBackend",
     "serial": "shoal._local:SerialBackend",
+    "mpi": "shoal.mpi.backend:MPIBackend",
 }
 BACKEND_NAMES = tuple(_TABLE)
 

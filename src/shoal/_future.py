@@ -57,8 +57,9 @@ class Future(concurrent.futures.Future):
         if it had finished (a result that arrives before its worker is gone still stands). Raises RuntimeError on the thread and serial backends (a thread
         cannot be stopped) and while an agent group without ``checkpoint=True`` lives in the
         executor (its agents would be lost with the worker)."""
-        raise RuntimeError("shoal: this executor's backend runs tasks on threads or in the caller, "
-                           "and a thread cannot be stopped: Future.kill() needs backend='process'")
+        raise RuntimeError("shoal: Future.kill() is not supported on this executor's backend: it runs "
+                           "tasks on threads or in the caller, and a thread cannot be stopped; use "
+                           "backend='process'")
 
     def _killed(self):
         """Used by a backend: the task was stopped by kill(); cancelled, waiters told."""

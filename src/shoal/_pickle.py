@@ -92,6 +92,18 @@ def _by_value(obj, buffer_callback=None):
     return out.getvalue()
 
 
+def by_value(obj, buffer_callback=None):
+    """``obj`` pickled by value with shoal's cloudpickle pickler (see :func:`by_value_pickler`);
+    for transports that pickle outside the arena (the MPI backend)."""
+    return _by_value(obj, buffer_callback)
+
+
+def by_value_pickler():
+    """shoal's cloudpickle Pickler class (see :func:`_pickler_class`), for transports that
+    extend it (the MPI backend sends ``shoal.share`` handles by key)."""
+    return _pickler_class()
+
+
 _Pickler = None
 
 
