@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from types import MethodType
+from types import FunctionType, MethodType
 
 from .. import _core, _threads
 from .._aio import is_coroutine_function
@@ -124,7 +124,7 @@ class FunctionTable:
         self._arena = arena  # shared data the functions hold travels by reference
         self._threshold = threshold
         self._capacity = capacity
-        self._by_key = OrderedDict()  # identity ids -> FunctionEntry
+        self._by_key = OrderedDict()  # id of the identity (one object), or a tuple of ids -> FunctionEntry
         self._by_fn_id = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -133,14 +133,28 @@ class FunctionTable:
 
     def acquire(self, fn):
         """The id of ``fn`` in the workers, registered now if new; one more task uses it."""
-        identity = function_identity(fn)
-        key = tuple(map(id, identity))
-        with self._lock:
-            entry = self._by_key.get(key)
-            if entry is not None and not entry.dead and entry.matches(identity):
-                self._by_key.move_to_end(key)
-                entry.outstanding += 1
-                return entry.fn_id
+        # Keyed by the id of what identifies it: one object (a plain function: the common case,
+        # kept cheap) or a tuple of ids (a bound method: its object and function).
+        if type(fn) is FunctionType:
+            key = id(fn)
+            with self._lock:
+                entry = self._by_key.get(key)
+                if entry is not None and not entry.dead:
+                    ref = entry.refs[0]
+                    if (ref() if type(ref) is weakref.ref else ref) is fn:
+                        self._by_key.move_to_end(key)
+                        entry.outstanding += 1
+                        return entry.fn_id
+            identity = (fn,)
+        else:
+            identity = function_identity(fn)
+            key = id(identity[0]) if len(identity) == 1 else tuple(map(id, identity))
+            with self._lock:
+                entry = self._by_key.get(key)
+                if entry is not None and not entry.dead and entry.matches(identity):
+                    self._by_key.move_to_end(key)
+                    entry.outstanding += 1
+                    return entry.fn_id
         held = []
         blob = dumps_function(fn, self._arena, self._threshold, held)  # raises here if it cannot
         table = weakref.ref(self)  # the callbacks must not keep the table (and its pool) alive
@@ -217,6 +231,18 @@ class FunctionTable:
                     break
             else:
                 return
+
+
+# This process's id, kept current across os.fork() (a system call per task saved).
+_this_pid = os.getpid()
+
+
+def _forked():
+    global _this_pid
+    _this_pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _weak(obj, callback):
@@ -405,7 +431,12 @@ class _ProcessFuture(Future):
     __slots__ = ("_state_", "_task_id")
 
     def __init__(self, state, task_id):
-        super().__init__()
+        # Future.__init__, inlined: one per task on the submit path.
+        self._state = "PENDING"  # concurrent.futures' state names
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks = []
         self._state_ = state     # the backend's _State
         self._task_id = task_id
 
@@ -548,7 +579,7 @@ class ProcessBackend(Backend):
     def _check_owner(self):
         """Raises InheritedExecutorError in a fork()ed child, before the arena (the parent's)
         or the pool is touched; the pool checks its own entry points too."""
-        if self._owner != os.getpid():
+        if self._owner != _this_pid:
             raise InheritedExecutorError(
                 f"shoal: this executor belongs to process {self._owner}; process {os.getpid()} is a "
                 "fork()ed child of it and cannot use it (its workers, rings and locks are the "
