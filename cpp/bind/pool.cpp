@@ -28,9 +28,9 @@ std::vector<BufferRef> buffer_refs(nb::handle refs) {
 }
 
 namespace {
-/// (seq, [(kind, flags, task_id, aux, status kind, status value, status text, worker, payload,
-/// arena blocks or None), ...]) for the Python layer.
-nb::object completions_to_python(Pool& p, std::vector<Completion>& out, std::uint64_t seq) {
+/// [(kind, flags, task_id, aux, status kind, status value, status text, worker, payload,
+/// arena blocks or None), ...] for the Python layer.
+nb::list completions_to_python(Pool& p, std::vector<Completion>& out) {
     nb::list items;
     for (auto& c : out) {
         nb::object buffers = nb::none();
@@ -54,7 +54,16 @@ nb::object completions_to_python(Pool& p, std::vector<Completion>& out, std::uin
                                     status_text,
                                     c.worker, nb::bytes(data, size), buffers));
     }
-    return nb::make_tuple(seq, items);
+    return items;
+}
+
+/// pending[seq] = [batch, 0]: the batch and the index of its next completion to deliver
+/// (driver.py's _deliver resumes there, whichever thread it runs on).
+void keep_pending(Pool& p, std::vector<Completion>& out, std::uint64_t seq, nb::dict& pending) {
+    nb::list record;
+    record.append(completions_to_python(p, out));
+    record.append(0);
+    pending[nb::int_(seq)] = record;
 }
 }  // namespace
 
@@ -118,7 +127,7 @@ void bind_pool(nb::module_& m) {
         .def("cancel", &Pool::cancel)
         .def("cancel_all", &Pool::cancel_all)
         .def("take",
-             [](Pool& p, double timeout, bool background, std::uint64_t epoch) -> nb::object {
+             [](Pool& p, double timeout, bool background, std::uint64_t epoch, nb::dict pending) -> nb::object {
                  std::vector<Completion> out;
                  bool open;
                  std::uint64_t seq = 0;
@@ -127,17 +136,21 @@ void bind_pool(nb::module_& m) {
                      open = p.take(out, timeout < 0 ? -1 : static_cast<std::int64_t>(timeout * 1e9), background,
                                    epoch, &seq);
                  }
+                 // The batch goes into `pending` here, in C, before any bytecode runs: a
+                 // KeyboardInterrupt raised after this call returns cannot lose it.
+                 if (!out.empty()) keep_pending(p, out, seq, pending);
                  if (!open) return nb::none();
-                 return completions_to_python(p, out, seq);
+                 return nb::bool_(true);
              },
-             nb::arg("timeout") = -1.0, nb::arg("background") = false, nb::arg("epoch") = 0)
+             nb::arg("timeout"), nb::arg("background"), nb::arg("epoch"), nb::arg("pending"))
         .def("take_ready",
-             [](Pool& p) -> nb::object {
+             [](Pool& p, nb::dict pending) {
                  std::vector<Completion> out;
                  std::uint64_t seq = 0;
                  p.take_ready(out, &seq);
-                 return completions_to_python(p, out, seq);
-             })
+                 if (!out.empty()) keep_pending(p, out, seq, pending);
+             },
+             nb::arg("pending"))
         .def_prop_ro("epoch", &Pool::epoch)
         .def("interrupt", &Pool::interrupt, nb::call_guard<nb::gil_scoped_release>())
         .def("close", &Pool::close, nb::arg("kill"), nb::call_guard<nb::gil_scoped_release>())
