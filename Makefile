@@ -6,14 +6,15 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.shoal-deps
 PYDEPS  := nanobind scikit-build-core cloudpickle numpy pandas psutil pytest pytest-timeout ninja cmake \
            joblib tqdm uvloop threadpoolctl \
-           mesa networkx emcee schwimmbad nbclient nbformat ipykernel
+           mesa networkx emcee schwimmbad nbclient nbformat ipykernel \
+           mpich mpi4py
 # radCAD pins numpy<1.26.4 and pandas 1.x, which would downgrade the project's numpy and pandas;
 # its engine runs on today's (tests/python/test_integrations.py), so it is installed without them.
 NODEPS  := radcad==0.14.0
 BUILD   := build/py
 JOBS    ?= 2
 
-.PHONY: all venv apt build cpp-tests test test-cpp test-python sanitize fuzz demo bench clean
+.PHONY: all venv apt chromium build stubs cpp-tests test test-cpp test-python sanitize fuzz demo bench clean
 
 all: build
 
@@ -32,6 +33,13 @@ apt:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgtest-dev; \
 	  else echo "libgtest-dev is missing: run 'sudo apt-get install libgtest-dev'"; exit 1; fi; fi
 
+# Headless Chromium from Debian renders the trace report in tests/python/test_report.py; installed
+# only when missing, and only as root (without it that test skips, saying why).
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "chromium is missing: run 'sudo apt-get install chromium' (the report test skips without it)"; fi; fi
+
 # The extension is built with CMake into build/py and copied next to the sources, so the
 # tests and the demo run from src/ (`pip install .` builds the same thing into a wheel).
 build: $(STAMP)
@@ -40,6 +48,12 @@ build: $(STAMP)
 	$(VENV)/bin/cmake --build $(BUILD) -j $(JOBS)
 	for f in $(BUILD)/_core*.so; do cp $$f src/shoal/.$$(basename $$f).tmp && mv -f src/shoal/.$$(basename $$f).tmp src/shoal/$$(basename $$f); done
 	$(VPY) -m compileall -q src/shoal  # bytecode, as an installed package has (even with PYTHONDONTWRITEBYTECODE)
+
+# The type stubs of shoal._core, from the built module's signatures and docstrings (nanobind's
+# stubgen). Committed; tests/python/test_stubs.py fails when they are stale.
+STUBGEN := -m nanobind.stubgen -m shoal._core -p cpp/bind/stub_patterns.txt -q
+stubs: build
+	PYTHONPATH=src $(VPY) $(STUBGEN) -o src/shoal/_core.pyi
 
 cpp-tests: $(STAMP) apt
 	$(VENV)/bin/cmake -S . -B build/cpp -G Ninja -DSHOAL_BUILD_PYTHON=OFF -DSHOAL_BUILD_TESTS=ON \
@@ -50,7 +64,7 @@ test-cpp: cpp-tests
 	$(VENV)/bin/ctest --test-dir build/cpp --output-on-failure
 
 # pytest exits 5 when it collected no test: that is a failure here.
-test-python: build
+test-python: build chromium
 	PYTHONPATH=src $(VPY) -m pytest tests/python -q -ra; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 

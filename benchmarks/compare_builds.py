@@ -53,6 +53,8 @@ def main():
         sizes[workload] = dict(spec.SIZES[args.size][workload])
         if workload == "agents":
             runner._prepare_agents(sizes[workload])  # calibrated once, the same for both builds
+        if workload == "map_cpu":  # as the runner does: iterations of spin for task_ms
+            sizes[workload]["iterations"] = runner._calibrate_spin(sizes[workload]["task_ms"])
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(args.rounds):
             order = ["base", "new"] if rnd % 2 == 0 else ["new", "base"]

@@ -16,6 +16,7 @@ struct PyArena {
 struct PyBlock {
     shoal::ArenaBlock owned;
     std::shared_ptr<shoal::Arena> arena;  // keeps the mapping alive as long as any view
+    shoal::ArenaPrivateView cow;           // a copy-on-write view's own mapping, else empty
     std::uint64_t offset = 0;
     std::uint64_t length = 0;
     bool readonly = true;

@@ -38,7 +38,7 @@ bool plain_items(nb::handle items) {
 }  // namespace
 
 void bind_items(nb::module_& m) {
-    m.def("plain_items", &plain_items, nb::arg("items"),
+    m.def("plain_items", &plain_items, nb::arg("items"), nb::sig("def plain_items(items: list) -> bool"),
           "True if every item of the list is an int, float, str, bytes, bool, None or complex "
           "(exact types), or a tuple of such values.");
 }

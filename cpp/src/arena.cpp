@@ -414,4 +414,41 @@ std::uint64_t Arena::used_bytes() const noexcept {
 
 std::uint64_t Arena::file_bytes() const noexcept { return m_known_file.load(std::memory_order_relaxed); }
 
+void ArenaPrivateView::reset() noexcept {
+    if (m_map != nullptr) ::munmap(m_map, m_map_bytes);
+    m_map = nullptr;
+    m_map_bytes = 0;
+    m_data = nullptr;
+}
+
+ArenaPrivateView Arena::private_view(std::uint64_t offset, std::uint64_t length) {
+    if (!contains(offset, length)) throw std::out_of_range("Arena::private_view: a range outside the arena");
+    ArenaPrivateView v;
+    if (length == 0) return v;
+    long const ps = ::sysconf(_SC_PAGESIZE);
+    std::uint64_t const page = ps > 0 ? static_cast<std::uint64_t>(ps) : 4096;
+    std::uint64_t const at = m_data_offset + offset;  // in the file
+    std::uint64_t const start = at / page * page;
+    std::uint64_t const bytes = round_up(at - start + length, page);
+    // MAP_PRIVATE of the shared file: a read maps the file's page itself, a write gives this
+    // mapping its own copy of that page (the file, sealed against shrinking, covers the range).
+    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, m_fd.get(),
+                     static_cast<off_t>(start));
+    if (p == MAP_FAILED) throw_errno("mmap(arena, private)");
+    v.m_map = p;
+    v.m_map_bytes = bytes;
+    v.m_data = static_cast<std::byte*>(p) + (at - start);
+    return v;
+}
+
+std::uint64_t Arena::block_count() const noexcept {
+    std::uint64_t const high = std::min(header()->high_pages.load(std::memory_order_acquire), m_limit_pages);
+    std::uint64_t n = 0;
+    for (std::uint64_t p = 0; p < high; ++p) {
+        std::uint64_t const w = word(p).load(std::memory_order_relaxed);
+        if (!is_free(w) && is_start(w)) ++n;
+    }
+    return n;
+}
+
 }  // namespace shoal

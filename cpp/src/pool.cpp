@@ -1,9 +1,11 @@
-// pool.cpp — the driver's pool: layout of shared memory, dispatcher loop, worker lives.
+// pool.cpp — the driver's pool: layout of shared memory, serving the pool, worker lives.
 // See pool.hpp for the data flow of a task.
 #include "shoal/pool.hpp"
 #include "shoal/frame.hpp"
 
+#include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <poll.h>
 #include <stdexcept>
@@ -15,6 +17,11 @@ namespace shoal {
 namespace {
 constexpr std::size_t k_page = 4096;
 std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+/// `o` with workers = 0 made one per online CPU.
+PoolOptions resolved(PoolOptions o) {
+    if (o.workers == 0) o.workers = static_cast<std::size_t>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));
+    return o;
+}
 Bytes text_bytes(std::string const& s) {
     auto const* p = reinterpret_cast<std::byte const*>(s.data());
     return Bytes(p, p + s.size());
@@ -57,9 +64,8 @@ void Pool::kill_slot_locked(std::size_t slot) noexcept {
 }
 
 Pool::Pool(ZygoteClient& zygote, PoolOptions options)
-    : m_options(std::move(options)), m_scheduler(m_options.workers, m_options.scheduler), m_owner(::getpid()) {
+    : m_options(resolved(std::move(options))), m_scheduler(m_options.workers, m_options.scheduler), m_owner(::getpid()) {
     std::size_t const n = m_options.workers;
-    if (n == 0) throw std::invalid_argument("Pool: at least one worker");
     std::size_t const tb = Ring::bytes_for(m_options.task_ring_bytes);
     std::size_t const rb = Ring::bytes_for(m_options.result_ring_bytes);
     std::size_t size = round_up(sizeof(DoorbellWord) + n * (tb + rb), k_page);
@@ -137,6 +143,7 @@ void Pool::start_worker_locked(std::size_t i) {
     s.stopping = false;
     s.exited = false;
     s.kill_reason.clear();
+    s.killed.clear();
     m_scheduler.worker_started(i);
     ZygoteMessage m;
     m.op = ZygoteOp::fork_worker;
@@ -146,7 +153,7 @@ void Pool::start_worker_locked(std::size_t i) {
     try {
         send_message(m_executor.get(), m.encode(), std::span<int const>(fds, m_options.arena ? 3 : 2));
     } catch (std::system_error const&) {
-        // The zygote is gone; its EOF is handled by the dispatcher.
+        // The zygote is gone; the next thread that serves the pool reads its EOF.
         s.exited = true;
         m_scheduler.worker_died(i);
     }
@@ -169,12 +176,12 @@ void Pool::forget_function(std::uint64_t fn_id) {
 
 bool Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
                   std::span<std::byte const> payload, std::span<BufferRef const> refs, bool concurrent,
-                  std::int64_t worker) {
+                  std::int64_t worker, std::uint32_t limit_ms) {
     check_owner();
     if (worker < -1 || worker >= static_cast<std::int64_t>(m_slots.size()))
         throw std::out_of_range("Pool::submit: no worker slot " + std::to_string(worker) + " (the pool has " +
                                 std::to_string(m_slots.size()) + ")");
-    auto frame = std::make_shared<Bytes const>(encode_frame(FrameKind::task, 0, task_id, fn_id, count, payload, refs));
+    auto frame = std::make_shared<Bytes const>(encode_frame(FrameKind::task, limit_ms, task_id, fn_id, count, payload, refs));
     std::lock_guard lock(m_mutex);
     if (m_broken || m_closing) {
         fail_task_locked(task_id, m_broken ? m_broken_kind : Completion::broken, m_broken_status,
@@ -182,7 +189,7 @@ bool Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t coun
         m_ready_cv.notify_all();
         return true;
     }
-    m_scheduler.submit(Task{task_id, fn_id, count, 0, std::move(frame), concurrent, worker});
+    m_scheduler.submit(Task{task_id, fn_id, count, 0, std::move(frame), concurrent, worker, limit_ms});
     std::int64_t const now = now_ns();
     m_caller_ns = now;
     // Results drained here free in-flight room. A thread sleeping on the doorbell hears of
@@ -190,7 +197,7 @@ bool Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t coun
     bool const had = !m_ready.empty();
     if (drain_locked() && !had && !m_ready.empty()) {
         m_ready_since_ns = now;
-        if (m_poller) wake_dispatcher();
+        if (m_poller) wake_poller();
     }
     pump_locked();
     return !m_ready.empty() && (m_ready.size() >= 16 || now - m_ready_since_ns >= 100'000);
@@ -209,6 +216,19 @@ bool Pool::cancel(std::uint64_t task_id) {
     check_owner();
     std::lock_guard lock(m_mutex);
     return m_scheduler.cancel(task_id);
+}
+
+int Pool::kill(std::uint64_t task_id) {
+    check_owner();
+    std::lock_guard lock(m_mutex);
+    if (m_scheduler.cancel(task_id)) return 1;
+    std::int64_t const slot = m_scheduler.slot_of(task_id);
+    if (slot < 0) return 0;
+    Slot& s = m_slots[static_cast<std::size_t>(slot)];
+    if (s.exited) return 0;  // already killed for a bad message: its tasks complete as crashed
+    s.killed.push_back(task_id);
+    if (s.killed.size() == 1) kill_slot_locked(static_cast<std::size_t>(slot));
+    return 2;
 }
 
 std::vector<std::uint64_t> Pool::cancel_all() {
@@ -409,8 +429,23 @@ void Pool::worker_exited_locked(std::size_t i, ExitStatus status) {
     s.exited = true;
     s.pid = 0;
     Bytes const reason = text_bytes(s.kill_reason);
-    for (auto& t : m_scheduler.worker_died(i))
-        fail_task_locked(t.id, Completion::crashed, status, reason, static_cast<std::uint32_t>(i));
+    // Who is to blame: tasks kill() stopped, or the running task if the worker's own timer
+    // killed it (SIGALRM) and that task had a limit. Only they fail; the others go back.
+    std::vector<std::uint64_t> blame = std::move(s.killed);
+    s.killed.clear();
+    bool timed_out = false;
+    if (blame.empty() && status.kind == ExitStatus::signaled && status.value == SIGALRM) {
+        Task const* t = m_scheduler.running(i);
+        if (t != nullptr && t->limit_ms != 0) {
+            blame.push_back(t->id);
+            timed_out = true;
+        }
+    }
+    for (auto& t : m_scheduler.worker_died(i, blame)) {
+        bool const blamed = std::find(blame.begin(), blame.end(), t.id) != blame.end();
+        Completion::Kind const kind = !blamed ? Completion::crashed : timed_out ? Completion::timed_out : Completion::killed;
+        fail_task_locked(t.id, kind, status, blamed ? Bytes{} : reason, static_cast<std::uint32_t>(i));
+    }
     if (m_killing) return;
     if (m_broken) {
         // No worker will be started again: what was re-queued fails like the rest.
@@ -449,7 +484,7 @@ bool Pool::results_waiting() const noexcept {
     return false;
 }
 
-void Pool::wake_dispatcher() noexcept { m_wakeup.signal(); }
+void Pool::wake_poller() noexcept { m_wakeup.signal(); }
 
 void Pool::service_locked() {
     while (drain_locked()) {}
@@ -579,7 +614,7 @@ void Pool::close(bool kill) {
                 if (!m_slots[i].exited) kill_slot_locked(i);
         }
     }
-    wake_dispatcher();
+    wake_poller();
 }
 
 void Pool::join(std::int64_t timeout_ns) {

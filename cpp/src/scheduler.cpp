@@ -163,25 +163,54 @@ std::optional<Task> Scheduler::complete(std::size_t worker, std::uint64_t task_i
     return t;
 }
 
-std::vector<Task> Scheduler::worker_died(std::size_t worker) {
+Task const* Scheduler::running(std::size_t worker) const {
+    for (auto const& t : m_workers.at(worker).inflight)
+        if (!t.concurrent) return &t;
+    return nullptr;
+}
+
+std::int64_t Scheduler::slot_of(std::uint64_t task_id) const {
+    for (std::size_t i = 0; i < m_workers.size(); ++i)
+        for (auto const& t : m_workers[i].inflight)
+            if (t.id == task_id) return static_cast<std::int64_t>(i);
+    return -1;
+}
+
+std::vector<Task> Scheduler::worker_died(std::size_t worker, std::vector<std::uint64_t> const& blame) {
     auto& w = m_workers.at(worker);
     std::vector<Task> failed;
-    // A worker runs its plain tasks in order: the oldest was running when it died; the others
-    // were waiting in its ring and did not run, so their attempt does not count. Concurrent
-    // tasks run side by side: any of them may have been running (or be the culprit), so
-    // each is charged.
-    bool oldest = true;
-    for (auto& t : w.inflight) {
-        if (t.concurrent) continue;
-        if (!oldest) --t.attempts;
-        oldest = false;
+    if (!blame.empty()) {
+        // The death has a known cause (the driver killed the worker for these tasks, or one
+        // overran its limit): they end here; the others go back with their attempt refunded,
+        // concurrent ones too.
+        for (auto it = w.inflight.begin(); it != w.inflight.end();) {
+            if (std::find(blame.begin(), blame.end(), it->id) != blame.end()) {
+                failed.push_back(std::move(*it));
+                it = w.inflight.erase(it);
+            } else {
+                --it->attempts;
+                ++it;
+            }
+        }
+    } else {
+        // A worker runs its plain tasks in order: the oldest was running when it died; the
+        // others were waiting in its ring and did not run, so their attempt does not count.
+        // Concurrent tasks run side by side: any of them may have been running (or be the
+        // culprit), so each is charged.
+        bool oldest = true;
+        for (auto& t : w.inflight) {
+            if (t.concurrent) continue;
+            if (!oldest) --t.attempts;
+            oldest = false;
+        }
     }
+    std::size_t const first = failed.size();
     // Re-queue at the front in the original order; pinned tasks fail (their slot's state died).
     for (auto it = w.inflight.rbegin(); it != w.inflight.rend(); ++it) {
         if (it->worker >= 0 || it->attempts > m_options.retries) failed.push_back(std::move(*it));
         else m_queue.push_front(std::move(*it));
     }
-    std::reverse(failed.begin(), failed.end());
+    std::reverse(failed.begin() + static_cast<std::ptrdiff_t>(first), failed.end());
     for (auto& t : w.pinned) failed.push_back(std::move(t));
     m_pinned_queued -= w.pinned.size();
     w.pinned.clear();

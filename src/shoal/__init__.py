@@ -5,10 +5,10 @@ worker processes forked from a zygote, with a C++ core moving tasks through
 shared-memory rings.
 """
 __all__ = ["Executor", "Future", "AgentGroup", "ShoalError", "WorkerCrashedError", "InitializerError",
-           "PreloadError", "ExecutorShutdownError", "WorkersUnavailableError", "ExecutorClosedError",
+           "PreloadError", "ExecutorShutdownError", "WorkersUnavailableError", "TaskTimeoutError", "ExecutorClosedError",
            "InheritedExecutorError", "ImportTimeExecutorError", "CannotSendError", "DeadlockError", "RemoteTraceback", "AgentError",
            "AgentsLostError", "share", "Shared", "ArenaFull", "set_arena_limit", "arena_stats",
-           "Progress", "Pool", "patch_pools"]
+           "Progress", "Pool", "patch_pools", "Trace"]
 __version__ = "0.1.0"
 
 # The names load on first use, so that a worker process (which imports shoal._worker)
@@ -20,6 +20,7 @@ _where = {
     "WorkerCrashedError": "._errors",
     "ExecutorShutdownError": "._errors",
     "WorkersUnavailableError": "._errors",
+    "TaskTimeoutError": "._errors",
     "ExecutorClosedError": "._errors",
     "InheritedExecutorError": "._errors",
     "InitializerError": "._errors",
@@ -39,6 +40,7 @@ _where = {
     "AgentGroup": "._agents",
     "Pool": "._pool",
     "patch_pools": "._patch",
+    "Trace": "._trace",
 }
 
 

@@ -1,10 +1,12 @@
-"""python -m shoal demo | bench ... | run script.py [args]"""
+"""python -m shoal demo | bench ... | run script.py [args] | report run.json [-o report.html]"""
 import sys
 
 USAGE = ("usage: python -m shoal demo | bench [--quick] [--only ID,...] [--json PATH] [--markdown PATH]\n"
          "       python -m shoal run script.py [args ...] | run -m module [args ...]\n"
          "         runs the script with multiprocessing.Pool, get_context(...).Pool and\n"
-         "         concurrent.futures.ProcessPoolExecutor built on shoal's workers (shoal.patch_pools)")
+         "         concurrent.futures.ProcessPoolExecutor built on shoal's workers (shoal.patch_pools)\n"
+         "       python -m shoal report run.json [-o report.html]\n"
+         "         an HTML page of a trace saved with Trace.save (see docs/observability.md)")
 
 
 def run(argv):
@@ -41,6 +43,9 @@ def main(argv=None):
         return bench(argv)
     if command == "run":
         return run(argv)
+    if command == "report":
+        from ._report import main as report
+        return report(argv)
     print(USAGE)
     return 0 if command in ("help", "-h", "--help") else 2
 

@@ -70,6 +70,7 @@ class AgentGroup:
         self._n = len(init_args)
         self._id = next(_group_ids)
         self._checkpoint = bool(checkpoint) and backend.checkpoints
+        self._checkpoint_asked = bool(checkpoint)
         self._states = [None] * self._n if self._checkpoint else None
         self._lock = threading.Lock()
         self._queue = collections.deque()  # operations not finished; the first one is running
@@ -106,8 +107,8 @@ class AgentGroup:
 
     @property
     def checkpoint(self):
-        """True when each agent's state is saved after every call (process backend only)."""
-        return self._checkpoint
+        """True when each agent's state is saved after every call (process and MPI backends)."""
+        return self._checkpoint or (self._checkpoint_asked and self._transport.checkpoints_elsewhere)
 
     @property
     def lost(self):

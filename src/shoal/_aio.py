@@ -60,6 +60,29 @@ async def await_items(fn, items, star):
     return results, None
 
 
+async def limited(coro, seconds, name):
+    """Awaits ``coro`` for at most ``seconds``; past that it is cancelled in its loop (its
+    siblings keep running) and TaskTimeoutError is raised. Works on any asyncio loop."""
+    import asyncio
+
+    from ._errors import TaskTimeoutError, timeout_message
+
+    task = asyncio.ensure_future(coro)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=seconds)
+    except BaseException:  # this task was cancelled: so is the coroutine
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        try:
+            await task
+        except BaseException:  # noqa: BLE001 - its cancellation (or what it raised meanwhile)
+            pass
+        raise TaskTimeoutError(timeout_message(seconds, name), limit=seconds, function=name)
+    return task.result()
+
+
 async def _guarded(coro):
     """(False, value) or (True, exception): a task's failure, whatever it is, never leaves
     the loop (asyncio re-raises SystemExit and KeyboardInterrupt out of run_forever)."""

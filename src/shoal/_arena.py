@@ -20,7 +20,10 @@ DEFAULT_THRESHOLD = 64 * 1024  # buffers at least this large go through the aren
 # In a task frame's reference, this bit of the length marks memory the task only reads (a
 # shared handle, an earlier result): its view is read-only. A fresh copy is the task's own.
 READ_ONLY = 1 << 63
-LENGTH = READ_ONLY - 1
+# ... and this bit a copy-on-write view of a placement several tasks share (Placements): the
+# task may write to it, and its writes stay in its own private mapping of the pages.
+COPY_ON_WRITE = 1 << 62
+LENGTH = COPY_ON_WRITE - 1
 
 _lock = threading.Lock()
 _arena = None
@@ -97,12 +100,14 @@ def worker_arena():
 
 
 def arena_stats():
-    """{'used_bytes', 'file_bytes', 'limit_bytes'} of this process's arena, or None while this
-    process has no arena yet (it is created by the first process executor or ``share``)."""
+    """{'used_bytes', 'file_bytes', 'limit_bytes', 'blocks'} of this process's arena, or None
+    while this process has no arena yet (it is created by the first process executor or
+    ``share``). ``blocks``: blocks in use by every process of the arena."""
     a = _arena if _arena_pid == os.getpid() else None
     if a is None:
         return None
-    return {"used_bytes": a.used_bytes, "file_bytes": a.file_bytes, "limit_bytes": a.limit_bytes}
+    return {"used_bytes": a.used_bytes, "file_bytes": a.file_bytes, "limit_bytes": a.limit_bytes,
+            "blocks": a.blocks}
 
 
 class Buffers:
@@ -113,14 +118,16 @@ class Buffers:
     the frame's (offset, length) references; ``keep`` holds what must stay alive until the
     receiver is done (blocks, or the objects exporting arena memory)."""
 
-    __slots__ = ("arena", "threshold", "by_ref", "refs", "keep")
+    __slots__ = ("arena", "threshold", "by_ref", "refs", "keep", "placements", "copied")
 
-    def __init__(self, arena, threshold=DEFAULT_THRESHOLD, by_ref=True):
+    def __init__(self, arena, threshold=DEFAULT_THRESHOLD, by_ref=True, placements=None):
         self.arena = arena
         self.threshold = threshold
         self.by_ref = by_ref
         self.refs = []
         self.keep = []
+        self.placements = placements  # the call's Placements, or None: a copy per frame
+        self.copied = 0  # bytes this frame copied into the arena (not those it shares)
 
     def __call__(self, pickle_buffer):
         try:
@@ -128,7 +135,9 @@ class Buffers:
         except BufferError:  # not contiguous: in band
             return True
         if raw.nbytes < self.threshold:
-            return True
+            p = self.placements
+            if p is None or p.arrays_above is None or raw.nbytes <= p.arrays_above or not _is_array(raw.obj):
+                return True
         self.add(raw, pickle_buffer)
         return False
 
@@ -140,10 +149,19 @@ class Buffers:
                 self.refs.append((offset, raw.nbytes | READ_ONLY))
                 self.keep.append(holder)
                 return len(self.refs) - 1
+        p = self.placements
+        if p is not None and (p.arrays_above is None or (raw.nbytes > p.arrays_above and _is_array(raw.obj))):
+            hold, flags, new = p.place(raw)
+            if new:
+                self.copied += raw.nbytes
+            self.refs.append((hold.block.offset, raw.nbytes | flags))
+            self.keep.append(hold)
+            return len(self.refs) - 1
         block = self.arena.copy_in(raw)
         return self.add_block(block, raw.nbytes)
 
     def add_block(self, block, nbytes):
+        self.copied += nbytes
         self.refs.append((block.offset, nbytes))
         self.keep.append(block)
         return len(self.refs) - 1
@@ -158,3 +176,127 @@ class Buffers:
             if type(b) is _core.Block:
                 b.detach()
         self.keep.clear()
+
+
+def _is_array(obj):
+    t = type(obj)
+    return t.__module__ == "numpy" and t.__name__ in ("ndarray", "memmap")
+
+
+class _Hold:
+    """One placement: a block holding a copy of a buffer that several tasks of one call pass.
+    Each frame that refers to it keeps it (``Buffers.keep``) until its task completes; the block
+    is freed when nothing holds it any more."""
+
+    __slots__ = ("block", "source", "__weakref__")
+
+
+class _HeldSource:
+    """The source of a placement that holds it (not weakly referenceable): None once freed."""
+
+    __slots__ = ("hold",)
+
+    def __init__(self, hold_ref):
+        self.hold = hold_ref
+
+    def __call__(self):
+        h = self.hold()
+        return None if h is None else h.source
+
+
+class _Entry:
+    __slots__ = ("source", "hold", "sticky", "weak")
+
+
+class Placements:
+    """The placements of one call (a ``map``, ``starmap``, ``sweep``, or a joblib ``Parallel``):
+    a large buffer that several of its items pass is copied into the arena once, when the call
+    first pickles it, and every task refers to that one block.
+
+    "The same buffer" is the same exporting object with the same address, length, shape and
+    strides. A placement lives while a task in flight uses it; one that a second item used
+    (``sticky``) also lives while the call is open and its source object is alive, so items read
+    after the earlier tasks finished still find it. A source that cannot be weakly referenced
+    (bytes) is held by its placement, so that its id is not reused while the placement lives.
+    A buffer changed by the caller after the call first read it is not seen again: the tasks
+    see it as it was then.
+
+    ``view`` is how tasks see a placement: COPY_ON_WRITE (a private mapping each: a task that
+    writes to its argument changes nothing others see), READ_ONLY, or 0 (writable and shared by
+    the call's tasks, joblib's ``mmap_mode="r+"``). ``arrays_above``: numpy arrays larger than
+    this many bytes are placed even below the executor's threshold (joblib's ``max_nbytes``).
+    ``reducers``: a pickler dispatch table used while this call pickles (joblib's memmaps).
+
+    Thread-safe: joblib submits batches from several threads."""
+
+    def __init__(self, arena, view=COPY_ON_WRITE, arrays_above=None, reducers=None):
+        self.arena = arena
+        self.view = view
+        self.arrays_above = arrays_above
+        self.reducers = reducers
+        self.picklers = {}  # pickler class -> its subclass with `reducers` (_pickle._by_value)
+        self.made = 0  # placements made (for tests and statistics)
+        self._entries = {}
+        self._dead = []  # keys of entries whose source died (queued by weakref callbacks)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def place(self, raw):
+        """(the _Hold of ``raw``'s placement, the reference's view flags, whether it is new)."""
+        import weakref
+
+        source = raw.obj
+        try:
+            shape, strides = source.shape, source.strides
+        except AttributeError:
+            shape = strides = None
+        key = (id(source), _core.buffer_address(raw), raw.nbytes, shape, strides)
+        with self._lock:
+            self._reap()
+            entry = self._entries.get(key)
+            if entry is not None and entry.source() is not source:
+                entry = None  # another object that took a dead one's id: a new placement
+            hold = None
+            if entry is not None:
+                hold = entry.hold if entry.sticky else entry.hold()
+            if hold is not None:
+                if not entry.sticky and entry.weak:
+                    entry.sticky, entry.hold = True, hold  # a second item: kept for the call
+                return hold, self.view, False
+            hold = _Hold()
+            hold.block = self.arena.copy_in(raw)
+            hold.source = None
+            self.made += 1
+            if self._closed:
+                return hold, self.view, True
+            dead = self._dead
+            if entry is not None:  # seen before, and freed since: it recurs, keep it for the call
+                entry.sticky, entry.hold = True, hold
+                return hold, self.view, True
+            entry = _Entry()
+            entry.sticky = False
+            try:
+                entry.source = weakref.ref(source, lambda r, key=key: dead.append(key))
+                entry.weak = True
+                entry.hold = weakref.ref(hold)
+            except TypeError:  # e.g. bytes: the placement holds it, so its id stays its own
+                hold.source = source
+                entry.weak = False
+                entry.hold = weakref.ref(hold, lambda r, key=key: dead.append(key))
+                entry.source = _HeldSource(entry.hold)
+            self._entries[key] = entry
+        return hold, self.view, True
+
+    def _reap(self):
+        while self._dead:
+            key = self._dead.pop()
+            entry = self._entries.get(key)
+            if entry is not None and entry.source() is None:
+                del self._entries[key]  # its source (or, held, its placement) is gone
+
+    def close(self):
+        """The call is over: placements live on only while tasks in flight use them."""
+        with self._lock:
+            self._closed = True
+            self._entries.clear()
+            self._dead.clear()

@@ -26,6 +26,7 @@ class BackendConfig(NamedTuple):
     concurrency: int = 1
     event_loop: Any = "asyncio"
     threads_per_worker: int | str | None = None  # native thread pools per worker (_threads.py)
+    task_timeout: float | None = None  # seconds a task may run; None: no limit
 
 
 class ChunkOutcome(NamedTuple):
@@ -53,9 +54,28 @@ class Backend(abc.ABC):
 
     name = "?"             # shown in reprs and messages only; never compared
     checkpoints = False    # agents' workers can die: a group can be rebuilt from checkpoints
+    stops_tasks = False    # can stop a running task (task_timeout, Future.kill())
+    # Why not, where stops_tasks is False (in the errors of task_timeout and Future.kill()).
+    unstoppable = "it runs tasks on threads or in the caller, and a running thread cannot be stopped"
+    # The executor's _trace.Recorder while a trace is on, else None: a backend then records each
+    # task (Recorder.task at submit) and fills in where and when it ran (see _trace.py).
+    tracer = None
 
     def __init__(self, config: BackendConfig):
         self.config = config
+        self.check_limit(config.task_timeout)
+
+    def check_limit(self, limit):
+        """Raises ValueError if ``limit`` (a task_timeout, None for none) cannot be kept here."""
+        if limit is not None and not self.stops_tasks:
+            raise ValueError(f"shoal: task_timeout is not supported on the {self.name} backend: "
+                             f"{self.unstoppable}; use backend='process' (its workers can be killed "
+                             "and replaced)")
+
+    def unkillable(self):
+        """Why no worker may be killed now for a task's limit or Future.kill() (the executor
+        replaces this with a check for agent groups without checkpoints), or None."""
+        return None
 
     # ---- sizes
 
@@ -90,24 +110,33 @@ class Backend(abc.ABC):
         return value
 
     @abc.abstractmethod
-    def submit(self, fn, args, kwargs):
+    def submit(self, fn, args, kwargs, limit=None):
         """Schedules ``fn(*args, **kwargs)``; returns a :class:`shoal.Future`. Arguments that
-        cannot be pickled raise here, in the caller."""
+        cannot be pickled raise here, in the caller. ``limit``: seconds the task may run
+        (only where ``stops_tasks``); past it the future fails with TaskTimeoutError."""
 
     @abc.abstractmethod
-    def submit_chunk(self, fn, items, star=True):
+    def submit_chunk(self, fn, items, star=True, limit=None):
         """Schedules one chunk of map() items (``fn(*item)`` when ``star``, else ``fn(item)``);
         returns a future of a :class:`ChunkOutcome`. A worker that dies fails it with
-        WorkerCrashedError once its retries are used up."""
+        WorkerCrashedError once its retries are used up. ``limit`` applies to each item; an
+        item past it fails the whole chunk with TaskTimeoutError."""
 
-    def map(self, fn, args, *, star, timeout, chunksize, ordered, bar, length, max_workers, concurrency):
+    def placements(self, **options):
+        """A scope for one call (map, sweep, a joblib Parallel) in which a large buffer that
+        several items pass is placed once (``_arena.Placements``), passed as ``placements=`` to
+        ``submit``/``submit_chunk``; None (the default) where tasks get the caller's objects."""
+        return None
+
+    def map(self, fn, args, *, star, timeout, chunksize, ordered, bar, length, max_workers, concurrency,
+            limit=None):
         """The iterator behind Executor.map: by default a bounded window of chunks in flight
         (see _mapping.MapWindow); a backend that runs in the caller overrides it."""
         from ._mapping import MapWindow
 
         return iter(MapWindow(self, fn, args, timeout=timeout, chunksize=chunksize, ordered=ordered,
                               star=star, bar=bar, length=length, max_workers=max_workers,
-                              concurrency=concurrency))
+                              concurrency=concurrency, limit=limit))
 
     def sweep_rows(self, job, ordered, bar):
         """The (index, row) generator of a sweep: by default its tasks on map's window."""
@@ -134,6 +163,11 @@ class Backend(abc.ABC):
         """Stops the workers once the queued tasks ran (``kill``: now, failing what is queued).
         ``wait``: returns once they are gone. Safe to call twice."""
 
+    def traced_processes(self):
+        """Process ids whose memory a trace samples (besides the driver's), and whose exit it
+        notes: the live workers' if they are processes. Never starts workers."""
+        return []
+
     def check(self):
         """Raises the executor's InitializerError if its initializer failed (backends that
         report it per task do nothing here)."""
@@ -148,6 +182,9 @@ class AgentTransport(abc.ABC):
 
     blocks: list
     retries: int = 0
+    # True where the far side keeps a group's checkpoints itself (MPI: each node's own group),
+    # so the driver's group saves none and restores nothing, yet checkpoint=True holds.
+    checkpoints_elsewhere: bool = False
 
     @abc.abstractmethod
     def prepare(self, operation, extra, args, kwargs):
@@ -184,6 +221,7 @@ _TABLE = {
     "process": "shoal.process.driver:ProcessBackend",
     "thread": "shoal._local:ThreadBackend",
     "serial": "shoal._local:SerialBackend",
+    "mpi": "shoal.mpi.backend:MPIBackend",
 }
 BACKEND_NAMES = tuple(_TABLE)
 

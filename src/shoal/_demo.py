@@ -82,7 +82,33 @@ def main(argv=()):
 
     print("\n5. agents: battery agents living in the workers bid into a market each hour")
     _energy_market(workers)
+
+    print("\n6. where the time went: a trace of a map with one slow item, and its report")
+    _traced_run(workers)
     return 0
+
+
+def _traced_run(workers):
+    """Section 6: traces a map whose last item is 20x slower, saves it, writes the report."""
+    import tempfile
+
+    from ._report import render
+
+    folder = tempfile.mkdtemp(prefix="shoal-demo-trace-")
+    with shoal.Executor(workers) as ex:
+        with ex.trace() as t:
+            list(ex.map(work, [100_000] * 48 + [2_000_000], chunksize=4))
+            [f.result() for f in [ex.submit(work, 50_000) for _ in range(8)]]
+    for line in t.summary().splitlines():
+        print(f"  {line}")
+    run = os.path.join(folder, "run.json")
+    t.save(run)
+    report = os.path.join(folder, "report.html")
+    with open(report, "w", encoding="utf-8") as f:
+        f.write(render(t))
+    print(f"  trace (open in https://ui.perfetto.dev): {run}")
+    print(f"  report of this run: {report}")
+    print(f"  (made from the trace by: python -m shoal report {run} -o report.html)")
 
 
 def _energy_market(workers):

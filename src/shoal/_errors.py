@@ -8,6 +8,7 @@ shoal raises for its own reasons) and from the standard library class a user of
     │   └── PreloadError                         ... or a `preload` module failed to import
     ├── ExecutorShutdownError   BrokenExecutor   the executor was shut down before the task ran
     ├── WorkersUnavailableError BrokenExecutor   the pool could not start or keep its workers
+    ├── TaskTimeoutError        TimeoutError     a task ran past its task_timeout and was stopped
     ├── ExecutorClosedError     RuntimeError     submit()/map()/agents() after shutdown()
     ├── ImportTimeExecutorError RuntimeError     an executor created by a module shoal imports for a worker
     ├── CannotSendError         TypeError        an open file, an executor or a future sent to a worker
@@ -25,7 +26,7 @@ from concurrent.futures import BrokenExecutor
 from ._core import ShoalError
 
 __all__ = ["ShoalError", "WorkerCrashedError", "InitializerError", "PreloadError", "ExecutorShutdownError",
-           "WorkersUnavailableError", "ExecutorClosedError", "InheritedExecutorError",
+           "WorkersUnavailableError", "TaskTimeoutError", "ExecutorClosedError", "InheritedExecutorError",
            "ImportTimeExecutorError", "CannotSendError", "DeadlockError", "RemoteTraceback", "AgentError", "AgentsLostError", "traceback_text"]
 
 
@@ -66,6 +67,27 @@ class ExecutorShutdownError(ShoalError, BrokenExecutor):
 class WorkersUnavailableError(ShoalError, BrokenExecutor):
     """Raised for the tasks of a pool that could not start or keep its workers (its zygote
     died, or forking failed); the message says why."""
+
+
+class TaskTimeoutError(ShoalError, TimeoutError):
+    """Raised for a task (or one item of a map chunk) that ran longer than its ``task_timeout``:
+    its worker was killed and replaced (a coroutine task: the coroutine was cancelled in its
+    event loop). It is not retried. ``limit`` is the limit in seconds, ``function`` the task's
+    function's name."""
+
+    def __init__(self, message, *, limit=None, function=None):
+        super().__init__(message)
+        self.limit = limit
+        self.function = function
+
+    def __reduce__(self):  # raised in a worker (coroutine tasks), it reaches the caller whole
+        return (_rebuild, (type(self), self.args, {"limit": self.limit, "function": self.function}))
+
+
+def timeout_message(limit, function):
+    """The message of the TaskTimeoutError of a task of ``function`` (its name) past ``limit`` s."""
+    return (f"shoal: {function} ran longer than its task_timeout of {limit:g} s and was stopped "
+            f"(not retried)")
 
 
 class ExecutorClosedError(ShoalError, RuntimeError):
@@ -142,6 +164,20 @@ class AgentsLostError(AgentError):
     """Raised by every operation on an agent group that has lost agents: their worker died and
     the group was created without ``checkpoint=True``. ``lost`` names them; the operation still
     ran on the others, whose results are in ``results``."""
+
+
+def function_name(fn):
+    """The name a message gives a task's function: the wrapped function's for a partial or a
+    wrapper of shoal's (a sweep's call), else its qualified name or repr."""
+    import functools
+
+    for _ in range(8):  # a wrapper of a wrapper ...; bounded: __wrapped__ could be anything
+        inner = fn.func if isinstance(fn, functools.partial) else getattr(fn, "__wrapped__", None)
+        if inner is None or inner is fn:
+            break
+        fn = inner
+    name = getattr(fn, "__qualname__", None)
+    return name if isinstance(name, str) else repr(fn)
 
 
 def _rebuild(cls, args, kwargs):

@@ -15,6 +15,7 @@ from ._errors import CannotSendError, ExecutorClosedError
 from ._import_guard import check as _check_not_importing
 from ._sweep import sweep as _sweep
 from ._threads import check as _check_threads
+from ._trace import Recorder, Trace
 
 __all__ = ["Executor"]
 
@@ -63,11 +64,20 @@ class Executor(concurrent.futures.Executor):
     many; ``"inherit"`` leaves them as a process started from the caller's environment has
     them. The thread and serial backends run tasks in the caller's process and leave its pools
     alone.
+
+    ``task_timeout`` (seconds, or None) limits how long each task (each item of a map chunk)
+    may run: past it, its worker is killed and replaced and its future fails with
+    :class:`shoal.TaskTimeoutError` (not retried); a coroutine task is cancelled in its event
+    loop instead. ``map``, ``starmap`` and ``sweep`` take their own ``task_timeout``. Process
+    backend only: a thread cannot be stopped, so the others raise ValueError.
+
+    ``trace=True`` records every task for the executor's whole life (read it with
+    :meth:`trace_data`); :meth:`trace` records a region. See docs/observability.md.
     """
 
     def __init__(self, max_workers=None, backend="process", *, initializer=None, initargs=(),
                  retries=2, preload=(), max_tasks_per_worker=None, buffer_threshold=DEFAULT_THRESHOLD,
-                 concurrency=1, event_loop="auto", threads_per_worker=None):
+                 concurrency=1, event_loop="auto", threads_per_worker=None, task_timeout=None, trace=False):
         _check_not_importing()  # a module shoal imports for a worker must not start executors
         if max_workers is None:
             max_workers = os.cpu_count() or 1
@@ -94,11 +104,13 @@ class Executor(concurrent.futures.Executor):
             raise TypeError("initializer must be callable")
         if isinstance(preload, str):
             preload = (preload,)
+        task_timeout = _check_task_timeout(task_timeout)
         self.max_workers = max_workers
         self.backend = backend
         self.concurrency = concurrency
         self.event_loop = event_loop
         self.threads_per_worker = threads_per_worker
+        self.task_timeout = task_timeout
         self._max_tasks_per_worker = max_tasks_per_worker
         self._shutdown = False   # no new tasks or agent operations
         self._lock = threading.Lock()
@@ -107,7 +119,15 @@ class Executor(concurrent.futures.Executor):
             max_workers=max_workers, initializer=initializer, initargs=tuple(initargs), retries=retries,
             preload=tuple(preload), max_tasks_per_worker=max_tasks_per_worker,
             buffer_threshold=buffer_threshold, concurrency=concurrency, event_loop=event_loop,
-            threads_per_worker=threads_per_worker))
+            threads_per_worker=threads_per_worker, task_timeout=task_timeout))
+        self._recorder = None   # the _trace.Recorder while any trace is on
+        self._tracing = 0       # how many traces are on
+        self._trace_lock = threading.Lock()
+        self._life_trace = self.trace() if trace else None
+        # No worker is killed (for a limit or Future.kill) while it may hold agents that
+        # cannot be rebuilt; weakly held: the backend must not keep the executor alive.
+        ref = weakref.WeakMethod(self._unkillable)
+        self._backend.unkillable = lambda: None if ref() is None else ref()()
         _live.add(self)
 
     def __reduce__(self):
@@ -123,6 +143,22 @@ class Executor(concurrent.futures.Executor):
 
     # ------------------------------------------------------------------ tasks
 
+    def _limit(self, task_timeout):
+        """The time limit of a call's tasks: its own ``task_timeout``, else the executor's."""
+        if task_timeout is None:
+            return self.task_timeout
+        task_timeout = _check_task_timeout(task_timeout)
+        self._backend.check_limit(task_timeout)
+        return task_timeout
+
+    def _unkillable(self):
+        for group in list(self._agent_groups):
+            if not group.checkpoint and not group._closed:
+                return (f"an agent group ({len(group)} agents) lives in this executor's workers without "
+                        "checkpoint=True, and killing a worker would lose its agents: close the group, "
+                        "or create it with checkpoint=True (killed workers' agents are then rebuilt)")
+        return None
+
     def _check_open(self):
         if self._shutdown:
             raise ExecutorClosedError("cannot schedule new futures after shutdown")
@@ -134,17 +170,33 @@ class Executor(concurrent.futures.Executor):
         self._check_open()
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
-        return self._backend.submit(*self._backend.prepare(fn, args, kwargs))
+        if self.task_timeout is None:
+            return self._backend.submit(*self._backend.prepare(fn, args, kwargs))
+        return self._backend.submit(*self._backend.prepare(fn, args, kwargs), self.task_timeout)
 
-    def map(self, fn, *iterables, timeout=None, chunksize=None, ordered=True, progress=False):
+    def _submit_placed(self, placements, fn, *args):
+        """submit() within a call's Placements (the joblib backend's Parallel call), made by
+        ``self._backend.placements``; None: a plain submit."""
+        self._check_open()
+        fn, args, kwargs = self._backend.prepare(fn, args, {})
+        options = {} if placements is None else {"placements": placements}
+        if self.task_timeout is not None:
+            options["limit"] = self.task_timeout
+        return self._backend.submit(fn, args, kwargs, **options)
+
+    def map(self, fn, *iterables, timeout=None, chunksize=None, ordered=True, progress=False,
+            task_timeout=None):
         """Lazy ``map``: reads the inputs only as far as needed to keep the workers busy,
         so it works on endless iterators with bounded memory. ``ordered=False`` yields
         results as they complete. ``chunksize=None`` adapts chunks to ~50 ms of work.
         With a coroutine function, each chunk's items are awaited one after another in the
         worker's event loop and up to ``concurrency`` chunks run at once per worker.
         ``progress=True`` shows a bar (count, rate, time left) while the results are read;
-        ``progress`` may also be the caller's own bar (anything with ``update(n)``)."""
+        ``progress`` may also be the caller's own bar (anything with ``update(n)``).
+        ``task_timeout`` limits each item's run time (see the class; then chunks hold one
+        item unless ``chunksize`` is given, and a timed-out item fails its whole chunk)."""
         self._check_open()
+        limit = self._limit(task_timeout)
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         if chunksize is not None:
@@ -160,26 +212,32 @@ class Executor(concurrent.futures.Executor):
         length = _known_length(*iterables)
         fn, iterables = self._backend.prepare_items(fn, iterables)
         if len(iterables) == 1:  # items travel bare, not as 1-tuples: called as fn(x)
-            return self._map(fn, iterables[0], False, timeout, chunksize, ordered, bar, length)
-        return self._map(fn, zip(*iterables), True, timeout, chunksize, ordered, bar, length)
+            return self._map(fn, iterables[0], False, timeout, chunksize, ordered, bar, length, limit)
+        return self._map(fn, zip(*iterables), True, timeout, chunksize, ordered, bar, length, limit)
 
-    def _map(self, fn, args, star, timeout, chunksize, ordered, bar, length):
+    def _map(self, fn, args, star, timeout, chunksize, ordered, bar, length, limit=None):
+        if limit is not None:
+            return self._backend.map(fn, args, star=star, timeout=timeout, chunksize=chunksize,
+                                     ordered=ordered, bar=bar, length=length, max_workers=self.max_workers,
+                                     concurrency=self.concurrency, limit=limit)
         return self._backend.map(fn, args, star=star, timeout=timeout, chunksize=chunksize,
                                  ordered=ordered, bar=bar, length=length,
                                  max_workers=self.max_workers, concurrency=self.concurrency)
 
-    def starmap(self, fn, iterable, timeout=None, chunksize=None, ordered=True, progress=False):
+    def starmap(self, fn, iterable, timeout=None, chunksize=None, ordered=True, progress=False,
+                task_timeout=None):
         """Like :meth:`map`, with each item of ``iterable`` unpacked as the arguments."""
         self._check_open()
+        limit = self._limit(task_timeout)
         bar = None
         if progress is not False:
             bar = _progress_for(progress, (iterable,), "starmap")
         length = _known_length(iterable)
         fn, args = self._backend.prepare_star_items(fn, (tuple(a) for a in iterable))
-        return self._map(fn, args, True, timeout, chunksize, ordered, bar, length)
+        return self._map(fn, args, True, timeout, chunksize, ordered, bar, length, limit)
 
     def sweep(self, fn, params, runs=1, seed=None, product=True, progress=False, errors="raise",
-              stream=False):
+              stream=False, task_timeout=None):
         """Runs ``fn`` over a parameter grid times ``runs`` Monte Carlo runs, reproducibly.
 
         ``params`` is a dict of lists: their cartesian product (``product=True``) or the
@@ -192,12 +250,14 @@ class Executor(concurrent.futures.Executor):
         Returns the rows (parameters, ``run``, returned values) in task order: a pandas
         DataFrame when pandas is importable, else a list of dicts. ``stream=True`` returns
         an iterator of row dicts in completion order instead. ``errors="keep"`` turns a
-        failed task into a row with an ``error`` column instead of raising.
-        See docs/api.md for the details."""
+        failed task into a row with an ``error`` column instead of raising; with
+        ``task_timeout`` (see the class) a run past the limit is such a row (or raises
+        TaskTimeoutError). See docs/api.md for the details."""
         self._check_open()
+        limit = self._limit(task_timeout)
         return _sweep(self._backend, fn, params, runs=runs, seed=seed, product=product, progress=progress,
                       errors=errors, stream=stream, max_workers=self.max_workers,
-                      concurrency=self.concurrency)
+                      concurrency=self.concurrency, limit=limit)
 
     def agents(self, cls, init_args, *, checkpoint=False):
         """Builds one ``cls`` agent per item of ``init_args`` (a dict: keyword arguments, a
@@ -217,6 +277,34 @@ class Executor(concurrent.futures.Executor):
         """Process ids of the live workers (process backend; empty otherwise)."""
         return self._backend.worker_pids()
 
+    # ---------------------------------------------------------------- tracing
+
+    def trace(self):
+        """Starts recording every task (worker, times, pickling, bytes, memory) until the
+        returned :class:`shoal.Trace` is stopped; use it as ``with ex.trace() as t:``. Then
+        ``t.summary()``, ``t.tasks()``, ``t.save("run.json")``. Tracing is off otherwise."""
+        with self._trace_lock:
+            if self._recorder is None:
+                self._recorder = Recorder(self._backend, self.max_workers)
+                self._recorder.start_sampling()
+                self._backend.tracer = self._recorder
+            self._tracing += 1
+            return Trace(self._recorder, self._trace_stopped)
+
+    def _trace_stopped(self):
+        with self._trace_lock:
+            self._tracing -= 1
+            if self._tracing == 0 and self._recorder is not None:
+                self._backend.tracer = None
+                self._recorder.stop_sampling()
+                self._recorder = None
+
+    def trace_data(self):
+        """The :class:`shoal.Trace` of an executor made with ``trace=True``: every task so far."""
+        if self._life_trace is None:
+            raise ValueError("this executor was made without trace=True: use `with ex.trace() as t:`")
+        return self._life_trace
+
     # -------------------------------------------------------------- lifetime
 
     def shutdown(self, wait=True, *, cancel_futures=False, kill_workers=False):
@@ -226,6 +314,9 @@ class Executor(concurrent.futures.Executor):
         running tasks with ExecutorShutdownError."""
         with self._lock:
             self._shutdown = True
+        recorder = self._recorder
+        if recorder is not None:  # the workers' exits at shutdown are not events of the run
+            recorder.stop_sampling()
         if kill_workers:
             self._backend.cancel_all()
             self._backend.shutdown(True, kill=True)
@@ -268,6 +359,15 @@ class Executor(concurrent.futures.Executor):
         else:
             self.shutdown(wait=True)
         return False
+
+
+def _check_task_timeout(value):
+    """``task_timeout`` as a float of seconds, or None; ValueError for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 4e6:
+        raise ValueError(f"task_timeout must be a number of seconds > 0 (below 4e6) or None, not {value!r}")
+    return float(value)
 
 
 def _known_length(*iterables):

@@ -10,7 +10,8 @@ _DONE = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", _FINISHED})
 
 class Future(concurrent.futures.Future):
     """The result of a task. Works with ``concurrent.futures.wait``/``as_completed`` and
-    ``await fut`` in asyncio. ``cancel()`` succeeds only while the task is still queued.
+    ``await fut`` in asyncio. ``cancel()`` succeeds only while the task is still queued;
+    ``kill()`` also stops a running one (process backend: its worker is killed and replaced).
 
     Its condition variable is made on first use: most futures are completed before anybody
     waits on them, add a callback, or passes them to ``wait``, and creating it for each task
@@ -47,6 +48,29 @@ class Future(concurrent.futures.Future):
         if self._canceller is not None and not self._canceller():
             return False  # already handed to a worker
         return super().cancel()
+
+    def kill(self):
+        """Stops the task, queued or running: a running task's worker is killed (SIGKILL) and
+        replaced, and the future is cancelled (``result()`` raises CancelledError) once the
+        worker is gone, within milliseconds. Other tasks queued on that worker run elsewhere,
+        charged nothing. Returns True if the task was stopped (or already cancelled), False
+        if it had finished (a result that arrives before its worker is gone still stands). Raises RuntimeError on the thread and serial backends (a thread
+        cannot be stopped) and while an agent group without ``checkpoint=True`` lives in the
+        executor (its agents would be lost with the worker)."""
+        raise RuntimeError("shoal: Future.kill() is not supported on this executor's backend: it runs "
+                           "tasks on threads or in the caller, and a thread cannot be stopped; use "
+                           "backend='process'")
+
+    def _killed(self):
+        """Used by a backend: the task was stopped by kill(); cancelled, waiters told."""
+        with self._condition:
+            if self._state != _PENDING and self._state != _RUNNING:
+                return
+            self._state = "CANCELLED_AND_NOTIFIED"
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
 
     def __await__(self):
         import asyncio  # imported on first use: it costs ~30 ms at startup

@@ -19,6 +19,24 @@ from ._chunk import call_items
 from ._errors import DeadlockError, InitializerError, RemoteTraceback, traceback_text
 from ._future import Future
 from ._share import unshare, unshare_function
+from ._trace import clock
+
+
+def _traced(rec, fn):
+    """``fn`` that records, in ``rec``, when and on which thread slot it ran (tracing on)."""
+
+    def call(*args, **kwargs):
+        slot = getattr(threading.current_thread(), "shoal_slot", 0)
+        start = clock()
+        status = "error"
+        try:
+            out = fn(*args, **kwargs)
+            status = "ok"
+            return out
+        finally:
+            rec.ran_here(slot, start, clock(), status)
+
+    return call
 
 
 def _run_chunk(fn, items, star=True):
@@ -83,6 +101,7 @@ class ThreadBackend(_InProcess):
             t = threading.Thread(target=self._serve, args=(initializer, initargs),
                                  name=f"shoal-thread-{i}", daemon=True)
             t.shoal_backend = self  # _ThreadFuture: a task waiting on its own executor
+            t.shoal_slot = i        # a trace's worker number
             t.start()
             self._threads.append(t)
 
@@ -151,8 +170,11 @@ class ThreadBackend(_InProcess):
                 except RuntimeError:  # that loop has just closed
                     pass
 
-    def submit(self, fn, args, kwargs):
+    def submit(self, fn, args, kwargs, limit=None):
+        self.check_limit(limit)
         fut = _ThreadFuture(self)
+        if self.tracer is not None:
+            fn = _traced(self.tracer.task(fn, "call", 1), fn)
         self._put((fut, fn, args, kwargs))
         return fut
 
@@ -178,9 +200,12 @@ class ThreadBackend(_InProcess):
             with self._lock:
                 self._waiting -= 1
 
-    def submit_chunk(self, fn, items, star=True):
+    def submit_chunk(self, fn, items, star=True, limit=None):
+        self.check_limit(limit)
         fut = Future()
         run = _run_chunk_async if _aio.is_coroutine_function(fn) else _run_chunk
+        if self.tracer is not None:
+            run = _traced(self.tracer.task(fn, "chunk", len(items)), run)
         self._put((fut, run, (fn, items, star), {}))
         return fut
 
@@ -264,12 +289,15 @@ class SerialBackend(_InProcess):
             result = self._coroutines.run(result)
         return result
 
-    def submit(self, fn, args, kwargs):
+    def submit(self, fn, args, kwargs, kind="call", items=1, name=None, limit=None):
+        self.check_limit(limit)
         fut = Future()
         fut.set_running_or_notify_cancel()
         if self._init_error is not None:
             fut._fail(self._init_error)
             return fut
+        if self.tracer is not None:
+            fn = _traced(self.tracer.task(name or fn, kind, items), fn)
         try:
             result = self.call(fn, args, kwargs)
         except Exception as exc:  # KeyboardInterrupt and SystemExit stop the caller, as in a loop
@@ -278,21 +306,30 @@ class SerialBackend(_InProcess):
             fut._resolve(result)
         return fut
 
-    def submit_chunk(self, fn, items, star=True):
+    def submit_chunk(self, fn, items, star=True, limit=None):
+        self.check_limit(limit)
         run = _run_chunk_async if _aio.is_coroutine_function(fn) else _run_chunk
-        return self.submit(run, (fn, items, star), {})
+        return self.submit(run, (fn, items, star), {}, "chunk", len(items), fn)
 
     @property
     def slots(self):
         return 1  # agents: one block, run in the caller
 
-    def map(self, fn, args, *, star, timeout, bar, **_):
+    def map(self, fn, args, *, star, timeout, bar, limit=None, **_):
         """Each item runs when it is asked for, in the caller."""
+        self.check_limit(limit)
         self.check()
-        return _serial_map(self.call, fn, args if star else ((a,) for a in args), timeout, bar)
+        call = self.call
+        if self.tracer is not None:  # each item is a task of its own in the trace
+            rec = self.tracer
+
+            def call(f, a, kw, call=self.call):
+                return call(_traced(rec.task(f, "item", 1), f), a, kw)
+        return _serial_map(call, fn, args if star else ((a,) for a in args), timeout, bar)
 
     def sweep_rows(self, job, ordered, bar):
         """Every task in the caller, in order: a failing fn raises with its own traceback."""
+        self.check_limit(job.limit)
         self.check()
         return job.rows_serial(bar)
 

@@ -27,7 +27,7 @@ import itertools
 import sys
 import threading
 
-__all__ = ["versioned", "main_globals", "function_setstate"]
+__all__ = ["versioned", "main_globals", "function_setstate", "keep_apart"]
 
 _namespace = None   # this process's namespace of the driver's __main__
 _installed = {}     # worker: name -> (driver's version, the object installed for it)
@@ -66,6 +66,16 @@ def main_globals(file=None):
     if file is not None and "__file__" not in ns:
         ns["__file__"] = file
     return ns
+
+
+def keep_apart():
+    """In a process that relays the driver's ``__main__`` functions to workers without being the
+    driver (an MPI node leader, whose real ``__main__`` is its launcher), those functions share a
+    module of their own, so the script's globals never land in the relay's ``__main__``."""
+    global _namespace
+    module = type(sys)("__main__")
+    module.__builtins__ = builtins
+    _namespace = module.__dict__
 
 
 def function_setstate(func, state):

@@ -47,8 +47,9 @@ class MapWindow:
     Not thread-safe: one consumer iterates it (or calls ``next_finished``)."""
 
     def __init__(self, backend, fn, args, *, timeout, chunksize, ordered, star=True, bar=None,
-                 length=None, max_workers=1, concurrency=1):
+                 length=None, max_workers=1, concurrency=1, limit=None):
         self._backend = backend
+        self._limit = limit  # task_timeout of each item, or None
         self._left = length  # items not yet submitted, when the input's length is known
         self._item_bytes = 0  # the most bytes per item (arguments + results) a chunk has held
         self._fn = fn
@@ -56,8 +57,10 @@ class MapWindow:
         self._bar = bar
         self._args = iter(args)
         self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._fixed = chunksize
-        self._size = chunksize or 1
+        # With a time limit, items go one per chunk unless told otherwise: a timed-out item
+        # takes its whole chunk with it (its worker dies), so it should take no other item.
+        self._fixed = chunksize or (1 if limit is not None else None)
+        self._size = self._fixed or 1
         self._ordered = ordered
         self._window = CHUNKS_PER_WORKER * max_workers
         self._target = TARGET_CHUNK_S
@@ -75,6 +78,8 @@ class MapWindow:
         self._exhausted = False
         self._held = []  # items read but not submitted: the arena had no room for them yet
         self._input_error = None  # what reading the input raised: raised after the results before it
+        # A large buffer that several items pass is placed in the arena once for the call.
+        self.placements = backend.placements()
         self._fill()  # start now, so errors in pickling arguments show at the call
 
     # ------------------------------------------------------------------ for sweeps
@@ -108,8 +113,20 @@ class MapWindow:
         self._learn(n_items, outcome.seconds, outcome.nbytes)
         self._fill()
 
+    def submit_chunk(self, items):
+        """Submits one chunk of this call's items (sweeps resubmit failed items through it)."""
+        if self.placements is None and self._limit is None:
+            return self._backend.submit_chunk(self._fn, items, self._star)
+        options = {} if self.placements is None else {"placements": self.placements}
+        if self._limit is not None:
+            options["limit"] = self._limit
+        return self._backend.submit_chunk(self._fn, items, self._star, **options)
+
     def close(self):
-        """Cancels chunks not yet handed to a worker."""
+        """Cancels chunks not yet handed to a worker; the call's placements live on only while
+        tasks in flight use them."""
+        if self.placements is not None:
+            self.placements.close()
         self._exhausted = True
         self._held = []
         for fut, _ in self._pending:
@@ -149,7 +166,7 @@ class MapWindow:
                     self._exhausted = True
                     break
             try:
-                fut = self._backend.submit_chunk(self._fn, items, self._star)
+                fut = self.submit_chunk(items)
             except ArenaFull:
                 # The chunks in flight hold the arena: wait for them to finish. With none in
                 # flight, a smaller chunk may fit; a single item that does not can never fit.
@@ -170,6 +187,8 @@ class MapWindow:
                 fut.add_done_callback(lambda f, items=items, put=self._done.put: put((f, items)))
             # Chunks grow only from measured times (_learn): a blind ramp would hand one
             # worker 32 items of a task that turns out to take a second each.
+        if self._exhausted and not self._held and self.placements is not None:
+            self.placements.close()  # every item was read: the tasks in flight hold the rest
 
     def _remaining(self):
         if self._deadline is None:

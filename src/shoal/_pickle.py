@@ -29,8 +29,12 @@ def dumps(obj, bufs=None):
             return _by_value(obj)
         return data
     base = len(bufs.refs)
+    reducers = None if bufs.placements is None else bufs.placements.reducers
     try:
-        data = pickle.dumps(obj, PROTOCOL, buffer_callback=bufs)
+        if reducers is None:
+            data = pickle.dumps(obj, PROTOCOL, buffer_callback=bufs)
+        else:
+            data = _dumps_reducing(obj, bufs, reducers)
     except (pickle.PicklingError, AttributeError, TypeError) as first:
         bufs.truncate(base)
         if "memoryview" in str(first):  # only the moving pickler can: it must answer
@@ -49,14 +53,55 @@ def dumps(obj, bufs=None):
     return data
 
 
+def _dumps_reducing(obj, bufs, reducers):
+    """The C pickler with ``reducers`` (a dispatch table: type -> reduce function) in front of
+    copyreg's, e.g. the joblib backend's numpy arrays as memmaps."""
+    import copyreg
+    import io
+
+    out = io.BytesIO()
+    p = pickle.Pickler(out, PROTOCOL, buffer_callback=bufs)
+    p.dispatch_table = {**copyreg.dispatch_table, **reducers}
+    p.dump(obj)
+    return out.getvalue()
+
+
+def _reducers_of(bufs):
+    placements = getattr(bufs, "placements", None)
+    return None if placements is None else placements.reducers
+
+
 def _by_value(obj, buffer_callback=None):
     """cloudpickle's pickle of ``obj`` (functions and classes of ``__main__`` by value), with
     shoal's changes (see :func:`_pickler_class`)."""
     import io
 
     out = io.BytesIO()
-    _pickler_class()(out, PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    cls = _pickler_class()
+    placements = getattr(buffer_callback, "placements", None)
+    if placements is not None and placements.reducers is not None:
+        # cloudpickle's Pickler reads its class's dispatch table when it is made: a subclass.
+        sub = placements.picklers.get(cls)
+        if sub is None:
+            import collections
+
+            sub = placements.picklers[cls] = type(
+                "Pickler", (cls,), {"dispatch_table": collections.ChainMap(placements.reducers, cls.dispatch_table)})
+        cls = sub
+    cls(out, PROTOCOL, buffer_callback=buffer_callback).dump(obj)
     return out.getvalue()
+
+
+def by_value(obj, buffer_callback=None):
+    """``obj`` pickled by value with shoal's cloudpickle pickler (see :func:`by_value_pickler`);
+    for transports that pickle outside the arena (the MPI backend)."""
+    return _by_value(obj, buffer_callback)
+
+
+def by_value_pickler():
+    """shoal's cloudpickle Pickler class (see :func:`_pickler_class`), for transports that
+    extend it (the MPI backend sends ``shoal.share`` handles by key)."""
+    return _pickler_class()
 
 
 _Pickler = None
@@ -215,6 +260,11 @@ def _dumps_moving(obj, bufs, base, required=False):
 
     out = io.BytesIO()
     p = _MovingPickler(out, bufs, callback)
+    reducers = _reducers_of(bufs)
+    if reducers is not None:
+        import copyreg
+
+        p.dispatch_table = {**copyreg.dispatch_table, **reducers}
     try:
         p.dump(obj)
     except (pickle.PicklingError, AttributeError, TypeError):

@@ -15,7 +15,7 @@ import collections.abc
 import itertools
 import traceback
 
-from ._errors import RemoteTraceback, WorkerCrashedError
+from ._errors import RemoteTraceback, TaskTimeoutError, WorkerCrashedError
 from ._mapping import MapWindow
 from ._pickle import loads
 
@@ -55,6 +55,10 @@ class _SweepCall:
 
     def __init__(self, fn):
         self.fn = fn
+
+    @property
+    def __wrapped__(self):  # messages name the user's function (_errors.function_name)
+        return self.fn
 
     def __shoal_identity__(self):
         """Two sweeps of one function are the same function for a backend's function table:
@@ -155,8 +159,10 @@ def _check(fn, runs, product, errors, stream):
 class _Sweep:
     """One sweep call: its tasks, and the rows their results become."""
 
-    def __init__(self, backend, fn, names, sets, runs, entropy, key, keep, max_workers=1, concurrency=1):
+    def __init__(self, backend, fn, names, sets, runs, entropy, key, keep, max_workers=1, concurrency=1,
+                 limit=None):
         self.backend = backend
+        self.limit = limit  # task_timeout of each run, or None
         self.max_workers = max_workers
         self.concurrency = concurrency
         self.fn = fn
@@ -232,7 +238,7 @@ class _Sweep:
         call = _SweepCall(self.fn)
         window = MapWindow(self.backend, call, self.items(), timeout=None, chunksize=None, ordered=ordered,
                            star=False, length=self.n, max_workers=self.max_workers,
-                           concurrency=self.concurrency)
+                           concurrency=self.concurrency, limit=self.limit)
         return self._collect(window, call, bar)
 
     def _collect(self, window, call, bar):
@@ -252,11 +258,12 @@ class _Sweep:
     def _settle(self, window, call, fut, items, learn):
         """(index, row) for each item of a finished chunk. Under errors="keep", the items
         behind one whose result could not travel run again, and a chunk whose worker died
-        runs again item by item, so that only the task that crashed is charged for it."""
-        backend = self.backend
+        runs again item by item, so that only the task that crashed is charged for it. A run
+        past the time limit is a row (or the error) of its own: with a limit, chunks hold one
+        item."""
         try:
             outcome = fut.result()
-        except WorkerCrashedError as exc:
+        except (WorkerCrashedError, TaskTimeoutError) as exc:
             if not self.keep and len(items) > 1:
                 if hasattr(exc, "add_note"):
                     exc.add_note(f"in one of sweep tasks {items[0][0]}..{items[-1][0]} (one chunk)")
@@ -265,7 +272,7 @@ class _Sweep:
                 yield items[0][0], self.failed(items[0][0], exc)
                 return
             for item in items:
-                yield from self._settle(window, call, backend.submit_chunk(call, [item], False),
+                yield from self._settle(window, call, window.submit_chunk([item]),
                                         [item], False)
             return
         if learn:
@@ -289,7 +296,7 @@ class _Sweep:
             yield items[done][0], self.failed(items[done][0], exc)
             rest = items[done + 1:]
             if rest:
-                yield from self._settle(window, call, backend.submit_chunk(call, rest, False),
+                yield from self._settle(window, call, window.submit_chunk(rest),
                                         rest, False)
 
     def rows(self, ordered, bar):
@@ -322,13 +329,13 @@ def _table(rows, sweep):
 
 
 def sweep(backend, fn, params, runs=1, seed=None, product=True, progress=False, errors="raise",
-          stream=False, max_workers=1, concurrency=1):
+          stream=False, max_workers=1, concurrency=1, limit=None):
     """Executor.sweep on ``backend`` (see its docstring and docs/api.md)."""
     _check(fn, runs, product, errors, stream)
     names, sets = _parameter_sets(params, product)
     entropy, key = _seed_root(seed)
     fn = backend.prepare(fn, (), {})[0]  # e.g. a bound shoal.share handle stands for its value
-    job = _Sweep(backend, fn, names, sets, runs, entropy, key, errors == "keep", max_workers, concurrency)
+    job = _Sweep(backend, fn, names, sets, runs, entropy, key, errors == "keep", max_workers, concurrency, limit)
     bar = None
     if progress is not False:
         from ._progress import progress_for

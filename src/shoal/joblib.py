@@ -36,8 +36,9 @@ from ._pickle import dumps, loads
 
 __all__ = ["ShoalBackend", "register"]
 
-# What Parallel passes to every backend's configure(); they concern loky's memmapping and
-# multiprocessing's context, not shoal.
+# What Parallel passes to every backend's configure(); not options of shoal.Executor.
+# max_nbytes and mmap_mode choose the arrays workers see as memmaps (_memmap_placements);
+# temp_folder is loky's (shoal's arena is a memfd, no folder), context multiprocessing's.
 _JOBLIB_OPTIONS = frozenset({"max_nbytes", "temp_folder", "mmap_mode", "verbose", "context",
                              "idle_worker_timeout"})
 
@@ -77,6 +78,80 @@ def _worker_setup(authkey, user_init):
     if user_init is not None:
         initializer, initargs = loads(user_init)
         initializer(*initargs)
+
+
+def _memmap_view(buffer, dtype, shape, order, mode):
+    """In the worker: a numpy.memmap over an array's placement in the arena, as joblib's
+    memmapping hands workers (read-only for mode "r", copy-on-write for "c", shared by the
+    call's tasks for "r+" and "w+"; the view's writability comes with the reference)."""
+    import numpy
+
+    a = numpy.frombuffer(buffer, dtype=dtype).reshape(shape, order=order).view(_memmap_class())
+    a.mode = "r+" if mode == "w+" else mode  # as joblib: a worker never truncates
+    return a
+
+
+_ArenaMemmap = None
+
+
+def _memmap_class():
+    """numpy.memmap over arena memory. It (and any array derived from it) pickles as a plain
+    ndarray: a memmap with no file pickles through numpy's generic path, which loses a
+    non-native byte order (joblib's test_parallel_byteorder_corruption)."""
+    global _ArenaMemmap
+    if _ArenaMemmap is None:
+        import numpy
+
+        class ArenaMemmap(numpy.memmap):
+            def __reduce_ex__(self, protocol):
+                return numpy.asarray(self).__reduce_ex__(protocol)
+
+        ArenaMemmap.__module__ = __name__
+        ArenaMemmap.__qualname__ = "_ArenaMemmap"
+        _ArenaMemmap = ArenaMemmap
+    return _ArenaMemmap
+
+
+def _array_reducer(max_nbytes, mode):
+    """The reduce function of numpy arrays while a Parallel call pickles its batches: an array
+    larger than ``max_nbytes`` travels as a memmap of its placement (placed once per call)."""
+    import pickle
+
+    import numpy
+
+    def reduce(a):
+        if a.nbytes <= max_nbytes or a.dtype.hasobject:
+            return a.__reduce_ex__(5)
+        if a.flags.c_contiguous:
+            order = "C"
+        elif a.flags.f_contiguous:
+            order = "F"
+        else:  # copied contiguous (a new array each time: not shared between items)
+            a, order = numpy.ascontiguousarray(a), "C"
+        return _memmap_view, (pickle.PickleBuffer(a), a.dtype, a.shape, order, mode)
+
+    return reduce
+
+
+def _memmap_placements(executor, max_nbytes, mmap_mode):
+    """The Placements of one Parallel call (None: joblib's memmapping is off, or the executor
+    runs tasks in this process, where they get the caller's arrays)."""
+    if max_nbytes is None or mmap_mode is None or "numpy" not in sys.modules:
+        return None
+    import numpy
+
+    from ._arena import COPY_ON_WRITE, READ_ONLY
+
+    if mmap_mode not in ("r", "r+", "w+", "c"):
+        raise ValueError(f"mmap_mode must be one of None, 'r', 'r+', 'w+', 'c', not {mmap_mode!r}")
+    view = {"r": READ_ONLY, "c": COPY_ON_WRITE}.get(mmap_mode, 0)
+    if isinstance(max_nbytes, str):
+        from joblib.disk import memstr_to_bytes
+
+        max_nbytes = memstr_to_bytes(max_nbytes)
+    reduce = _array_reducer(int(max_nbytes), mmap_mode)
+    return executor._backend.placements(view=view, arrays_above=int(max_nbytes),
+                                        reducers={numpy.ndarray: reduce, numpy.memmap: reduce})
 
 
 def _new_executor(n_jobs, options):
@@ -130,9 +205,10 @@ class _Dispatch:
     joblib's auto-batching makes batches long enough (0.2-2 s) that the hop per batch does
     not matter."""
 
-    def __init__(self, executor, limit):
+    def __init__(self, executor, limit, placements=None):
         self.executor = executor
         self.limit = limit
+        self.placements = placements  # the call's arrays, placed once (None: pickled per batch)
         self.running = 0
         self.waiting = collections.deque()
         self.lock = threading.Lock()
@@ -148,7 +224,7 @@ class _Dispatch:
 
     def _start(self, batch, outer):
         try:
-            inner = self.executor.submit(_run_batch, batch)
+            inner = self.executor._submit_placed(self.placements, _run_batch, batch)
         except BaseException as exc:  # noqa: BLE001 - e.g. a batch that cannot be pickled
             self._finished(None, outer, exc)
             return
@@ -175,6 +251,8 @@ class _Dispatch:
 
     def close(self):
         """Cancels the batches that never started."""
+        if self.placements is not None:
+            self.placements.close()  # each lives on while a batch in flight uses it
         with self.lock:
             self.closed = True
             waiting, self.waiting = list(self.waiting), collections.deque()
@@ -221,10 +299,15 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
         if self.inner_max_num_threads is not None:  # joblib's name for threads_per_worker
             options["threads_per_worker"] = self.inner_max_num_threads
         if self._workers is not None:  # configured again without terminate: keep one executor
+            if self._dispatch.placements is not None:
+                self._dispatch.placements.close()
             _release(*self._workers_key, self._workers)
         self._workers = _acquire(n_jobs, options)
         self._workers_key = (n_jobs, options)
-        self._dispatch = _Dispatch(self._workers, n_jobs)
+        joblib_options = {**self.backend_kwargs, **backend_kwargs}
+        placements = _memmap_placements(self._workers, joblib_options.get("max_nbytes", 1 << 20),
+                                        joblib_options.get("mmap_mode", "r"))
+        self._dispatch = _Dispatch(self._workers, n_jobs, placements)
         self.parallel = parallel
         return n_jobs
 

@@ -438,3 +438,53 @@ TEST(ArenaBlock, AForkedCopyDoesNotFreeTheParentsBlock) {
     EXPECT_EQ(static_cast<int>(block.data()[0]), 7);
     EXPECT_EQ(static_cast<int>(block.data()[8 * P - 1]), 7);
 }
+
+TEST(Arena, APrivateViewReadsTheBlockAndKeepsItsWritesToItself) {
+    Arena a = make(64 * MiB);
+    auto off = a.allocate(3 * P, Arena::k_creator);
+    fill(a, off, 3 * P, 0x11);
+    Arena c = Arena::attach(dup_fd(a.fd()));
+    ArenaPrivateView v = c.private_view(off, 3 * P);
+    ArenaPrivateView w = c.private_view(off, 3 * P);
+    ASSERT_NE(v.data(), nullptr);
+    EXPECT_EQ(std::to_integer<int>(v.data()[0]), 0x11);
+    EXPECT_EQ(std::to_integer<int>(v.data()[3 * P - 1]), 0x11);
+    v.data()[P] = std::byte{0x22};  // copies that page for v alone
+    EXPECT_EQ(std::to_integer<int>(v.data()[P]), 0x22);
+    EXPECT_EQ(std::to_integer<int>(w.data()[P]), 0x11);
+    EXPECT_TRUE(all_equal(a, off, 3 * P, 0x11));
+    // Pages v never wrote still show the arena's current bytes.
+    fill(a, off, P, 0x33);
+    EXPECT_EQ(std::to_integer<int>(v.data()[0]), 0x33);
+    // A range that does not start on a page maps the page that holds it.
+    ArenaPrivateView mid = c.private_view(off + 100, 10);
+    EXPECT_EQ(std::to_integer<int>(mid.data()[0]), 0x33);
+    mid.data()[0] = std::byte{0x44};
+    EXPECT_EQ(std::to_integer<int>(a.data()[off + 100]), 0x33);
+    ArenaPrivateView moved(std::move(mid));
+    EXPECT_EQ(mid.data(), nullptr);
+    EXPECT_EQ(std::to_integer<int>(moved.data()[0]), 0x44);
+    EXPECT_EQ(c.private_view(off, 0).data(), nullptr);
+}
+
+TEST(Arena, APrivateViewChecksItsRangeLikeAnyReference) {
+    Arena a = make(64 * MiB);
+    auto off = a.allocate(P, Arena::k_creator);
+    EXPECT_THROW(a.private_view(a.limit_bytes(), 1), std::out_of_range);
+    EXPECT_THROW(a.private_view(off, a.limit_bytes()), std::out_of_range);
+    EXPECT_THROW(a.private_view(~std::uint64_t{0} - 10, 100), std::out_of_range);   // wraps
+    EXPECT_THROW(a.private_view(a.file_bytes() + P, P), std::out_of_range);      // past the file
+    EXPECT_NO_THROW(a.private_view(off, P));
+}
+
+TEST(Arena, BlockCountCountsBlocksNotPages) {
+    Arena a = make(64 * MiB);
+    EXPECT_EQ(a.block_count(), 0u);
+    auto x = a.allocate(5 * P, Arena::k_creator);
+    auto y = a.allocate(1, 7);
+    EXPECT_EQ(a.block_count(), 2u);
+    EXPECT_TRUE(a.free(x, Arena::k_creator));
+    EXPECT_EQ(a.block_count(), 1u);
+    EXPECT_TRUE(a.free(y, 7));
+    EXPECT_EQ(a.block_count(), 0u);
+}

@@ -294,6 +294,16 @@ TEST(PoolArena, AForgedReferenceIsTreatedAsACrash) {
     EXPECT_TRUE(ap.arena->free(mine, Arena::k_creator));
 }
 
+TEST(Pool, DefaultOptionsStartOneWorkerPerCpu) {
+    auto zygote = start_zygote();
+    Pool pool(*zygote, PoolOptions{});
+    EXPECT_EQ(pool.workers(), static_cast<std::size_t>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN))));
+    submit_echoes(pool, 1, 100);
+    auto all = collect(pool, 30'000 * k_ms, [](auto const& a) { return a.size() >= 100; });
+    EXPECT_EQ(all.size(), 100u);
+    close_and_join(pool);
+}
+
 TEST(Pool, TenThousandTasksAllComeBack) {
     auto zygote = start_zygote();
     Pool pool(*zygote, options(2));

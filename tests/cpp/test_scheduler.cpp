@@ -240,6 +240,30 @@ TEST(Scheduler, OnlyTheRunningTaskIsCharged) {
     EXPECT_EQ(s.cancel_all(), (std::vector<std::uint64_t>{2}));
 }
 
+TEST(Scheduler, ABlamedTaskFailsAloneAndTheOthersAreRefunded) {
+    // A worker killed for one task (a time limit, Future.kill): that task fails whatever its
+    // retries, the running task and those behind it go back charged nothing.
+    SchedulerOptions o;
+    o.retries = 0;
+    auto s = started(1, o);
+    s.submit(task(1));
+    s.submit(task(2));
+    assign(s);
+    ASSERT_NE(s.running(0), nullptr);
+    EXPECT_EQ(s.running(0)->id, 1u);
+    EXPECT_EQ(s.slot_of(2), 0);
+    EXPECT_EQ(s.slot_of(9), -1);
+    auto failed = s.worker_died(0, {2});  // killed for the task behind the running one
+    ASSERT_EQ(failed.size(), 1u);
+    EXPECT_EQ(failed[0].id, 2u);
+    s.worker_started(0);
+    EXPECT_EQ(assign(s), (V{"0:t1"}));  // retries=0, yet t1 runs again: it was not charged
+    auto t1 = s.complete(0, 1, 0);
+    ASSERT_TRUE(t1);
+    EXPECT_EQ(t1->attempts, 1u);
+    EXPECT_EQ(s.running(0), nullptr);
+}
+
 TEST(Scheduler, WorkerDiedMixesRetriedAndFailedTasksKeepingOrder) {
     SchedulerOptions o;
     o.retries = 1;

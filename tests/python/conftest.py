@@ -1,11 +1,13 @@
 """Fixtures shared by the shoal Python tests: one executor per backend, so that
-every shared test body runs under "serial", "thread" and "process"."""
+every shared test body runs under "serial", "thread" and "process" (and under "mpi" inside an
+MPI job: test_mpi_shared.py runs them there with SHOAL_TEST_BACKENDS=mpi)."""
+import os
 
 import pytest
 
 import shoal
 
-BACKENDS = ("serial", "thread", "process")
+BACKENDS = tuple(os.environ.get("SHOAL_TEST_BACKENDS", "serial,thread,process").split(","))
 
 
 def pytest_configure(config):

@@ -83,8 +83,20 @@ def kill_tree(root_pid, extra=()):
             pass
 
 
+def skip_outside_the_mpi_job(argv):
+    """Inside an MPI job (test_mpi_shared.py), a test that would run backend "mpi" in a fresh
+    interpreter skips: that interpreter is outside the job and has no leaders (test_mpi.py
+    runs scripts under mpiexec)."""
+    if "mpi" in map(str, argv) and "mpi" in os.environ.get("SHOAL_TEST_BACKENDS", ""):
+        import pytest
+
+        pytest.skip("a fresh interpreter is outside the MPI job (test_mpi.py runs scripts under mpiexec)")
+
+
 def run_argv(argv, timeout=50, cwd=None):
-    """Run a fresh interpreter with argv; return the CompletedProcess (kills it on timeout)."""
+    """Run a fresh interpreter with argv; return the CompletedProcess (kills it on timeout).
+    Inside an MPI job, a test that would start backend "mpi" in it skips (see below)."""
+    skip_outside_the_mpi_job(argv)
     proc = subprocess.Popen(
         [sys.executable, *map(str, argv)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

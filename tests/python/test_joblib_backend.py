@@ -5,9 +5,10 @@ BSD-3-Clause, Copyright (c) 2008-2021 the joblib developers) and called with
 ``backend="shoal"``. Those whose body hard-codes ``backend="loky"`` are vendored below in
 adapted form, marked as such. Tests of that module that do not apply, and why:
 
-- test_auto_memmap_on_arrays_from_generator, test_memmapping_leaks,
-  test_parallel_byteorder_corruption: loky's and multiprocessing's automatic memmapping of
-  large arrays (max_nbytes / temp_folder); shoal does not memmap, it pickles arguments.
+- test_memmapping_leaks: it counts loky's memmap files in ``temp_folder``; shoal's backend
+  memmaps arrays above ``max_nbytes`` as joblib does, but into its arena (a memfd, no folder).
+  (test_auto_memmap_on_arrays_from_generator runs below; test_parallel_byteorder_corruption
+  is vendored.)
 - test_threadpool_limitation_in_child_*: shoal does not set the BLAS/OpenMP thread count
   variables in its workers (``supports_inner_max_num_threads`` is False).
 - test_loky_reuse_workers, test_nested_loop_with_exception_with_loky,
@@ -288,7 +289,32 @@ def test_default_backend_tests_under_parallel_config(name, args):
         getattr(jt, name)(*args)
 
 
+@pytest.mark.timeout(120)
+def test_auto_memmap_on_arrays_from_generator():
+    pytest.importorskip("numpy")
+    jt.test_auto_memmap_on_arrays_from_generator(B)
+
+
 # Vendored from joblib's test_parallel.py (they hard-code backend="loky"), adapted.
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("byteorder", ["<", ">", "="])
+@pytest.mark.parametrize("max_nbytes", [1, "1M"])
+def test_parallel_byteorder_corruption(byteorder, max_nbytes):
+    np = pytest.importorskip("numpy")
+
+    def inspect_byteorder(x):
+        return x, x.dtype.byteorder
+
+    x = np.arange(6).reshape((2, 3)).view(f"{byteorder}i4")
+    initial_np_byteorder = x.dtype.byteorder
+    result = Parallel(n_jobs=2, backend=B, max_nbytes=max_nbytes)(
+        delayed(inspect_byteorder)(x) for _ in range(3))
+    for x_returned, byteorder_in_worker in result:
+        assert byteorder_in_worker == initial_np_byteorder
+        assert byteorder_in_worker == x_returned.dtype.byteorder
+        np.testing.assert_array_equal(x, x_returned)
 
 
 @pytest.mark.timeout(90)
@@ -395,3 +421,56 @@ def test_a_worker_crash_fails_the_call_and_the_next_call_works():
         with pytest.raises(shoal.WorkerCrashedError):
             Parallel()(delayed(os._exit)(3) for _ in range(2))
         assert Parallel()(delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]
+
+
+# --- memmapping: arrays above max_nbytes placed once per call, seen as joblib's memmaps ----
+
+
+def array_view(a, i):
+    import numpy as np
+
+    from shoal import _arena
+
+    return ("memmap" if isinstance(a, np.memmap) else type(a).__name__, bool(a.flags.writeable), getattr(a, "mode", None), float(a[i]),
+            _arena.worker_arena().blocks, isinstance(a, np.memmap))
+
+
+def scribble(a, i):
+    before = float(a[0])
+    a[0] = i
+    return before
+
+
+@pytest.mark.timeout(120)
+def test_an_array_in_every_call_is_placed_once_and_read_only():
+    np = pytest.importorskip("numpy")
+    big = np.arange(2 << 20, dtype=float)  # 16 MB, above max_nbytes' default 1M
+    before = shoal.arena_stats()
+    before = 0 if before is None else before["blocks"]
+    out = Parallel(n_jobs=2, backend=B, batch_size=1)(delayed(array_view)(big, i) for i in range(100))
+    assert [o[:4] for o in out] == [("memmap", False, "r", float(i)) for i in range(100)]
+    assert max(o[4] for o in out) == before + 1  # one placement for the 100 calls
+    assert all(o[5] for o in out)
+    # Below max_nbytes: an ordinary (writable) copy, as with loky.
+    small = np.ones(1000)
+    assert Parallel(n_jobs=2, backend=B)(delayed(array_view)(small, 0) for _ in range(2))[0][:3] == \
+        ("ndarray", True, None)
+
+
+@pytest.mark.timeout(120)
+def test_mmap_mode_and_max_nbytes_none_are_honoured():
+    np = pytest.importorskip("numpy")
+    big = np.zeros(1 << 18)  # 2 MB
+    # "c": copy-on-write, each batch sees the array as passed, the caller sees no change
+    out = Parallel(n_jobs=2, backend=B, mmap_mode="c", batch_size=1)(delayed(scribble)(big, i + 1) for i in range(20))
+    assert out == [0.0] * 20 and not big.any()
+    # "r": writing raises, as on a read-only memmap
+    with pytest.raises(ValueError):
+        Parallel(n_jobs=2, backend=B)(delayed(scribble)(big, 1) for _ in range(2))
+    # "r+": writable memmaps shared by the call's workers, the caller's array unchanged
+    out = Parallel(n_jobs=2, backend=B, mmap_mode="r+")(delayed(array_view)(big, 0) for _ in range(2))
+    assert out[0][:3] == ("memmap", True, "r+")
+    assert not big.any()
+    # max_nbytes=None: no memmapping, each batch unpickles its own writable array
+    out = Parallel(n_jobs=2, backend=B, max_nbytes=None)(delayed(array_view)(big, 0) for _ in range(2))
+    assert out[0][:3] == ("ndarray", True, None)

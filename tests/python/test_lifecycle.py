@@ -29,7 +29,7 @@ def echo(x):
 
 # Other programs on a shared machine (multiprocessing, loky, joblib) come and go in /dev/shm
 # while the tests run; their names are not shoal's and are ignored.
-FOREIGN_SHM = re.compile(r"^(sem\.mp-|sem\.loky-|loky-|joblib_memmapping_folder_|sem\.joblib|pymp-|mp-)")
+FOREIGN_SHM = re.compile(r"^(mpich_shm_|sem\.mp-|sem\.loky-|loky-|joblib_memmapping_folder_|sem\.joblib|pymp-|mp-)")
 
 
 def shm_names():

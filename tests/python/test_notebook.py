@@ -6,6 +6,7 @@ import os
 import pathlib
 import re
 import threading
+import time
 
 import pytest
 
@@ -36,6 +37,31 @@ def text_of(cell):
 def kernel_env(monkeypatch):
     """The kernel imports this checkout's shoal."""
     monkeypatch.setenv("PYTHONPATH", SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def iopub_connected(kc, timeout=60):
+    """Wait until a restarted kernel's output channel reaches this client, as a notebook front end
+    does before it runs a cell. The client's IOPub subscription reconnects to the new kernel in
+    the background; a message published before it is back is lost, and nbclient would then wait
+    for the cell's output for ever (its wait for output blocks without a time limit)."""
+    from queue import Empty
+
+    kc.wait_for_ready(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg_id = kc.kernel_info()  # the kernel publishes busy/idle for it on IOPub
+        try:
+            while True:
+                msg = kc.get_iopub_msg(timeout=1)
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    while True:  # drain the rest of this request's messages
+                        try:
+                            kc.get_iopub_msg(timeout=0.2)
+                        except Empty:
+                            return
+        except Empty:
+            continue
+    raise AssertionError("the restarted kernel's output never reached the client")
 
 
 @pytest.mark.timeout(240)
@@ -93,6 +119,7 @@ def test_the_example_notebook_in_a_real_kernel(kernel_env, tmp_path):
         cell = nbformat.v4.new_code_cell(
             "import os, shoal\nex = shoal.Executor(2)\nprint(os.getpid(), ex.submit(abs, -3).result())")
         nb.cells.append(cell)
+        iopub_connected(client.kc)
         client.execute_cell(cell, len(nb.cells) - 1)
         pid, answer = text_of(cell).split()
         assert answer == "3"

@@ -110,7 +110,7 @@ def test_an_unknown_backend_is_a_clear_error():
 ERRORS = [shoal.WorkerCrashedError, shoal.InitializerError, shoal.PreloadError, shoal.ExecutorShutdownError,
           shoal.WorkersUnavailableError, shoal.ExecutorClosedError, shoal.InheritedExecutorError, shoal.AgentError, shoal.AgentsLostError,
           shoal.ArenaFull, shoal.ImportTimeExecutorError, shoal.CannotSendError,
-          shoal.DeadlockError]
+          shoal.DeadlockError, shoal.TaskTimeoutError]
 
 
 @pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.__name__)
@@ -119,7 +119,7 @@ def test_every_error_derives_from_shoal_error_and_its_stdlib_class(error):
     stdlib = {shoal.ExecutorClosedError: RuntimeError, shoal.InheritedExecutorError: RuntimeError, shoal.AgentError: RuntimeError,
               shoal.AgentsLostError: RuntimeError, shoal.ArenaFull: MemoryError,
               shoal.ImportTimeExecutorError: RuntimeError, shoal.CannotSendError: TypeError,
-              shoal.DeadlockError: RuntimeError}
+              shoal.DeadlockError: RuntimeError, shoal.TaskTimeoutError: TimeoutError}
     assert issubclass(error, stdlib.get(error, concurrent.futures.BrokenExecutor))
     assert error.__doc__ and "Raised" in error.__doc__ or error is shoal.ArenaFull
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import shoal
-from helpers import kill_tree, subprocess_env
+from helpers import kill_tree, skip_outside_the_mpi_job, subprocess_env
 
 # ---------------------------------------------------------------- runaway imports (item 1)
 
@@ -151,6 +151,7 @@ def test_executor_created_inside_a_task_still_works(tmp_path):
 def run_main(code, backend, tmp_path, timeout=60):
     """Runs ``code`` as a script (its functions live in __main__) with the backend name as
     argv[1]; returns its stdout, failing with its stderr if it fails."""
+    skip_outside_the_mpi_job([backend])
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(code))
     res, _, fired = run_guarded([str(script), backend], tmp_path, timeout=timeout)
@@ -388,7 +389,7 @@ def test_executor_and_future_cannot_be_sent_to_a_worker(make_process_executor):
 
 
 def test_executor_passed_to_a_task_on_a_local_backend_is_the_same_object(backend):
-    if backend == "process":
+    if backend not in ("serial", "thread"):
         pytest.skip("sent to another process: see the test above")
     with shoal.Executor(1, backend=backend) as ex:
         assert ex.submit(_uses, ex).result(timeout=30) == "Executor"

@@ -35,6 +35,39 @@ struct ArenaRef {
     std::uint64_t length = 0;
 };
 
+/// A private (copy-on-write) mapping of part of the arena: reads share the arena's pages, the
+/// first write to a page gives this mapping its own copy of that page only, and nothing written
+/// through it reaches the arena or any other process. Unmapped when destroyed. Move-only.
+class ArenaPrivateView {
+public:
+    ArenaPrivateView() noexcept = default;
+    ArenaPrivateView(ArenaPrivateView&& o) noexcept
+        : m_map(std::exchange(o.m_map, nullptr)), m_map_bytes(std::exchange(o.m_map_bytes, 0)),
+          m_data(std::exchange(o.m_data, nullptr)) {}
+    ArenaPrivateView& operator=(ArenaPrivateView&& o) noexcept {
+        if (this != &o) {
+            reset();
+            m_map = std::exchange(o.m_map, nullptr);
+            m_map_bytes = std::exchange(o.m_map_bytes, 0);
+            m_data = std::exchange(o.m_data, nullptr);
+        }
+        return *this;
+    }
+    ArenaPrivateView(ArenaPrivateView const&) = delete;
+    ArenaPrivateView& operator=(ArenaPrivateView const&) = delete;
+    ~ArenaPrivateView() { reset(); }
+
+    /// The first byte of the viewed range (writable); nullptr for an empty view.
+    std::byte* data() const noexcept { return m_data; }
+    void reset() noexcept;
+
+private:
+    friend class Arena;
+    void* m_map = nullptr;        // the page-aligned mapping
+    std::size_t m_map_bytes = 0;
+    std::byte* m_data = nullptr;  // inside m_map: the range may start mid-page
+};
+
 /// The arena cannot hold the block: it would pass the configured limit.
 class ArenaFull : public std::runtime_error {
 public:
@@ -88,6 +121,14 @@ public:
     /// True when [offset, offset + length) lies in the part of the data region that exists
     /// (so a view of it cannot fault). Any reference from a frame is checked with this.
     bool contains(std::uint64_t offset, std::uint64_t length) noexcept;
+    /// A copy-on-write view of [offset, offset + length): a private mapping of those pages of the
+    /// arena's file (the range need not start on a page: the mapping starts on the page that
+    /// holds it). Checked like any reference from a frame: throws std::out_of_range if the range
+    /// is not inside the file, std::system_error if mmap fails. Any thread; never blocks.
+    ArenaPrivateView private_view(std::uint64_t offset, std::uint64_t length);
+    /// Blocks in use, counted in the page table up to the highest page ever claimed (O(pages);
+    /// approximate while other processes allocate). For statistics and tests.
+    std::uint64_t block_count() const noexcept;
     /// The offset of `p` in the data region if it points into it (through either mapping),
     /// else -1.
     std::int64_t offset_of(void const* p) const noexcept;

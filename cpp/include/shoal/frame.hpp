@@ -43,7 +43,9 @@ static_assert(sizeof(FrameHeader) == 32);
 
 inline constexpr std::uint16_t k_frame_magic = 0x5348;  // "SH"
 inline constexpr std::uint8_t k_frame_version = 2;
-inline constexpr std::uint32_t k_max_frame_buffers = 1u << 16;
+// A chunk of many items that each pass a shared placement carries one reference per item (each
+// item gets its own copy-on-write view): map's largest adaptive chunk (65,536 items) times 16.
+inline constexpr std::uint32_t k_max_frame_buffers = 1u << 20;
 
 /// One out-of-band buffer: `length` bytes at `offset` in the arena's data region. The
 /// decoder checks only the count; whoever maps a reference checks it against the arena.

@@ -1,8 +1,8 @@
 // message.hpp — messages of any size over a Ring, cut into fragments and put back together.
 //
 // A fragment is one ring record; its tag says whether more fragments of the same message
-// follow. The writer is resumable and never blocks (the driver's dispatcher must never
-// wait on one worker); blocking senders loop on Ring::wait_writable().
+// follow. The writer is resumable and never blocks (the driver writes under the pool's
+// mutex, and must never wait on one worker); blocking senders loop on Ring::wait_writable().
 #pragma once
 
 #include "shoal/ring.hpp"

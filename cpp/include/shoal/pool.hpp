@@ -1,4 +1,4 @@
-// pool.hpp — the driver's process pool: shared memory, workers, dispatcher thread.
+// pool.hpp — the driver's process pool: shared memory, worker slots, and the calls that serve them.
 //
 // Data flow of one task:
 //
@@ -7,15 +7,29 @@
 //    thread)          per worker)                               ▼
 //                                                    result ring (shm) + doorbell
 //                                                               │
-//   Future ◄── take(): the waiting thread itself (a caller in ◄─┘
-//              Future.result(), or the completion thread) drains the rings,
-//              hears the zygote (forks, deaths), refills workers — C++, GIL released
+//   Future ◄── take() or take_ready(), in the thread that ◄─────┘
+//              delivers: it drains the result rings, hears the zygote
+//              (forks, deaths) and refills the task rings — C++, GIL released
 //
-// There is no dispatcher thread of its own: every thread that waits does the dispatching
-// (spin briefly, then one of them sleeps on the doorbell). On a small machine each thread
-// hop costs ~20 µs, so a caller blocked in result() receiving its result directly is what
-// makes a round trip cheap. submit() also drains and refills, so workers stay fed while
-// the waiting threads are busy in Python.
+// The pool has no thread of its own. Whichever thread calls it serves it, under m_mutex:
+//   - submit() (any thread) queues the task, drains the result rings and refills the task
+//     rings. It returns true when completions wait (16, or the oldest 100 µs old): the
+//     caller then delivers them itself with take_ready(), with no thread hop.
+//   - take() (any thread) serves the pool until completions are ready and hands them to
+//     its caller. A foreground taker is a caller blocked on a result (Future.result()): it
+//     spins up to spin_ns while tasks are short, then one taker at a time (the poller)
+//     sleeps in poll() on the doorbell's eventfd, the zygote's socket and m_wakeup, and the
+//     others on m_ready_cv. The background taker is the Python layer's completion thread:
+//     it delivers what nobody waits for (callbacks, as_completed), never spins, leaves the
+//     doorbell to foreground takers, and stays away while one is in take() and for 1 ms
+//     after a caller last submitted or took (k_caller_grace_ns).
+//   - interrupt() bumps the epoch after a thread delivered completions, so that foreground
+//     takers look at their futures again (a foreground take() returns once the epoch moved).
+//   - close() starts stopping the workers; join() serves the pool until they have exited.
+// A worker writes the doorbell's eventfd after a result only when the shared flag says a
+// taker sleeps; the zygote reports forks and exits on the pool's own socket. On a small
+// machine a thread hop costs ~20 µs, so a caller blocked in result() receiving its result
+// directly is what makes a round trip cheap.
 #pragma once
 
 #include "shoal/arena.hpp"
@@ -35,11 +49,28 @@
 
 namespace shoal {
 
+/// How a pool is made. The defaults are what shoal.Executor passes; the binding takes its
+/// keyword defaults from here.
 struct PoolOptions {
-    std::size_t workers = 1;
-    std::size_t task_ring_bytes = std::size_t{1} << 20;
-    std::size_t result_ring_bytes = std::size_t{1} << 20;
-    std::int64_t spin_ns = 50'000;  // spin this long before sleeping, workers and dispatcher
+    // Worker processes; 0: one per online CPU (what os.cpu_count() says). More workers than
+    // cores help only tasks that wait (I/O, sleep); for CPU-bound tasks they add context
+    // switches, and each is a process of its own (memory, a fork to start it).
+    std::size_t workers = 0;
+    // Capacity of each worker's task ring (driver -> worker, shared memory). A frame larger
+    // than a quarter of the ring travels in fragments, each waiting for the worker to make
+    // room, and a full ring holds back the tasks behind it. A larger ring moves large
+    // arguments in fewer hand-offs; a smaller one takes less memory (every worker has two
+    // rings) and less time to create (1 MiB rings made a second pool's creation ~4 ms slower).
+    std::size_t task_ring_bytes = std::size_t{256} << 10;
+    // Capacity of each worker's result ring (worker -> driver): the same trade-off for
+    // results and output. A worker whose result ring is full waits for the driver to drain it.
+    std::size_t result_ring_bytes = std::size_t{256} << 10;
+    // How long a worker waiting for its next frame, and a caller waiting for the result of
+    // a short task, spin (yielding the core between checks) before they sleep. A longer
+    // spin catches more arrivals without a wake-up (~20 µs each on a small machine), which
+    // is what makes short round trips cheap; it also burns CPU that other processes on a
+    // busy machine could have used.
+    std::int64_t spin_ns = 100'000;
     // The largest message a worker may send (a frame: header, arena references, pickle).
     // Workers are untrusted: one that sends more (an endless run of "more follows" fragments,
     // a result pickled inline past this size) is killed and its task fails as crashed, as for
@@ -48,16 +79,21 @@ struct PoolOptions {
     // leaves room for any sensible inline result (without an arena, buffer_threshold=None,
     // a bigger one fails) while one bad worker costs the driver at most that much memory.
     std::size_t max_message_bytes = std::size_t{1} << 30;
-    std::vector<std::string> preload;  // imported by the zygote before the first fork (waited for)
+    // Imported by the zygote before the first fork, and waited for: every worker shares
+    // them instead of importing its own copy (less memory, faster tasks at first), and the
+    // first task waits for the imports. A failure makes the constructor throw.
+    std::vector<std::string> preload;
     // Imported by the zygote before the first fork too, best effort: a failure is ignored
     // (the modules of the first task's function, so that the workers share them).
     std::vector<std::string> hints;
     Bytes init_payload;  // sent to every new worker first (function frame, fn 0); it answers `ready`
-    std::shared_ptr<Arena> arena;  // shared with the workers; result frames' buffers come through it
+    // Shared with the workers: arguments and results past the Python layer's threshold travel
+    // through it by reference instead of through the rings. Null: everything is in the rings.
+    std::shared_ptr<Arena> arena;
     SchedulerOptions scheduler;
 };
 
-/// What the dispatcher hands to the Python layer.
+/// A finished task, or a piece of a worker's output, as take() and take_ready() hand it over.
 struct Completion {
     enum Kind : std::uint8_t {
         result = 1,       // payload: the result frame's payload; flags: k_flag_error
@@ -66,6 +102,8 @@ struct Completion {
                           // payload: why the driver killed it (a malformed or oversized message), or empty
         init_failed = 4,  // a worker's initializer failed; payload: the exception
         broken = 5,       // the pool cannot run the task (initializer failed, zygote gone)
+        timed_out = 6,    // the task ran past its limit_ms: its worker killed itself (SIGALRM)
+        killed = 7,       // kill() stopped the task: its worker was killed
     };
     Kind kind = result;
     std::uint32_t flags = 0;
@@ -92,10 +130,12 @@ private:
 
 class Pool {
 public:
-    /// Creates the shared memory, asks `zygote` to import the preload modules and fork the
-    /// workers, starts the dispatcher. Throws std::runtime_error if the zygote fails.
+    /// Creates the shared memory and asks `zygote` to import the preload modules and hints
+    /// (waits for the imports) and to fork the workers (their forks are reported later, to
+    /// whichever thread serves the pool). Throws std::runtime_error if the zygote fails or a
+    /// preload module cannot be imported.
     Pool(ZygoteClient& zygote, PoolOptions options);
-    /// Kills the workers if close() was not called; joins the dispatcher. In a forked copy of
+    /// If the pool was not joined, kills the workers and waits for them (2 s at most). In a forked copy of
     /// the driver (os.fork, a multiprocessing worker) it only releases the copy's mappings and
     /// descriptors: the workers are the original's, and so may be the mutex's owner.
     ~Pool();
@@ -125,18 +165,29 @@ public:
     /// Returns true when completions wait that the caller should take with take_ready()
     /// and deliver now (16 or more, or the oldest 100 µs old): a thread submitting many tasks
     /// delivers their results itself between submits, with no thread hop (see take()).
+    /// `limit_ms > 0`: the worker arms a timer when the task (each item of a chunk) starts
+    /// and dies of SIGALRM past it; the task then completes as `timed_out`, is not retried,
+    /// and the tasks queued behind it on that worker go back to the queue uncharged. The
+    /// limit travels in the task frame's flags; without one the task costs nothing more.
     bool submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
                 std::span<std::byte const> payload, std::span<BufferRef const> refs = {},
-                bool concurrent = false, std::int64_t worker = -1);
-    /// Moves the completions already drained into `out`, without waiting or doing any of the
-    /// dispatcher's work; numbers the batch like take(). Any thread.
+                bool concurrent = false, std::int64_t worker = -1, std::uint32_t limit_ms = 0);
+    /// Moves the completions already drained into `out`, without waiting or serving the
+    /// pool; numbers the batch like take(). Any thread.
     void take_ready(std::vector<Completion>& out, std::uint64_t* batch_seq = nullptr);
     /// Drops a task not yet handed to a worker; true if it was dropped.
     bool cancel(std::uint64_t task_id);
+    /// Stops a task: drops it if queued (returns 1); if a worker has it, asks the zygote to
+    /// SIGKILL that worker (returns 2): the task completes as `killed` once the exit is seen
+    /// (unless its result came first), and the worker's other tasks go back to the queue
+    /// uncharged; a new worker is forked as after a crash. 0: the task is not here (done).
+    /// Thread-safe; never blocks on workers.
+    int kill(std::uint64_t task_id);
     /// Drops every queued task; returns their ids.
     std::vector<std::uint64_t> cancel_all();
 
-    /// Does the dispatcher's work until completions are ready (or timeout_ns passes; < 0
+    /// Serves the pool (drains the result rings, hears the zygote, refills the task rings)
+    /// until completions are ready (or timeout_ns passes; < 0
     /// waits forever) and moves them into `out`: the caller must deliver them. Spins up to
     /// spin_ns first; then one caller sleeps on the doorbell and the others on a condition
     /// variable. Returns false once the pool is closed and fully drained. Any thread.
@@ -182,11 +233,12 @@ private:
         bool stopping = false;                // shutdown frame sent
         bool exited = true;
         std::string kill_reason;              // why the driver killed it (a bad message), for its tasks' crash
+        std::vector<std::uint64_t> killed;    // tasks kill() killed it for: they complete as `killed`
         std::uint32_t owner = 0;              // the worker's id in the arena (from its ready frame)
     };
 
     void check_owner() const;                   // throws InheritedPoolError in a forked copy
-    void service_locked();                      // one round of the dispatcher's work
+    void service_locked();                      // one round of serving the pool
     void pump_locked();                         // hand out work, continue writers
     bool drain_locked();                        // read result rings; true if anything came
     bool drain_slot_locked(std::size_t slot);
@@ -207,14 +259,15 @@ private:
     void stop_idle_workers_locked();
     bool results_waiting() const noexcept;
     void publish_locked();
-    void wake_dispatcher() noexcept;
+    void wake_poller() noexcept;               // ends the poller's poll() (m_wakeup)
 
     PoolOptions m_options;
     SharedMemory m_memory;
     SharedBytes m_init_frame;
     std::vector<WorkerSpec> m_specs;
     Doorbell m_doorbell;
-    EventFd m_wakeup;  // private: close(), forget, etc. wake the dispatcher through it
+    EventFd m_wakeup;  // private: ends the poller's poll() (close(), interrupt(), a foreground
+                       // taker taking the doorbell, submit() after it drained results)
     Fd m_executor;     // our socket to the zygote
 
     mutable std::mutex m_mutex;

@@ -28,14 +28,31 @@ struct Task {
     SharedBytes frame;
     bool concurrent = false;   // a coroutine task: runs beside others in the worker's event loop
     std::int64_t worker = -1;  // >= 0: pinned to this slot; -1: any worker
+    std::uint32_t limit_ms = 0;  // the worker kills itself (SIGALRM) past this run time; 0: none
 };
 
+/// Limits the scheduler keeps. The defaults are what shoal.Executor passes.
 struct SchedulerOptions {
-    unsigned retries = 2;                    // re-runs after the worker died
-    std::uint64_t max_items_per_worker = 0;  // 0: no limit
-    std::int64_t target_inflight_ns = 2'000'000;  // keep about this much work queued per worker
-    std::uint32_t max_inflight = 64;         // tasks per worker at most
-    std::uint32_t concurrency = 1;           // concurrent tasks in flight per worker at most
+    // Times a task is run again after the worker running it died. More retries ride out
+    // sporadic deaths (an OOM kill, a flaky extension); fewer fail sooner a task that kills
+    // every worker it runs on, taking one more worker down with each retry.
+    unsigned retries = 2;
+    // Items (a chunk counts its items) a worker starts before it is replaced; 0: no limit.
+    // A limit bounds what a worker can leak (memory, descriptors) over its life; each
+    // replacement costs a fork and resending the functions it had.
+    std::uint64_t max_items_per_worker = 0;
+    // Measured run time of the tasks kept in flight (sent, not finished) per worker. More
+    // keeps a worker busy while the driver is slow to refill it (the GIL, a busy core);
+    // less keeps tasks in the shared queue, where they can still be cancelled and go to
+    // whichever worker frees up first (a task sent to a worker waits behind that worker's).
+    std::int64_t target_inflight_ns = 2'000'000;
+    // Tasks in flight per worker at most, however short they measure: bounds how much of
+    // the queue one worker's ring holds (and what its death sends back to the queue).
+    std::uint32_t max_inflight = 64;
+    // Coroutine tasks in flight per worker at most (they run side by side in its event
+    // loop). More overlaps more waiting (sockets, sleeps) per worker; each running
+    // coroutine holds its arguments and state in the worker's memory.
+    std::uint32_t concurrency = 1;
 };
 
 class Scheduler {
@@ -66,7 +83,15 @@ public:
     /// side) and the oldest other task (those run one at a time, in order). Tasks pinned to
     /// the slot, in flight and still queued for it, are all returned (in that order): they
     /// are never run elsewhere. The slot forgets its functions.
-    std::vector<Task> worker_died(std::size_t worker);
+    /// With `blame` (ids of tasks in flight there: the driver killed the worker for them, or
+    /// one overran its time limit) those tasks come first in what is returned, whatever their
+    /// attempts, and no other task is charged an attempt: they did not cause the death.
+    std::vector<Task> worker_died(std::size_t worker, std::vector<std::uint64_t> const& blame = {});
+    /// The task `worker` is running now, as far as the driver can tell: its oldest plain
+    /// (not concurrent) task in flight, or nullptr. Never blocks, never allocates.
+    Task const* running(std::size_t worker) const;
+    /// The slot a task was handed to and has not answered from, or -1. Never allocates.
+    std::int64_t slot_of(std::uint64_t task_id) const;
     /// A process now serves `worker` (fresh: knows no function, has run nothing). Tasks
     /// pinned to the slot while it had no worker stay queued for the new one.
     void worker_started(std::size_t worker);

@@ -3,7 +3,7 @@ from shoalbench import spec
 
 __all__ = ["markdown", "plot", "ratios", "targets"]
 
-NOT_PEERS = {"serial", "shoal", "shoal[thread]", "shoal[direct]", "shoal.Pool"}  # never the "best peer"
+NOT_PEERS = {"serial", "shoal", "shoal[thread]", "shoal[direct]", "joblib[shoal]", "shoal.Pool"}  # never the "best peer"
 
 
 def _index(records):
@@ -125,8 +125,11 @@ def targets(records, sizes=None):
     direct, mp = _ok(idx, w, "ms_per_task", "shoal[direct]"), _ok(idx, w, "ms_per_task", "mp_pool")
     direct_check = ((mp / direct >= 5, f"shoal[direct] {mp / direct:.2g}x vs mp_pool (need >=5x)")
                     if direct and mp else (None, "shoal[direct] or mp_pool has no result"))
+    js, jl = _ok(idx, w, "ms_per_task", "joblib[shoal]"), _ok(idx, w, "ms_per_task", "joblib")
+    joblib_check = ((jl / js >= 2, f"joblib[shoal] {jl / js:.2g}x vs joblib (need >=2x)")
+                    if js and jl else (None, "joblib[shoal] or joblib has no result"))
     out[(w, "ms_per_task")] = verdict([vs(w, "ms_per_task", "mp_pool", 50),
-                                       vs(w, "ms_per_task", "joblib", 2), direct_check])
+                                       vs(w, "ms_per_task", "joblib", 2), direct_check, joblib_check])
     peak, array_mb = shoal(w, "peak_pss_mb"), sizes.get(w, {}).get("array_mb")
     if peak is None or not array_mb:
         out[(w, "peak_pss_mb")] = verdict([(None, "shoal has no result")])

@@ -14,7 +14,8 @@ A task's path (the threads and calls that exist; payload layouts: protocol.py):
     (nobody waiting: the "shoal-completions" thread's Pool.take(background=True) delivers)
 
 Completions are delivered in the order they were taken (a task's output before its result),
-whichever thread took them. Functions are pickled once per executor and cached in the workers
+whichever thread took them: Pool.take stores each batch in _State.pending before it returns, and
+any thread's next _deliver resumes there, so a Ctrl-C between taking and delivering loses nothing. Functions are pickled once per executor and cached in the workers
 by id; an entry is forgotten once no task uses it and the table is past its capacity.
 """
 import functools
@@ -30,15 +31,16 @@ from types import MethodType
 
 from .. import _core, _threads
 from .._aio import is_coroutine_function
-from .._arena import READ_ONLY, Buffers, arena
+from .._arena import COPY_ON_WRITE, LENGTH, Buffers, Placements, arena
 from .._backend import Backend, BackendConfig, ChunkOutcome
 from .._errors import (ExecutorClosedError, ExecutorShutdownError, InheritedExecutorError, InitializerError,
-                       PreloadError, RemoteTraceback, WorkerCrashedError, WorkersUnavailableError)
+                       PreloadError, RemoteTraceback, TaskTimeoutError, WorkerCrashedError, WorkersUnavailableError,
+                       function_name, timeout_message)
 from .._future import Future
 from .._pickle import dumps_function
 from .agents import ProcessAgentTransport
 from .protocol import (OUTPUT_STDOUT, TASK_CALL, TASK_CHUNK, TASK_CHUNK1, WorkerSetup, decode_reply,
-                       encode_setup, encode_task)
+                       decode_timing, encode_setup, encode_task)
 
 _zygote = None
 _zygote_lock = threading.Lock()
@@ -229,14 +231,16 @@ class TaskEntry:
     """A task the pool has not completed: its future, function, and what must live until it
     completes (its arguments' arena buffers)."""
 
-    __slots__ = ("future", "fn_id", "keep", "chunk", "nbytes")
+    __slots__ = ("future", "fn_id", "keep", "chunk", "nbytes", "limit", "trace")
 
-    def __init__(self, future, fn_id, keep, chunk, nbytes=0):
+    def __init__(self, future, fn_id, keep, chunk, nbytes=0, limit=None, trace=None):
         self.future = future
         self.fn_id = fn_id
         self.keep = keep      # arena buffers of the arguments, or None
         self.chunk = chunk    # a map() chunk: resolves to a ChunkOutcome
         self.nbytes = nbytes  # a chunk's argument bytes (arena copies included)
+        self.limit = limit    # (seconds, function name) of a task with a time limit, or None
+        self.trace = trace    # its _trace.TaskRecord while a trace is on, else None
 
 
 class _State:
@@ -256,13 +260,16 @@ class _State:
         self.pending = {}
         self.delivered = 0  # the last batch delivered whole
         self.delivering = threading.RLock()  # C, so `with` cannot leak it to an interrupt
+        # A weak reference to the backend, for its unkillable(): why no worker may be killed
+        # now (weak: this state must not keep the executor alive).
+        self.backend = lambda: None
 
 
 def _deliver(state):
     """Delivers the pending batches in the order they were taken (a task's output before its
     result), whichever thread took them; returns how many completions it delivered. Safe to
     interrupt anywhere: each step is redone or skipped by the next delivery, never lost
-    (docs/decisions/2026-12-05-taken-batches-survive-ctrl-c.md)."""
+    (docs/decisions/2026-12-06-taken-batches-survive-ctrl-c.md)."""
     pending = state.pending
     if not pending:
         return 0
@@ -280,19 +287,19 @@ def _deliver(state):
 
 
 def _deliver_batch(state, record):
-    """Delivers record = [batch, next index] from its next index on. A completion's future is
-    set before its entry leaves `futures`, and setting it twice is harmless, so an interrupted
-    delivery redone from the same index loses nothing."""
+    """Delivers record = [batch, next index] from its next index on; returns the batch's
+    length. A completion's future is set before its entry leaves `futures`, and setting it
+    twice is harmless, so an interrupted delivery redone from the same index loses nothing."""
     batch = record[0]
     count = len(batch)
     futures = state.futures
-    # Each completion: (kind, flags, task_id, aux, status_kind, status_value, status_text, worker,
-    # payload, arena blocks or None); see _core.Completion.
     while True:
         i = record[1]
         if i >= count:
             return count
-        kind, flags, task_id, _aux, status_kind, status_value, status_text, _w, payload, buffers = batch[i]
+        # Each completion is a plain tuple in _core.Completion's order, which names and
+        # documents its items. Unpacked here once per task: a tuple unpacks faster than the record.
+        kind, flags, task_id, _aux, status_kind, status_value, status_text, worker, payload, buffers = batch[i]
         if kind == _OUTPUT:
             record[1] = i + 1  # at most once: a line is not written twice
             stream = sys.stdout if flags == OUTPUT_STDOUT else sys.stderr
@@ -304,9 +311,10 @@ def _deliver_batch(state, record):
             continue
         entry = futures.get(task_id)
         if entry is not None:
+            if entry.trace is not None and not entry.trace.done:
+                _traced(state, entry.trace, kind, flags, worker, payload, buffers)
             _finish(state, entry, kind, flags, status_kind, status_value, status_text, payload, buffers)
-            if task_id in futures:
-                del futures[task_id]  # then its function is released (at most once)
+            if futures.pop(task_id, None) is not None:  # then its function is released (once)
                 state.functions.release(entry.fn_id)
         record[1] = i + 1
 
@@ -325,6 +333,9 @@ def _finish(state, entry, kind, flags, status_kind, status_value, status_text, p
                 raise  # a signal's (Ctrl-C): the next delivery decodes it again
             fut._fail(exc)
             return
+        finally:
+            if entry.trace is not None:
+                entry.trace.unpickle = _clock() - entry.trace.done
         if flags & _ERROR:
             exc, tb = value
             exc.__cause__ = RemoteTraceback(tb)
@@ -343,6 +354,11 @@ def _finish(state, entry, kind, flags, status_kind, status_value, status_text, p
             f"(tried {1 + state.retries} time{'s' if state.retries else ''})",
             signal=status_value if signaled else None,
             exitcode=None if signaled else status_value))
+    elif kind == _TIMED_OUT:
+        seconds, name = entry.limit or (0.0, "the task")
+        fut._fail(TaskTimeoutError(timeout_message(seconds, name), limit=seconds, function=name))
+    elif kind == _KILLED:
+        fut._killed()
     elif kind == _INIT_FAILED:
         err = InitializerError("the executor's initializer failed in a worker")
         try:
@@ -359,8 +375,30 @@ def _finish(state, entry, kind, flags, status_kind, status_value, status_text, p
         fut._fail(ExecutorShutdownError("shoal: cannot run the task: the executor was shut down"))
 
 
+def _traced(state, rec, kind, flags, worker, payload, buffers):
+    """Fills in a traced task's record as its completion arrives (before it is unpickled)."""
+    rec.done = _clock()
+    rec.worker = worker
+    if kind == _RESULT:
+        rec.status = "error" if flags & _ERROR else "ok"
+        timing = decode_timing(payload)
+        if timing is not None:
+            rec.start, rec.loaded, rec.ran, rec.pickled, rec.pid = timing
+        rec.result_bytes = len(payload)
+        rec.result_arena = sum(map(len, buffers)) if buffers else 0
+    else:
+        rec.status = _TRACE_STATUS.get(kind, "failed")
+        if kind == _CRASHED:
+            rec.retries = state.retries
+
+
+_clock = time.perf_counter_ns
+
 _RESULT, _OUTPUT, _CRASHED, _INIT_FAILED = (_core.COMPLETION_RESULT, _core.COMPLETION_OUTPUT,
                                             _core.COMPLETION_CRASHED, _core.COMPLETION_INIT_FAILED)
+_TIMED_OUT, _KILLED = _core.COMPLETION_TIMED_OUT, _core.COMPLETION_KILLED
+_TRACE_STATUS = {_CRASHED: "crashed", _TIMED_OUT: "timed out", _KILLED: "killed"}
+_MAX_LIMIT_MS = 2**32 - 1  # the limit travels in a task frame's 32-bit flags
 _ERROR = _core.FLAG_ERROR
 
 
@@ -404,6 +442,25 @@ class _ProcessFuture(Future):
             state.functions.release(entry.fn_id)
         return True
 
+    def kill(self):
+        state = self._state_
+        if self.done():
+            return self.cancelled()
+        backend = state.backend()
+        reason = backend.unkillable() if backend is not None else None
+        if reason is not None:
+            raise RuntimeError(f"shoal: cannot kill a running task: {reason}")
+        how = state.pool.kill(self._task_id)
+        if how == 0:
+            return self.cancelled()  # it finished meanwhile
+        if how == 1:  # still queued: a plain cancel
+            entry = state.futures.pop(self._task_id, None)
+            if entry is not None:
+                state.functions.release(entry.fn_id)
+            self._canceller = None
+            return self.cancel()
+        return True  # its worker is being killed: the future is cancelled when it is gone
+
     def _help(self, timeout):
         state = self._state_
         pool = state.pool
@@ -415,7 +472,7 @@ class _ProcessFuture(Future):
             left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
             if left <= 0:
                 return
-            # Short slices: Ctrl-C stays responsive. The batch waits in state.pending.
+            # Short slices: Ctrl-C stays responsive. A batch taken waits in state.pending.
             if pool.take(left, False, epoch, state.pending) is None:
                 _deliver(state)
                 return
@@ -440,6 +497,7 @@ class ProcessBackend(Backend):
 
     name = "process"
     checkpoints = True  # a worker can die: agents can be rebuilt from checkpoints
+    stops_tasks = True  # task_timeout and Future.kill() stop a running task by killing its worker
 
     # The worker spins this long on an empty task ring before it sleeps on its futex: a task
     # that comes sooner starts without a wake-up (~5-10 µs), at the cost of up to this much
@@ -502,6 +560,7 @@ class ProcessBackend(Backend):
                 if self._broken is not None:
                     raise self._broken  # its __cause__: the import's traceback in the zygote
                 self._state = _State(pool, config.retries)
+                self._state.backend = weakref.ref(self)
                 self._functions = self._state.functions = FunctionTable(pool, self._arena, self._threshold)
                 self._thread = threading.Thread(target=_complete, args=(self._state,),
                                                 name="shoal-completions", daemon=True)
@@ -519,27 +578,48 @@ class ProcessBackend(Backend):
                 "fork()ed child of it and cannot use it (its workers, rings and locks are the "
                 "parent's): make a new executor in the child")
 
-    def _submit(self, fn, mode, data, count):
+    def _submit(self, fn, mode, data, count, limit=None, placements=None):
         self._check_owner()
+        limit_ms = 0
+        if limit is not None:
+            reason = self.unkillable()
+            if reason is not None:
+                raise ValueError(f"shoal: task_timeout cannot be used now: {reason}")
+            limit_ms = min(_MAX_LIMIT_MS, max(1, int(limit * 1000 + 0.5)))
+            limit = (limit, function_name(fn))
         if self._pool is None:
             self._start(fn)
+        rec = self.tracer
+        if rec is not None:
+            rec = rec.task(fn, "call" if mode == TASK_CALL else "chunk", count)
         fn_id = self._functions.acquire(fn)
-        bufs = None if self._arena is None else Buffers(self._arena, self._threshold)
+        bufs = None if self._arena is None else Buffers(self._arena, self._threshold, placements=placements)
         try:
-            payload = encode_task(mode, data, bufs)
+            payload = encode_task(mode, data, bufs, rec is not None)
         except BaseException:
             self._functions.release(fn_id)
+            if rec is not None:
+                rec.status = "failed"
             raise
+        refs = bufs.refs if bufs is not None and bufs.refs else None
+        if refs is not None and len(refs) > _core.MAX_FRAME_BUFFERS:
+            self._functions.release(fn_id)
+            raise ValueError(f"shoal: a task of {count} item(s) passes {len(refs)} large buffers; one frame "
+                             f"carries at most {_core.MAX_FRAME_BUFFERS}: use a smaller chunksize")
         task_id = next(self._ids)
         fut = _ProcessFuture(self._state, task_id)
-        refs = bufs.refs if bufs is not None and bufs.refs else None
         chunk = mode != TASK_CALL
-        # A chunk's argument bytes (arena copies included), for map()'s chunk cap.
-        nbytes = len(payload) + (sum(n for _, n in refs if n < READ_ONLY) if refs else 0) if chunk else 0
+        # A chunk's argument bytes (its own arena copies included, shared placements not), for
+        # map()'s chunk cap.
+        nbytes = len(payload) + (bufs.copied if refs else 0) if chunk else 0
         # The arguments' arena buffers live until the task completes (the entry is dropped).
-        self._state.futures[task_id] = TaskEntry(fut, fn_id, bufs.keep if refs else None, chunk, nbytes)
+        if rec is not None:
+            rec.pickle = _clock() - rec.submit
+            rec.nbytes = len(payload)
+            rec.arena = sum(n & LENGTH for _, n in refs) if refs else 0
+        self._state.futures[task_id] = TaskEntry(fut, fn_id, bufs.keep if refs else None, chunk, nbytes, limit, rec)
         # A coroutine task counts against the per-worker `concurrency`, not the adaptive limit.
-        if self._pool.submit(task_id, fn_id, count, payload, refs, is_coroutine_function(fn)):
+        if self._pool.submit(task_id, fn_id, count, payload, refs, is_coroutine_function(fn), -1, limit_ms):
             self._deliver_ready()
         return fut
 
@@ -558,10 +638,14 @@ class ProcessBackend(Backend):
         self._check_owner()
         if self._pool is None:
             self._start(fn)
+        rec = self.tracer
+        if rec is not None:  # the driver's side only: agent frames carry no timing
+            rec = rec.task(fn, "agents", count)
+            rec.nbytes = len(payload)
         fn_id = self._functions.acquire(fn)
         task_id = next(self._ids)
         fut = _ProcessFuture(self._state, task_id)
-        self._state.futures[task_id] = TaskEntry(fut, fn_id, keep, False)
+        self._state.futures[task_id] = TaskEntry(fut, fn_id, keep, False, 0, rec)
         try:
             ready = self._pool.submit(task_id, fn_id, count, payload, refs, worker=worker)
         except BaseException:
@@ -578,11 +662,17 @@ class ProcessBackend(Backend):
         self._check_owner()
         return None if self._arena is None else Buffers(self._arena, self._threshold)
 
-    def submit(self, fn, args, kwargs):
-        return self._submit(fn, TASK_CALL, (args, kwargs), 1)
+    def submit(self, fn, args, kwargs, limit=None, placements=None):
+        return self._submit(fn, TASK_CALL, (args, kwargs), 1, limit, placements)
 
-    def submit_chunk(self, fn, items, star=True):
-        return self._submit(fn, TASK_CHUNK if star else TASK_CHUNK1, items, len(items))
+    def submit_chunk(self, fn, items, star=True, limit=None, placements=None):
+        return self._submit(fn, TASK_CHUNK if star else TASK_CHUNK1, items, len(items), limit, placements)
+
+    def placements(self, view=COPY_ON_WRITE, arrays_above=None, reducers=None):
+        """A call's Placements (None without an arena): see _arena.Placements."""
+        if self._arena is None:
+            return None
+        return Placements(self._arena, view, arrays_above, reducers)
 
     def agent_transport(self, group):
         return ProcessAgentTransport(group, self)
@@ -601,6 +691,11 @@ class ProcessBackend(Backend):
                 time.sleep(0.001)
                 pids = self._pool.worker_pids()
         return [int(p) for p in pids]
+
+    def traced_processes(self):
+        if self._pool is None or self._closed:
+            return []
+        return [int(p) for p in self._pool.worker_pids()]
 
     def cancel_all(self):
         if self._pool is None:

@@ -10,7 +10,8 @@ worker's decoder:
     FUNCTION    driver -> worker  fn id (>= 1)   dumps_function(fn)
     FUNCTION    driver -> worker  0              encode_setup(WorkerSetup)         (first frame)
     FORGET      driver -> worker  fn id          -
-    TASK        driver -> worker  fn id          encode_task(mode, data)           (modes below)
+    TASK        driver -> worker  fn id          encode_task(mode, data)           (modes below);
+                                                 flags: the task's time limit in ms, 0 for none
     RESULT      worker -> driver  run time (ns)  the reply of the task's mode; FLAG_ERROR: encode_error
     OUTPUT      worker -> driver  -              UTF-8 text; flags: OUTPUT_STDOUT or OUTPUT_STDERR
     READY       worker -> driver  arena owner    -
@@ -27,8 +28,16 @@ Task modes (the first field of a TASK payload) and their replies:
 
 Every payload is pickled by ``_pickle.dumps`` (protocol 5): large buffers travel in the arena,
 and the frame's references give their place.
+
+Tracing: a task whose mode has the ``TRACED`` bit gets a reply followed by a ``TIMING`` trailer
+(the worker's clock when the frame arrived, the arguments were loaded, the function returned,
+the reply was pickled, and the worker's pid). The unpickler stops at the pickle's STOP opcode,
+so the reply decodes as usual; a pickle ends with STOP (".") and the trailer with
+``TIMING_MAGIC``, so the two cannot be confused.
 """
 import collections
+import os
+import struct
 
 from .._pickle import dumps, dumps_exception, loads, pack_items
 
@@ -60,13 +69,17 @@ TASK_CHUNK = 1   # packed [args, ...] -> (packed results, None or (exc, tb), sec
 TASK_CHUNK1 = 2  # the same with one argument per item: packed [x, ...], each called as fn(x)
 TASK_AGENTS = 3  # an operation on this worker's agents; the function is the agent class
 
+TRACED = 16      # bit or-ed into the mode: reply with a TIMING trailer (tracing is on)
+
 OUTPUT_STDOUT = 1  # flags of an OUTPUT frame: which stream the text was written to
 OUTPUT_STDERR = 2
 
 
-def encode_task(mode, data, bufs=None):
-    """Driver: the payload of a TASK_CALL or chunk task; ``bufs`` collects its large buffers."""
-    return dumps((mode, data if mode == TASK_CALL else pack_items(data, bufs)), bufs)
+def encode_task(mode, data, bufs=None, traced=False):
+    """Driver: the payload of a TASK_CALL or chunk task; ``bufs`` collects its large buffers.
+    ``traced``: the worker answers with a TIMING trailer."""
+    return dumps((mode | TRACED if traced else mode, data if mode == TASK_CALL else pack_items(data, bufs)),
+                 bufs)
 
 
 def decode_task(payload, views):
@@ -96,6 +109,32 @@ def encode_chunk_reply(results, exc, seconds, bufs=None):
 def decode_reply(payload, buffers=None):
     """Driver: a RESULT payload (of any mode) or an INIT_FAILED one, on its arena ``buffers``."""
     return loads(payload, buffers)
+
+
+TIMING = struct.Struct("<5q8s")
+TIMING_MAGIC = b"shoaltrc"
+_PID = os.getpid()  # set again in each worker by set_timing_pid
+
+
+def set_timing_pid():
+    """Worker: after the fork, the pid the trailers carry."""
+    global _PID
+    _PID = os.getpid()
+
+
+def encode_timing(reply, start, loaded, ran, pickled):
+    """Worker: ``reply`` followed by its TIMING trailer (perf_counter_ns times)."""
+    return bytes(reply) + TIMING.pack(start, loaded, ran, pickled, _PID, TIMING_MAGIC)
+
+
+def decode_timing(payload):
+    """Driver: (start, loaded, ran, pickled, pid) of a traced reply, or None if it has no
+    trailer (the task failed before it was decoded)."""
+    n = len(payload)
+    if n < TIMING.size:
+        return None
+    fields = TIMING.unpack_from(payload, n - TIMING.size)
+    return fields[:5] if fields[5] == TIMING_MAGIC else None
 
 
 encode_error = dumps_exception  # (exception, traceback text); see _pickle.dumps_exception

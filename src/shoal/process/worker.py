@@ -9,18 +9,20 @@ It leaves with os._exit so nothing inherited from the zygote runs at exit.
 import functools
 import io
 import os
+import signal
 import sys
 import time
 from types import CoroutineType
 
 from .. import _aio, _core, _threads
 from .._import_guard import importing
-from .._arena import DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_arena
+from .._arena import COPY_ON_WRITE, DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_arena
 from .._chunk import call_items
+from .._errors import function_name
 from .._pickle import dumps, iter_items, loads_function
 from . import agent_worker
-from .protocol import (OUTPUT_STDERR, OUTPUT_STDOUT, TASK_AGENTS, TASK_CALL, TASK_CHUNK, decode_setup,
-                       decode_task, encode_chunk_reply, encode_error)
+from .protocol import (OUTPUT_STDERR, OUTPUT_STDOUT, TASK_AGENTS, TASK_CALL, TASK_CHUNK, TRACED, decode_setup,
+                       decode_task, encode_chunk_reply, encode_error, encode_timing, set_timing_pid)
 
 in_worker = False  # True in a worker process (e.g. for joblib: no nested process pools)
 
@@ -113,6 +115,7 @@ def run(channel, arena=None):
     """Serves tasks until a shutdown frame; never returns."""
     global in_worker
     in_worker = True
+    set_timing_pid()
     if arena is not None:
         set_worker_arena(arena)
     sys.stdout = _Forward(channel, OUTPUT_STDOUT)
@@ -129,10 +132,50 @@ def run(channel, arena=None):
             coroutines.serve(handle)  # the event loop, until no coroutine task is left
 
 
+def _view(arena, offset, length):
+    """A task's view of one arena reference: a fresh copy is writable, shared memory read-only,
+    and a placement several tasks share copy-on-write (a private mapping of its pages)."""
+    if length & COPY_ON_WRITE and not length & READ_ONLY:
+        return arena.private_view(offset, length & LENGTH)
+    return arena.view(offset, length & LENGTH, length >= READ_ONLY)
+
+
+class _LazyViews:
+    """A frame's views made as the pickle reaches each one: a chunk of many items passing one
+    placement gets a copy-on-write mapping per item, and making them all up front would map the
+    block once per item at the same time (past vm.max_map_count for a large chunk)."""
+
+    __slots__ = ("_view", "_refs")
+
+    def __init__(self, view, refs):
+        self._view = view
+        self._refs = refs
+
+    def __len__(self):
+        return len(self._refs)
+
+    def __iter__(self):
+        return (self._view(o, n) for o, n in self._refs)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):  # not self._refs[i]: a copy of the rest per item
+            refs, view = self._refs, self._view
+            return (view(*refs[k]) for k in range(*i.indices(len(refs))))
+        o, n = self._refs[i]
+        return self._view(o, n)
+
+
+def _views(view, refs):
+    for _, n in refs:
+        if n & COPY_ON_WRITE and not n & READ_ONLY:
+            return _LazyViews(view, refs)
+    return [view(o, n) for o, n in refs]
+
+
 def _frame_handler(channel, arena, coroutines):
     """handle(frame): runs a task (or starts it in the event loop if it is a coroutine),
     records a function, or shuts down."""
-    view = None if arena is None else arena.view  # args: a fresh copy is writable, a shared one not
+    view = None if arena is None else functools.partial(_view, arena)
     functions = _Functions()
     send = channel.send
     RESULT, TASK, FUNCTION, FORGET, SHUTDOWN = (_core.FRAME_RESULT, _core.FRAME_TASK,
@@ -144,29 +187,40 @@ def _frame_handler(channel, arena, coroutines):
     loading = importing("a worker loading a task's function and arguments")
 
     def handle(frame):
-        kind, _flags, task_id, aux, count, payload, refs = frame
+        kind, limit_ms, task_id, aux, count, payload, refs = frame  # a plain tuple in _core.Frame's order
         if kind == TASK:
             start = clock()
             flags = 0
+            timing = None  # [start, loaded, ran] when the driver traces this task
             bufs = None if arena is None else Buffers(arena, _threshold, by_ref=False)
             try:
-                views = None if refs is None else [view(o, n & LENGTH, n >= READ_ONLY) for o, n in refs]
+                views = None if refs is None else _views(view, refs)
                 with loading:
                     fn = functions.get_function(aux)
                     mode, data = decode_task(payload, views)
+                if mode >= TRACED:
+                    mode -= TRACED
+                    timing = [start, clock(), 0]
+                coroutine = limit_ms and _aio.is_coroutine_function(fn)
+                if limit_ms:  # a task frame's flags hold its time limit (Pool::submit)
+                    fn = _Limited(fn, limit_ms / 1000)
                 if mode == TASK_CALL:
                     out = fn(*data[0], **data[1])
                     if type(out) is CoroutineType:  # the arguments' blocks live until it answers
-                        coroutines.start(out, (task_id, count, start, mode))
+                        coroutines.start(out, (task_id, count, start, mode, timing))
                         return
+                    if timing is not None:
+                        timing[2] = clock()
                     out = dumps(out, bufs)
                 elif mode == TASK_AGENTS:
                     out = agent_worker.serve(fn, data, payload, views, bufs)
-                elif _aio.is_coroutine_function(fn):
-                    _start_coroutine_chunk(coroutines, fn, data, mode, views, (task_id, count, start, mode))
+                elif coroutine or _aio.is_coroutine_function(fn):
+                    _start_coroutine_chunk(coroutines, fn, data, mode, views, (task_id, count, start, mode, timing))
                     return
                 else:
                     results, exc = _run_chunk(fn, data, mode == TASK_CHUNK, views)
+                    if timing is not None:
+                        timing[2] = clock()
                     out = encode_chunk_reply(results, exc, (clock() - start) / 1e9, bufs)
             except BaseException as exc:  # noqa: BLE001 - the task's failure, not ours
                 flags = ERROR
@@ -176,6 +230,9 @@ def _frame_handler(channel, arena, coroutines):
             views = data = None  # the driver frees the arguments' blocks once we answer
             sys.stdout.flush()
             sys.stderr.flush()
+            if timing is not None:
+                now = clock()
+                out = encode_timing(out, start, timing[1], timing[2] or now, now)
             if bufs is not None and bufs.refs:
                 send(RESULT, flags, task_id, clock() - start, count, out, bufs.refs)
                 bufs.detach()
@@ -195,6 +252,34 @@ def _frame_handler(channel, arena, coroutines):
     return handle
 
 
+class _Limited:
+    """A task's function under a time limit (each call: a task, or one item of a chunk).
+
+    A plain call arms ITIMER_REAL for the limit and disarms it as soon as the call returns,
+    before the result is sent: past the limit SIGALRM's default action kills this worker,
+    whatever it is doing (a C loop holding the GIL included), and the driver, seeing the
+    signal, fails this task with TaskTimeoutError and re-queues the tasks behind it. The
+    disposition is reset to the default each time (a task may have set a handler). A call
+    that returns a coroutine is instead bounded in the event loop (_aio.limited)."""
+
+    __slots__ = ("fn", "seconds")
+
+    def __init__(self, fn, seconds):
+        self.fn = fn
+        self.seconds = seconds
+
+    def __call__(self, *args, **kwargs):
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        try:
+            out = self.fn(*args, **kwargs)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        if type(out) is CoroutineType:
+            return _aio.limited(out, self.seconds, function_name(self.fn))
+        return out
+
+
 # ---- coroutine tasks (the event loop itself is _aio.WorkerCoroutines)
 
 def _start_coroutine_chunk(coroutines, fn, packed, mode, views, token):
@@ -205,7 +290,7 @@ def _start_coroutine_chunk(coroutines, fn, packed, mode, views, token):
 
 def _coroutine_done(channel, arena, token, failed, value):
     """Sends a coroutine task's result (as the plain path does for a plain task)."""
-    task_id, count, start, mode = token
+    task_id, count, start, mode, timing = token
     flags = 0
     bufs = None if arena is None else Buffers(arena, _threshold, by_ref=False)
     try:
@@ -225,6 +310,9 @@ def _coroutine_done(channel, arena, token, failed, value):
     value = None
     sys.stdout.flush()
     sys.stderr.flush()
+    if timing is not None:  # a coroutine's run includes its waits in the event loop
+        now = time.perf_counter_ns()
+        out = encode_timing(out, start, timing[1], now, now)
     elapsed = time.perf_counter_ns() - start
     if bufs is not None and bufs.refs:
         channel.send(_core.FRAME_RESULT, flags, task_id, elapsed, count, out, bufs.refs)

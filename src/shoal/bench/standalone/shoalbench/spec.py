@@ -4,7 +4,7 @@
 # the default (the fairness rules in shoal/bench/runner.py say when one is added).
 PEERS = ("serial", "mp_pool", "mp_pool[spawn]", "cf_process", "cf_process[chunked]",
          "cf_thread", "asyncio", "asyncio[uvloop]", "joblib", "mpire", "ray", "dask")
-SHOAL = ("shoal", "shoal[thread]", "shoal[direct]", "shoal.Pool")
+SHOAL = ("shoal", "shoal[thread]", "shoal[direct]", "joblib[shoal]", "shoal.Pool")
 ALL_SYSTEMS = PEERS + SHOAL
 
 _CORE = ("serial", "mp_pool", "cf_process", "joblib", "mpire", "ray", "dask", "shoal")
@@ -14,11 +14,12 @@ SYSTEMS = {
     "round_trip": _CORE,
     "submit_throughput": _CORE,
     # shoal.Pool: the drop-in for multiprocessing.Pool, measured beside it (issue 17's targets)
-    "map_tiny": _CORE[:3] + ("cf_process[chunked]",) + _CORE[3:] + ("shoal.Pool",),
-    "map_cpu": _CORE + ("shoal.Pool",),
+    "map_tiny": _CORE[:3] + ("cf_process[chunked]",) + _CORE[3:] + ("shoal.Pool", "joblib[shoal]"),
+    "map_cpu": _CORE + ("shoal.Pool", "joblib[shoal]"),
     # Native thread pools: each system as a user runs it (no thread limits set by hand).
     "map_numpy": _CORE[:3] + ("cf_process[chunked]",) + _CORE[3:],
-    "big_args": _CORE + ("shoal[direct]",),
+    # joblib[shoal]: joblib's Parallel through shoal's backend, the array passed directly
+    "big_args": _CORE + ("shoal[direct]", "joblib[shoal]"),
     "big_results": _CORE,
     "startup": ("serial", "mp_pool", "mp_pool[spawn]") + _CORE[2:],
     "worker_memory": _CORE,

@@ -167,7 +167,25 @@ class Serial(System):
         self.agents = None
 
 
-class MpPool(System):
+class _PoolCalls:
+    """The calls of a system whose ``self.pool`` has multiprocessing.Pool's API."""
+
+    def close(self):
+        self.pool.close()
+        self.pool.join()
+
+    def call(self, fn, *args):
+        return self.pool.apply(fn, args)
+
+    def submit_all(self, fn, args_list):
+        handles = [self.pool.apply_async(fn, a) for a in args_list]
+        return [h.get() for h in handles]
+
+    def map(self, fn, items):
+        return self.pool.map(fn, items)
+
+
+class MpPool(_PoolCalls, System):
     """multiprocessing.Pool with its defaults (fork on Linux); `mp_pool[spawn]` uses the spawn context."""
 
     imports = ("multiprocessing.pool",)
@@ -183,18 +201,7 @@ class MpPool(System):
 
     def close(self):
         _close_table_pool(self)
-        self.pool.close()
-        self.pool.join()
-
-    def call(self, fn, *args):
-        return self.pool.apply(fn, args)
-
-    def submit_all(self, fn, args_list):
-        handles = [self.pool.apply_async(fn, a) for a in args_list]
-        return [h.get() for h in handles]
-
-    def map(self, fn, items):
-        return self.pool.map(fn, items)
+        _PoolCalls.close(self)
 
     def fetch_all(self, urls, inflight):
         raise Unsupported("a process pool runs one blocking task per worker (W requests in "
@@ -742,15 +749,44 @@ class ShoalThread(Shoal):
 
 
 class ShoalDirect(Shoal):
-    """The array passed as an ordinary argument (no shoal.share): copied into the arena per task."""
+    """The array passed as an ordinary argument (no shoal.share) to every item of one
+    ``ex.map``: placed in the arena once for the call, each task a copy-on-write view of it."""
 
     name = "shoal[direct]"
 
     def share(self, obj):
         return obj
 
+    def map_shared(self, fn, shared, n):
+        return list(self.ex.map(fn, [shared] * n, range(n)))
 
-class ShoalPool(System):
+
+class JoblibShoal(Joblib):
+    """joblib.Parallel on shoal's joblib backend (``backend="shoal"``), called as the joblib
+    peer is: arrays above max_nbytes are placed in shoal's arena once per call."""
+
+    imports = ("joblib", "shoal.joblib")
+    name = "joblib[shoal]"
+
+    def version(self):
+        return Shoal.version(self)
+
+    def start(self, **options):
+        import shoal.joblib  # noqa: F401  (registers "shoal")
+        from joblib import Parallel, delayed
+
+        self.delayed = delayed
+        self.parallel = Parallel(n_jobs=self.workers, backend="shoal")
+        self.parallel.__enter__()
+
+    def close(self):
+        self.parallel.__exit__(None, None, None)
+
+    def teardown(self):
+        pass  # shoal's idle executor is shut down at interpreter exit
+
+
+class ShoalPool(_PoolCalls, System):
     """shoal.Pool(W), multiprocessing.Pool's API on shoal's workers, called as mp_pool is."""
 
     imports = ("shoal",)
@@ -770,24 +806,10 @@ class ShoalPool(System):
 
         self.pool = shoal.Pool(self.workers)
 
-    def close(self):
-        self.pool.close()
-        self.pool.join()
-
-    def call(self, fn, *args):
-        return self.pool.apply(fn, args)
-
-    def submit_all(self, fn, args_list):
-        handles = [self.pool.apply_async(fn, a) for a in args_list]
-        return [h.get() for h in handles]
-
-    def map(self, fn, items):
-        return self.pool.map(fn, items)
-
 
 BY_NAME = {cls.name: cls for cls in (Serial, MpPool, MpPoolSpawn, CfProcess, CfProcessChunked,
                                      CfThread, Asyncio, AsyncioUvloop, Joblib, Mpire, Ray, Dask, Shoal, ShoalThread,
-                                     ShoalDirect, ShoalPool)}
+                                     ShoalDirect, JoblibShoal, ShoalPool)}
 
 
 def make(name, workers):

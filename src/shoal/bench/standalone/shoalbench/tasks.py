@@ -323,3 +323,25 @@ def agents_reference(n, steps, iterations):
     """The digest of market_steps with the agents in a plain loop here (the runner's reference)."""
     agents = [Battery(**a) for a in battery_args(n, iterations)]
     return market_steps(lambda method, *args: [getattr(a, method)(*args) for a in agents], n, steps)
+
+
+def array_tail_sum(a, i):
+    """mpi_big_args: reads a large shared array (the sum of its items from i on)."""
+    return float(a[i:].sum())
+
+
+class LightAgent:
+    """mpi_agents: a light agent (a few floats of state, a few operations per step)."""
+
+    def __init__(self, index):
+        self.wealth = 100.0 + index % 7
+        self.rate = 0.01 * (1 + index % 5)
+
+    def step(self, price):
+        self.wealth += self.rate * (price - 1.0) * self.wealth
+        return self.wealth
+
+
+def step_agents(agents, price):
+    """mpi_agents, the pickling pattern: the agents travel to a worker, step, and travel back."""
+    return agents, [a.step(price) for a in agents]

@@ -1,0 +1,168 @@
+"""MPIBackend: an executor's tasks run on the node leaders of an MPI job (see hub.py)."""
+import itertools
+import os
+import sys
+import threading
+import time
+
+from .._backend import Backend
+from .._errors import ExecutorShutdownError, WorkerCrashedError
+from .._future import Future
+from .hub import CALL, CHUNK, current
+from ._wire import DEFAULT_THRESHOLD, dumps
+
+__all__ = ["MPIBackend"]
+
+
+class _MPIFuture(Future):
+    """A future whose waiter receives its result itself (see Hub.help)."""
+
+    _shoal_hub = None
+
+    def kill(self):
+        raise RuntimeError(f"shoal: Future.kill() is not supported on the mpi backend: "
+                           f"{MPIBackend.unstoppable}; use backend='process'")
+
+    def result(self, timeout=None):
+        if self._state != "FINISHED" and self._shoal_hub is not None:
+            self._shoal_hub.help(self, timeout)
+        return super().result(timeout=0 if timeout is not None and not self.done() else timeout)
+
+    def exception(self, timeout=None):
+        if self._state != "FINISHED" and self._shoal_hub is not None:
+            self._shoal_hub.help(self, timeout)
+        return super().exception(timeout=0 if timeout is not None and not self.done() else timeout)
+
+
+def _traced_done(rec, fut):
+    """A traced task's record as its future completes: the driver sees no worker's clock."""
+    rec.done = time.perf_counter_ns()
+    if fut.cancelled():
+        rec.status = "failed"
+    else:
+        exc = fut.exception()
+        rec.status = "ok" if exc is None else "crashed" if isinstance(exc, WorkerCrashedError) else "error"
+
+
+class MPIBackend(Backend):
+    """Runs tasks on the leader ranks' local process pools. Built by ``make_backend("mpi", ...)``
+    in a script started with ``mpiexec -n N python -m shoal.mpi script.py``.
+
+    The workers per leader are the launcher's (``--workers-per-rank``); ``config.max_workers``
+    does not change them. The other settings (initializer, retries, preload, ...) apply to every
+    leader's local executor."""
+
+    name = "mpi"
+    unstoppable = "a task sent to a node's leader cannot be stopped there yet"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._hub = current()
+        self._threshold = config.buffer_threshold if config.buffer_threshold is not None else DEFAULT_THRESHOLD
+        cfg = dict(initializer=config.initializer, initargs=tuple(config.initargs), retries=config.retries,
+                   preload=tuple(config.preload), max_tasks_per_worker=config.max_tasks_per_worker,
+                   buffer_threshold=config.buffer_threshold, concurrency=config.concurrency,
+                   event_loop=config.event_loop, threads_per_worker=config.threads_per_worker, sys_path=[os.getcwd()] + list(sys.path))
+        blob, bufs = dumps(cfg, self._threshold)  # an initializer that cannot be pickled raises here
+        self._fns = {}  # id(fn) -> (fn, fn_id): each function is pickled once per executor
+        self._fn_ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._sid = self._hub.open_session(blob, bufs, self)
+
+    @property
+    def slots(self):
+        return sum(lead.workers for lead in self._hub.live_leaders()) or 1
+
+    def _function(self, fn):
+        with self._lock:
+            entry = self._fns.get(id(fn))
+            if entry is not None and entry[0] is fn:
+                return entry[1]
+        shares = []
+        blob, bufs = dumps(fn, self._threshold, shares)  # raises in the caller if it cannot be pickled
+        with self._lock:
+            fn_id = next(self._fn_ids)
+            self._hub.define(self._sid, fn_id, blob, bufs, shares)
+            self._fns[id(fn)] = (fn, fn_id)  # holds fn: its id stays its own
+            return fn_id
+
+    def _encode(self, payload):
+        """(blob, buffers, share handles) of a task's payload; raises if it cannot be pickled."""
+        shares = []
+        blob, bufs = dumps(payload, self._threshold, shares)
+        return blob, bufs, shares
+
+    def _submit_encoded(self, kind, fn, encoded, rank=None, items=1):
+        if self._closed:  # shutdown began: the task fails, as on one machine (never hangs)
+            fut = _MPIFuture()
+            fut.set_running_or_notify_cancel()
+            fut._fail(ExecutorShutdownError("shoal: cannot run the task: the executor was shut down"))
+            return fut
+        fn_id = self._function(fn)
+        blob, bufs, shares = encoded
+        fut = _MPIFuture()
+        if self.tracer is not None and (kind == CALL or kind == CHUNK):  # agents record their own calls
+            # Recorded in the driver: when it went out and came back (no worker's clock).
+            rec = self.tracer.task(fn, "call" if kind == CALL else "chunk", items)
+            rec.nbytes = len(blob)
+            fut.add_done_callback(lambda f, rec=rec: _traced_done(rec, f))
+        return self._hub.submit(self._sid, kind, fn_id, blob, bufs, fut, shares, rank)
+
+    def _submit(self, kind, fn, payload, items=1):
+        return self._submit_encoded(kind, fn, self._encode(payload), items=items)
+
+    def submit(self, fn, args, kwargs, limit=None):
+        self.check_limit(limit)
+        return self._submit(CALL, fn, (args, kwargs))
+
+    def submit_chunk(self, fn, items, star=True, limit=None):
+        self.check_limit(limit)
+        items = list(items)
+        return self._submit(CHUNK, fn, (items, star), len(items))
+
+    def map(self, fn, args, *, star, timeout, chunksize, ordered, bar, length, max_workers, concurrency,
+            limit=None):
+        # Chunks are sized for the workers the leaders have, not the executor's max_workers.
+        self.check_limit(limit)
+        return super().map(fn, args, star=star, timeout=timeout, chunksize=chunksize, ordered=ordered,
+                           bar=bar, length=length, max_workers=self.slots, concurrency=concurrency)
+
+    def sweep_rows(self, job, ordered, bar):
+        job.max_workers = self.slots  # the same rule as map's
+        return job.rows_parallel(ordered, bar)
+
+    def agent_transport(self, group):
+        from .agents import MPIAgentTransport
+
+        return MPIAgentTransport(group, self)
+
+    def worker_pids(self):
+        """The live leaders' workers (process ids on their own hosts)."""
+        return [p for lead in self._hub.live_leaders() for p in lead.pids.get(self._sid, ())]
+
+    def cancel_all(self):
+        self._hub.cancel_session(self._sid)
+
+    def shutdown(self, wait, kill=False):
+        with self._lock:
+            first, self._closed = not self._closed, True
+        if kill:
+            self.cancel_all()
+        if not first and not kill:
+            if wait:
+                self._hub.wait_session(self._sid)
+            return
+
+        def close():
+            if not kill:
+                self._hub.wait_session(self._sid)
+            try:
+                self._hub.close_session(self._sid, kill)
+            except Exception as exc:  # noqa: BLE001 - a lost leader was already reported
+                sys.stderr.write(f"shoal.mpi: closing the leaders' executors: {exc}\n")
+
+        if wait:
+            close()
+        else:
+            threading.Thread(target=close, name="shoal-mpi-shutdown", daemon=True).start()

@@ -1,0 +1,297 @@
+"""A node leader: relays tasks between MPI and this node's shoal process pool.
+
+    driver ──MPI batch──► leader main loop ──Executor.submit──► zygote's workers (rings, arena)
+    driver ◄─MPI batch─── leader main loop ◄─done callbacks──── local futures
+
+The leader's zygote is started before MPI is initialised (see ``__main__``); its workers are
+forked by the zygote, never by this process, and never touch MPI. One local executor per
+driver-side executor ("session"), built with that executor's settings. The loop never makes
+a blocking MPI call: it probes, and naps a little longer each time nothing happened, up to
+``_wire.IDLE_NAP`` (a blocking MPI receive would spin a core that the workers need). While
+local tasks run it waits on one of them instead, which takes their results in this thread.
+"""
+import collections
+import os
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import CancelledError, TimeoutError
+
+from ._shares import drop_shared, place_shared
+from .agents import run_operation
+from ._wire import DEFAULT_THRESHOLD, Outbox, backoff, dumps, dumps_error, loads, receive
+
+HEARTBEAT_S = 1.0      # a leader that sent nothing for this long sends a heartbeat
+
+
+class _Session:
+    __slots__ = ("executor", "functions", "threshold", "groups")
+
+    def __init__(self, executor, threshold):
+        self.executor = executor
+        self.groups = {}     # driver's group id -> this node's AgentGroup of its block
+        self.functions = {}  # fn_id -> function, or the exception its pickle raised
+        self.threshold = threshold
+
+
+def _stop(executor, kill):
+    """Shuts a local executor down; ``kill``: its running tasks too (the driver gave up on them)."""
+    executor.shutdown(wait=True, kill_workers=kill)
+
+
+class Leader:
+    def __init__(self, comm, MPI, workers, timeout):
+        from .._main_namespace import keep_apart
+
+        keep_apart()  # the script's functions get their own __main__ here, not the launcher's
+        self.comm = comm
+        self.MPI = MPI
+        self.workers = workers
+        self.timeout = timeout
+        self.outbox = Outbox(comm, MPI)
+        self.sessions = {}
+        self.running = {}  # task id -> local future, oldest first
+        self.done = collections.deque()   # (task id, is chunk, local future, session)
+        self.replies = collections.deque()  # ops ready to send from other threads
+        self.wake = threading.Event()
+        self._agents = None  # threads that run agent operations, made at the first one
+
+    # ---------------------------------------------------------------- main loop
+
+    def serve(self):
+        """Serves until the driver says quit or goes silent. Returns True when the driver will
+        call MPI_Finalize (so must this rank), False when it will not (a lost peer, a failed
+        script) or is gone."""
+        comm, MPI = self.comm, self.MPI
+        status = MPI.Status()
+        self.outbox.send(0, [("hello", socket.gethostname(), os.getpid(), self.workers)])
+        now = time.monotonic()
+        last_heard = last_sent = last_active = now
+        wake = self.wake
+        while True:
+            heard = active = False
+            while True:
+                msg = receive(comm, MPI, status, 0)
+                if msg is None:
+                    break
+                heard = True
+                _, ops, bufs = msg
+                if ops != [("ping",)]:  # a ping is no work: the back-off goes on
+                    active = True
+                for op in ops:
+                    if op[0] == "quit":
+                        self._close_all(kill=op[1])
+                        self.outbox.send(0, [("bye",)])
+                        self.outbox.flush(5.0)
+                        return op[2]
+                    self._handle(op, bufs)
+            ops, bufs = self._finished()
+            if ops:
+                self.outbox.send(0, ops, bufs)
+            self.outbox.progress()
+            now = time.monotonic()
+            if heard:  # the driver pings at least every second
+                last_heard = now
+            if active:
+                last_active = now
+            if ops:
+                last_sent = last_active = now
+            elif now - last_sent > HEARTBEAT_S:
+                self.outbox.send(0, [("beat",)])
+                last_sent = now
+            if now - last_heard > self.timeout:
+                sys.stderr.write(f"shoal.mpi: leader rank {comm.Get_rank()} heard nothing from the driver "
+                                 f"for {self.timeout:g} s; stopping\n")
+                self._close_all(kill=True)
+                return None
+            nap = backoff(now - last_active)
+            running = self.running
+            if running and not self.done:
+                # Wait on a local task itself: a waiting caller takes the pool's results in
+                # this thread (no hand-over from the pool's completion thread), and the
+                # wait does not hold the GIL. MPI is probed again within a millisecond.
+                try:
+                    oldest = next(iter(running.values()))
+                    oldest.exception(timeout=min(max(nap, 0.0002), 0.001))
+                except (RuntimeError, StopIteration, TimeoutError, CancelledError):
+                    pass
+            elif nap == 0.0:
+                time.sleep(0)
+            else:
+                wake.wait(nap)
+                wake.clear()
+
+    # ---------------------------------------------------------------- driver operations
+
+    def _handle(self, op, bufs):
+        kind = op[0]
+        if kind == "call" or kind == "chunk" or kind == "agent":
+            _, sid, tid, fn_id, blob, b0, nb = op
+            sess = self.sessions.get(sid)
+            try:
+                if sess is None:
+                    raise RuntimeError(f"shoal.mpi: no session {sid} on this leader")
+                fn = sess.functions[fn_id]
+                if isinstance(fn, BaseException):
+                    raise fn
+                payload = loads(blob, bufs[b0:b0 + nb])
+                if kind == "call":
+                    args, kwargs = payload
+                    fut = sess.executor.submit(fn, *args, **kwargs)
+                elif kind == "agent":
+                    # The node's group blocks while its workers run the operation: a thread of
+                    # its own, so this loop goes on relaying (operations on one group arrive
+                    # one at a time).
+                    fut = self._agent_threads().submit(run_operation, sess, fn, payload)
+                else:
+                    # The local backend's own chunk: bare items, coroutine functions awaited,
+                    # the run time measured in the worker, as on one machine.
+                    items, star = payload
+                    fut = sess.executor._backend.submit_chunk(fn, items, star)
+            except BaseException as exc:  # noqa: BLE001 - this task fails, the leader goes on
+                self.replies.append((("err", tid, dumps_error(exc)), ()))
+                return
+            done, wake, chunk, running = self.done, self.wake, kind == "chunk", self.running
+            running[tid] = fut
+            fut.add_done_callback(lambda f: (running.pop(tid, None), done.append((tid, chunk, f, sess)), wake.set()))
+        elif kind == "fn":
+            _, sid, fn_id, blob, b0, nb = op
+            sess = self.sessions.get(sid)
+            if sess is not None:
+                try:
+                    sess.functions[fn_id] = loads(blob, bufs[b0:b0 + nb])
+                except BaseException as exc:  # noqa: BLE001 - its tasks fail with this
+                    sess.functions[fn_id] = exc
+        elif kind == "share":
+            _, key, blob, b0, nb = op
+            import shoal
+
+            try:
+                # The value on the received buffers, placed once in this node's arena: the tasks
+                # here get the node's handle and read it without a copy.
+                place_shared(key, shoal.share(loads(blob, bufs[b0:b0 + nb])))
+            except BaseException as exc:  # noqa: BLE001 - the tasks that use it fail with this
+                sys.stderr.write(f"shoal.mpi: shared object {key} could not be placed: {exc!r}\n")
+        elif kind == "drop_agents":
+            _, sid, gid = op
+            sess = self.sessions.get(sid)
+            group = sess.groups.pop(gid, None) if sess is not None else None
+            if group is not None:
+                self._agent_threads().submit(group.close)
+        elif kind == "unshare":
+            for key in op[1]:
+                drop_shared(key)
+        elif kind == "open":
+            _, sid, blob, b0, nb = op
+            self._open(sid, loads(blob, bufs[b0:b0 + nb]))
+        elif kind == "close":
+            _, sid, kill = op
+            self._close(sid, kill)
+        # "ping": nothing to do; hearing it is the point.
+
+    def _agent_threads(self):
+        if self._agents is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._agents = ThreadPoolExecutor(4, thread_name_prefix="shoal-mpi-agents")
+        return self._agents
+
+    def _open(self, sid, cfg):
+        import shoal
+
+        try:
+            for p in reversed(cfg.pop("sys_path")):  # the driver's script folder, its modules
+                if p not in sys.path:
+                    sys.path.insert(0, p)
+            threshold = cfg.get("buffer_threshold") or DEFAULT_THRESHOLD
+            ex = shoal.Executor(max_workers=self.workers, backend="process", **cfg)
+            self.sessions[sid] = _Session(ex, threshold)
+            pids = ex.worker_pids()
+            self.replies.append((("opened", sid, pids), ()))
+        except BaseException as exc:  # noqa: BLE001 - told to the driver
+            self.replies.append((("open_failed", sid, dumps_error(exc)), ()))
+
+    def _close(self, sid, kill):
+        sess = self.sessions.pop(sid, None)
+
+        def close():
+            if sess is not None:
+                _stop(sess.executor, kill)
+            self.replies.append((("closed", sid), ()))
+            self.wake.set()
+
+        threading.Thread(target=close, name="shoal-mpi-close", daemon=True).start()
+
+    def _close_all(self, kill):
+        for sid in list(self.sessions):
+            try:
+                _stop(self.sessions.pop(sid).executor, kill)
+            except BaseException:  # noqa: BLE001 - leaving anyway
+                pass
+
+    # ---------------------------------------------------------------- results
+
+    def _finished(self):
+        """The ops and buffers of everything finished since the last call."""
+        ops, bufs = [], []
+        replies = self.replies
+        while replies:
+            op, b = replies.popleft()
+            ops.append(op)
+            bufs.extend(b)
+        done = self.done
+        while done:
+            tid, chunk, fut, sess = done.popleft()
+            exc = fut.exception()
+            if exc is None:
+                try:
+                    value = fut.result()
+                    if chunk:
+                        value = _chunk_reply(value)
+                    blob, b = dumps(value, sess.threshold)
+                except BaseException as e:  # noqa: BLE001 - a result that cannot travel fails alone
+                    ops.append(("err", tid, dumps_error(e)))
+                    continue
+                ops.append(("ok", tid, blob, len(bufs), len(b)))
+                bufs.extend(b)
+            else:
+                ops.append(("err", tid, dumps_error(exc, _traceback_text(exc))))
+        return ops, bufs
+
+
+def _chunk_reply(outcome):
+    """A local chunk's ChunkOutcome as the driver receives it: (results, pickled error or None,
+    seconds). Results the worker pickled one by one are loaded here (on the node's arena); one
+    that fails to load ends the chunk at its place, with its error."""
+    from .._pickle import iter_items
+
+    per_item, data = outcome.results
+    err = outcome.error
+    if per_item:
+        results, it = [], iter_items(outcome.results, outcome.buffers)
+        for _ in range(len(data)):
+            try:
+                results.append(next(it))
+            except Exception as exc:  # noqa: BLE001 - this item's error; the chunk ends here
+                err = (exc, None)
+                break
+    else:
+        results = data
+    if err is not None:
+        err = dumps_error(*err)
+    return results, err, outcome.seconds
+
+
+def _traceback_text(exc):
+    """What the driver shows as the ``__cause__`` of a task's exception: the worker's traceback
+    when the exception came from a worker, else this leader's whole chain (an
+    InitializerError's cause, which does not survive pickling, included)."""
+    from .._errors import RemoteTraceback
+
+    cause = exc.__cause__
+    if type(cause) is RemoteTraceback and cause.__cause__ is None:
+        return cause.tb
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
