@@ -631,11 +631,19 @@ class ProcessBackend(Backend):
         _deliver(self._state)
         self._pool.interrupt()  # callers blocked in result() may wait for these (cheap if none)
 
-    def submit_pinned(self, fn, payload, count, worker, refs=None, keep=None):
+    def submit_pinned(self, fn, payload, count, worker, refs=None, keep=None, limit=None):
         """Sends a ready-made task payload to worker slot ``worker`` only (agents live there).
         If that worker dies, the future fails with WorkerCrashedError: it is not retried.
-        ``refs`` are the payload's arena buffers; ``keep`` keeps them alive until it completes."""
+        ``refs`` are the payload's arena buffers; ``keep`` keeps them alive until it completes.
+        ``limit``: (seconds, name) of a time limit: past it the worker is killed and the future
+        fails with TaskTimeoutError."""
         self._check_owner()
+        limit_ms = 0
+        if limit is not None:
+            reason = self.unkillable()
+            if reason is not None:
+                raise ValueError(f"shoal: task_timeout cannot be used now: {reason}")
+            limit_ms = min(_MAX_LIMIT_MS, max(1, int(limit[0] * 1000 + 0.5)))
         if self._pool is None:
             self._start(fn)
         rec = self.tracer
@@ -645,9 +653,9 @@ class ProcessBackend(Backend):
         fn_id = self._functions.acquire(fn)
         task_id = next(self._ids)
         fut = _ProcessFuture(self._state, task_id)
-        self._state.futures[task_id] = TaskEntry(fut, fn_id, keep, False, 0, rec)
+        self._state.futures[task_id] = TaskEntry(fut, fn_id, keep, False, 0, limit, rec)
         try:
-            ready = self._pool.submit(task_id, fn_id, count, payload, refs, worker=worker)
+            ready = self._pool.submit(task_id, fn_id, count, payload, refs, worker=worker, limit_ms=limit_ms)
         except BaseException:
             self._state.futures.pop(task_id, None)
             self._functions.release(fn_id)
