@@ -56,9 +56,9 @@ PyStructSequence_Desc completion_desc = {
     "Completion(item) names one's items.",
     completion_fields, 10};
 
-/// (seq, [completion, ...]) for the Python layer, each completion a plain tuple in
+/// [completion, ...] for the Python layer, each completion a plain tuple in
 /// Completion's order (record.hpp says why not the record). GIL held.
-nb::object completions_to_python(Pool& p, std::vector<Completion>& out, std::uint64_t seq) {
+nb::object completions_to_python(Pool& p, std::vector<Completion>& out) {
     nb::object items = nb::steal(PyList_New(static_cast<Py_ssize_t>(out.size())));
     if (!items) throw nb::python_error();
     Py_ssize_t i = 0;
@@ -84,7 +84,16 @@ nb::object completions_to_python(Pool& p, std::vector<Completion>& out, std::uin
                                          c.worker, nb::bytes(data, size), std::move(buffers));
         PyList_SET_ITEM(items.ptr(), i++, item.release().ptr());  // steals; the slots start as NULL
     }
-    return nb::make_tuple(seq, items);
+    return items;
+}
+
+/// pending[seq] = [batch, 0]: the batch and the index of its next completion to deliver
+/// (driver.py's _deliver resumes there, whichever thread it runs on).
+void keep_pending(Pool& p, std::vector<Completion>& out, std::uint64_t seq, nb::dict& pending) {
+    nb::list record;
+    record.append(completions_to_python(p, out));
+    record.append(0);
+    pending[nb::int_(seq)] = record;
 }
 }  // namespace
 
@@ -196,7 +205,7 @@ void bind_pool(nb::module_& m) {
              "is killed and replaced and the task completes as killed (unless its result came first); "
              "0 if the task is not here (done).")
         .def("take",
-             [](Pool& p, double timeout, bool background, std::uint64_t epoch) -> nb::object {
+             [](Pool& p, double timeout, bool background, std::uint64_t epoch, nb::dict pending) -> nb::object {
                  std::vector<Completion> out;
                  bool open;
                  std::uint64_t seq = 0;
@@ -205,37 +214,39 @@ void bind_pool(nb::module_& m) {
                      open = p.take(out, timeout < 0 ? -1 : static_cast<std::int64_t>(timeout * 1e9), background,
                                    epoch, &seq);
                  }
+                 // The batch goes into `pending` here, in C, before any bytecode runs: a
+                 // KeyboardInterrupt raised once this call returns cannot lose it.
+                 if (!out.empty()) keep_pending(p, out, seq, pending);
                  if (!open) return nb::none();
-                 return completions_to_python(p, out, seq);
+                 return nb::bool_(true);
              },
-             nb::arg("timeout") = -1.0, nb::arg("background") = false, nb::arg("epoch") = 0,
-             nb::sig("def take(self, timeout: float = -1.0, background: bool = False, epoch: int = 0) "
-                     "-> tuple[int, list[tuple[int, int, int, int, int, int, str, int, bytes, list[Block] | None]]] "
-                     "| None"),
+             nb::arg("timeout"), nb::arg("background"), nb::arg("epoch"), nb::arg("pending"),
+             nb::sig("def take(self, timeout: float, background: bool, epoch: int, "
+                     "pending: dict[int, list]) -> bool | None"),
              "Serves the pool (drains the result rings, hears the zygote, refills the workers) until "
-             "completions are ready, and returns them as (seq, [completion, ...]), each completion a plain "
-             "tuple of Completion's items in its order (kind, flags, task_id, aux, status_kind, status_value, "
-             "status_text, worker, payload, buffers): the caller delivers them, and batches taken by different "
-             "threads are delivered in `seq` order. Releases the GIL.\n\n"
-             "timeout: seconds to wait at most (< 0: until something completes); on timeout: (0, []).\n"
+             "completions are ready, and stores them in `pending` before returning: pending[seq] = "
+             "[[completion, ...], 0], each completion a plain tuple of Completion's items in its order "
+             "(kind, flags, task_id, aux, status_kind, status_value, status_text, worker, payload, buffers), "
+             "and 0 the index of the next one to deliver. The caller delivers the pending batches in `seq` "
+             "order, whichever thread took them; a signal raised after the call cannot lose a batch. "
+             "Releases the GIL.\n\n"
+             "timeout: seconds to wait at most (< 0: until something completes); on timeout nothing is stored.\n"
              "background: True only for the completion thread. It leaves completions to callers blocked on "
              "a result (who take them with no thread hop) and never spins.\n"
              "epoch: the value of `epoch` read before checking that what the caller waits for is not done. "
-             "A foreground take returns (0, []) as soon as the pool's epoch differs (another thread "
-             "delivered completions), so no wake-up is lost in between.\n\n"
-             "Returns None once the pool is closed and every worker has exited.")
+             "A foreground take returns as soon as the pool's epoch differs (another thread delivered "
+             "completions), so no wake-up is lost in between.\n\n"
+             "Returns True, or None once the pool is closed and every worker has exited.")
         .def("take_ready",
-             [](Pool& p) -> nb::object {
+             [](Pool& p, nb::dict pending) {
                  std::vector<Completion> out;
                  std::uint64_t seq = 0;
                  p.take_ready(out, &seq);
-                 return completions_to_python(p, out, seq);
+                 if (!out.empty()) keep_pending(p, out, seq, pending);
              },
-             nb::sig("def take_ready(self) -> tuple[int, list[tuple[int, int, int, int, int, int, str, int, bytes, "
-                     "list[Block] | None]]]"),
-             "The completions already drained (by submit()), without waiting or serving the pool: "
-             "(seq, [completion, ...]) as take() numbers them, each a plain tuple of Completion's items in its "
-             "order, or (0, []).")
+             nb::arg("pending"),
+             "Stores the completions already drained (by submit()) in `pending` as take() does, without "
+             "waiting or serving the pool.")
         .def_prop_ro("epoch", &Pool::epoch,
                      "Bumped by interrupt(). Read it before checking a future and pass it to take().")
         .def("interrupt", &Pool::interrupt, nb::call_guard<nb::gil_scoped_release>(),

@@ -32,7 +32,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 from . import _agent_ops as ops
-from ._errors import AgentError, AgentsLostError, WorkerCrashedError
+from ._errors import AgentError, AgentsLostError, TaskTimeoutError, WorkerCrashedError, check_task_timeout
 from ._future import Future
 
 __all__ = ["AgentGroup", "AgentHost"]
@@ -119,22 +119,30 @@ class AgentGroup:
             out.extend(range(start, stop))
         return tuple(out)
 
-    def call(self, method, /, *args, **kwargs):
+    def call(self, method, /, *args, task_timeout=None, **kwargs):
         """Calls ``agent.method(*args, **kwargs)`` on every agent in parallel; returns the results
-        in agent order. The arguments are pickled once for all agents."""
-        return self._wait(self._submit(ops.OP_CALL, _name(method, "method"), args=args, kwargs=kwargs))
+        in agent order. The arguments are pickled once for all agents.
 
-    def call_each(self, method, args_list):
+        ``task_timeout`` (seconds): how long the call may run on each worker's block of agents.
+        Past it that worker is killed and replaced, its agents are rebuilt from their checkpoint,
+        and the call fails for them with :class:`shoal.TaskTimeoutError` (inside the
+        :class:`shoal.AgentError`); the other blocks' results stand. Needs ``checkpoint=True``
+        and the process backend (ValueError otherwise)."""
+        return self._wait(self._submit(ops.OP_CALL, _name(method, "method"), args=args, kwargs=kwargs,
+                                       limit=task_timeout))
+
+    def call_each(self, method, args_list, *, task_timeout=None):
         """Calls ``method`` on every agent with its own argument: ``args_list[i]`` goes to agent
         ``i`` (a tuple: positional arguments, a dict: keyword arguments, anything else: the one
-        argument). Returns the results in agent order."""
+        argument). Returns the results in agent order. ``task_timeout``: as for :meth:`call`."""
         return self._wait(self._submit(ops.OP_EACH, _name(method, "method"),
-                                       extra=self._per_agent(args_list, "args_list")))
+                                       extra=self._per_agent(args_list, "args_list"), limit=task_timeout))
 
-    def call_async(self, method, /, *args, **kwargs):
+    def call_async(self, method, /, *args, task_timeout=None, **kwargs):
         """Like :meth:`call`, without waiting: returns a :class:`shoal.Future` of the list
         (``await``-able). The arguments are pickled now, so errors in them raise here."""
-        return self._submit(ops.OP_CALL, _name(method, "method"), args=args, kwargs=kwargs).future
+        return self._submit(ops.OP_CALL, _name(method, "method"), args=args, kwargs=kwargs,
+                            limit=task_timeout).future
 
     def get(self, attr):
         """The value of attribute ``attr`` of every agent, in agent order."""
@@ -178,11 +186,18 @@ class AgentGroup:
             raise ValueError(f"{what} has {len(values)} items for {self._n} agents")
         return values
 
-    def _submit(self, op, name, extra=None, args=(), kwargs=None):
+    def _submit(self, op, name, extra=None, args=(), kwargs=None, limit=None):
         if self._closed:
             raise RuntimeError("the agent group is closed")
         self._host.check_open()
-        return self._enqueue(_Operation(self, op, name, extra=extra, args=args, kwargs=kwargs))
+        limit = check_task_timeout(limit)
+        if limit is not None:
+            self._host.backend.check_limit(limit)
+            if not self._checkpoint:
+                raise ValueError("shoal: task_timeout on an agent call needs the group's checkpoint=True: "
+                                 "the worker of a block past the limit is killed, and only a checkpoint "
+                                 "can bring its agents back")
+        return self._enqueue(_Operation(self, op, name, extra=extra, args=args, kwargs=kwargs, limit=limit))
 
     def _enqueue(self, operation):
         with self._lock:
@@ -249,10 +264,11 @@ def _name(name, what):
 class _Operation:
     """One operation on every live block of a group: its frames, retries and joined result."""
 
-    def __init__(self, group, op, name, extra=None, args=(), kwargs=None):
+    def __init__(self, group, op, name, extra=None, args=(), kwargs=None, limit=None):
         self.group = group
         self.op = op
         self.name = name
+        self.limit = limit  # task_timeout of each block's call (seconds), or None
         self.future = _GroupFuture(group)
         blocks = group._transport.blocks
         self.parts = [None] * len(blocks)      # block -> results list
@@ -300,6 +316,11 @@ class _Operation:
             status, results, errors, states = transport.outcome(fut)
         except WorkerCrashedError as exc:
             crash = _crash(exc, start, stop)
+        except TaskTimeoutError as exc:  # its worker was killed: the block is rebuilt, not retried
+            transport.restore(b)
+            for i in range(start, stop):
+                self.errors[i] = exc
+            results = errors = states = None
         except (concurrent.futures.BrokenExecutor, concurrent.futures.CancelledError) as exc:
             if not isinstance(exc, concurrent.futures.BrokenExecutor):
                 exc = concurrent.futures.BrokenExecutor("shoal: the executor was shut down")

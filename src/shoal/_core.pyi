@@ -235,20 +235,20 @@ class Pool:
         Stops task `task_id`: 1 if it was queued and is dropped; 2 if a worker has it: that worker is killed and replaced and the task completes as killed (unless its result came first); 0 if the task is not here (done).
         """
 
-    def take(self, timeout: float = -1.0, background: bool = False, epoch: int = 0) -> tuple[int, list[tuple[int, int, int, int, int, int, str, int, bytes, list[Block] | None]]] | None:
+    def take(self, timeout: float, background: bool, epoch: int, pending: dict[int, list]) -> bool | None:
         """
-        Serves the pool (drains the result rings, hears the zygote, refills the workers) until completions are ready, and returns them as (seq, [completion, ...]), each completion a plain tuple of Completion's items in its order (kind, flags, task_id, aux, status_kind, status_value, status_text, worker, payload, buffers): the caller delivers them, and batches taken by different threads are delivered in `seq` order. Releases the GIL.
+        Serves the pool (drains the result rings, hears the zygote, refills the workers) until completions are ready, and stores them in `pending` before returning: pending[seq] = [[completion, ...], 0], each completion a plain tuple of Completion's items in its order (kind, flags, task_id, aux, status_kind, status_value, status_text, worker, payload, buffers), and 0 the index of the next one to deliver. The caller delivers the pending batches in `seq` order, whichever thread took them; a signal raised after the call cannot lose a batch. Releases the GIL.
 
-        timeout: seconds to wait at most (< 0: until something completes); on timeout: (0, []).
+        timeout: seconds to wait at most (< 0: until something completes); on timeout nothing is stored.
         background: True only for the completion thread. It leaves completions to callers blocked on a result (who take them with no thread hop) and never spins.
-        epoch: the value of `epoch` read before checking that what the caller waits for is not done. A foreground take returns (0, []) as soon as the pool's epoch differs (another thread delivered completions), so no wake-up is lost in between.
+        epoch: the value of `epoch` read before checking that what the caller waits for is not done. A foreground take returns as soon as the pool's epoch differs (another thread delivered completions), so no wake-up is lost in between.
 
-        Returns None once the pool is closed and every worker has exited.
+        Returns True, or None once the pool is closed and every worker has exited.
         """
 
-    def take_ready(self) -> tuple[int, list[tuple[int, int, int, int, int, int, str, int, bytes, list[Block] | None]]]:
+    def take_ready(self, pending: dict) -> None:
         """
-        The completions already drained (by submit()), without waiting or serving the pool: (seq, [completion, ...]) as take() numbers them, each a plain tuple of Completion's items in its order, or (0, []).
+        Stores the completions already drained (by submit()) in `pending` as take() does, without waiting or serving the pool.
         """
 
     @property

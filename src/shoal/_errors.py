@@ -84,6 +84,15 @@ class TaskTimeoutError(ShoalError, TimeoutError):
         return (_rebuild, (type(self), self.args, {"limit": self.limit, "function": self.function}))
 
 
+def check_task_timeout(value):
+    """``task_timeout`` as a float of seconds, or None; ValueError for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 4e6:
+        raise ValueError(f"task_timeout must be a number of seconds > 0 (below 4e6) or None, not {value!r}")
+    return float(value)
+
+
 def timeout_message(limit, function):
     """The message of the TaskTimeoutError of a task of ``function`` (its name) past ``limit`` s."""
     return (f"shoal: {function} ran longer than its task_timeout of {limit:g} s and was stopped "

@@ -11,7 +11,7 @@ from ._agents import AgentGroup, AgentHost
 from ._aio import check_event_loop
 from ._arena import DEFAULT_THRESHOLD
 from ._backend import BACKEND_NAMES, Backend, BackendConfig, make_backend
-from ._errors import CannotSendError, ExecutorClosedError
+from ._errors import CannotSendError, ExecutorClosedError, check_task_timeout
 from ._import_guard import check as _check_not_importing
 from ._sweep import sweep as _sweep
 from ._threads import check as _check_threads
@@ -104,7 +104,7 @@ class Executor(concurrent.futures.Executor):
             raise TypeError("initializer must be callable")
         if isinstance(preload, str):
             preload = (preload,)
-        task_timeout = _check_task_timeout(task_timeout)
+        task_timeout = check_task_timeout(task_timeout)
         self.max_workers = max_workers
         self.backend = backend
         self.concurrency = concurrency
@@ -151,7 +151,7 @@ class Executor(concurrent.futures.Executor):
         """The time limit of a call's tasks: its own ``task_timeout``, else the executor's."""
         if task_timeout is None:
             return self.task_timeout
-        task_timeout = _check_task_timeout(task_timeout)
+        task_timeout = check_task_timeout(task_timeout)
         self._backend.check_limit(task_timeout)
         return task_timeout
 
@@ -366,15 +366,6 @@ class Executor(concurrent.futures.Executor):
         else:
             self.shutdown(wait=True)
         return False
-
-
-def _check_task_timeout(value):
-    """``task_timeout`` as a float of seconds, or None; ValueError for anything else."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 4e6:
-        raise ValueError(f"task_timeout must be a number of seconds > 0 (below 4e6) or None, not {value!r}")
-    return float(value)
 
 
 def _known_length(*iterables):

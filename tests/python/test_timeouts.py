@@ -262,6 +262,60 @@ def test_agents_without_checkpoints_refuse_limits_and_kills(make_process_executo
     assert safe.get("n") == [1, 2, 3]  # rebuilt from their checkpoints if their worker died
 
 
+class Stepper:
+    """An agent whose step loops for ever when it is told to (a solver that hangs)."""
+
+    def __init__(self, n):
+        self.n = n
+        self.steps = 0
+
+    def step(self, hang):
+        if self.n == hang:
+            endless()
+        self.steps += 1
+        return self.n
+
+
+@pytest.mark.timeout(60)
+def test_an_agent_call_past_its_limit_fails_for_that_block_and_the_agents_come_back(backend):
+    with shoal.Executor(max_workers=2, backend=backend) as ex:
+        group = ex.agents(Stepper, range(4), checkpoint=True)
+        if not stops_tasks(backend):
+            with pytest.raises(ValueError, match="not supported"):
+                group.call("step", -1, task_timeout=1)
+            assert group.call("step", -1) == [0, 1, 2, 3]
+            return
+        assert group.call("step", -1, task_timeout=5) == [0, 1, 2, 3]
+        start = time.monotonic()
+        with pytest.raises(shoal.AgentError) as info:
+            group.call("step", 3, task_timeout=0.5)
+        assert time.monotonic() - start < 5
+        err = info.value
+        timed_out = sorted(i for i, e in err.errors.items() if isinstance(e, shoal.TaskTimeoutError))
+        assert 3 in timed_out and set(err.errors) == set(timed_out)  # only the hung agent's block
+        assert "Stepper.step" in str(err.errors[3]) and err.errors[3].limit == 0.5
+        assert all(err.results[i] == i for i in range(4) if i not in timed_out)
+        assert err.lost == ()
+        # The block was rebuilt from its checkpoint (the step that timed out left no trace).
+        assert group.get("steps") == [1 if i in timed_out else 2 for i in range(4)]
+        assert group.call("step", -1) == [0, 1, 2, 3]
+        assert group.call_each("step", [-1, -1, -1, -1], task_timeout=5) == [0, 1, 2, 3]
+        with pytest.raises(shoal.AgentError) as info:
+            group.call_async("step", 0, task_timeout=0.3).result(timeout=30)
+        assert isinstance(info.value.errors[0], shoal.TaskTimeoutError)
+
+
+@pytest.mark.timeout(60)
+def test_an_agent_call_limit_needs_checkpoints(make_process_executor):
+    ex = make_process_executor()
+    group = ex.agents(Stepper, range(2))
+    with pytest.raises(ValueError, match="checkpoint=True"):
+        group.call("step", -1, task_timeout=1)
+    with pytest.raises(ValueError, match="task_timeout"):
+        group.call("step", -1, task_timeout=-1)
+    assert group.call("step", -1) == [0, 1]
+
+
 @pytest.mark.timeout(60)
 def test_no_limit_no_change(make_process_executor):
     ex = make_process_executor()

@@ -75,7 +75,11 @@ class ProcessAgentTransport(AgentTransport):
             self.backend.submit_pinned(cls, payload, count, slot)
         slot, start, stop = self.blocks[b]
         payload, refs, keep = operation.prepared[b]
-        return self.backend.submit_pinned(self.group._cls, payload, stop - start, slot, refs, keep)
+        if operation.limit is None:
+            return self.backend.submit_pinned(self.group._cls, payload, stop - start, slot, refs, keep)
+        name = f"{getattr(self.group._cls, '__qualname__', '?')}.{operation.name}"
+        return self.backend.submit_pinned(self.group._cls, payload, stop - start, slot, refs, keep,
+                                          (operation.limit, name))
 
     def outcome(self, fut):
         reply = AgentReply._make(fut.result())  # raises WorkerCrashedError, BrokenExecutor...

@@ -14,7 +14,8 @@ A task's path (the threads and calls that exist; payload layouts: protocol.py):
     (nobody waiting: the "shoal-completions" thread's Pool.take(background=True) delivers)
 
 Completions are delivered in the order they were taken (a task's output before its result),
-whichever thread took them. Functions are pickled once per executor and cached in the workers
+whichever thread took them: Pool.take stores each batch in _State.pending before it returns, and
+any thread's next _deliver resumes there, so a Ctrl-C between taking and delivering loses nothing. Functions are pickled once per executor and cached in the workers
 by id; an entry is forgotten once no task uses it and the table is past its capacity.
 """
 import functools
@@ -278,43 +279,55 @@ class _State:
         self.futures = {}  # task id -> TaskEntry
         self.lock = threading.Lock()
         self.functions = None
-        self.order = threading.Condition()  # batches are delivered in the order taken
-        self.delivered = 0
+        # Batches taken from the pool and not yet fully delivered: seq -> [batch, next index].
+        # The binding puts each batch here before control returns to Python, so a
+        # KeyboardInterrupt (raised only in the main thread, at any bytecode) cannot lose one:
+        # whoever delivers next (a caller, the completion thread, shutdown) resumes it.
+        self.pending = {}
+        self.delivered = 0  # the last batch delivered whole
+        self.delivering = threading.RLock()  # C, so `with` cannot leak it to an interrupt
         # A weak reference to the backend, for its unkillable(): why no worker may be killed
         # now (weak: this state must not keep the executor alive).
         self.backend = lambda: None
 
 
-def _deliver(state, taken):
-    """Delivers a batch from Pool.take in the order the batches were taken (a task's output
-    before its result), whichever thread took it."""
-    seq, batch = taken
-    if not batch:
-        return
-    order = state.order
-    if state.delivered != seq - 1:
-        # Another thread holds the previous batch and delivers it at once; the timeout only
-        # guards against one that was interrupted (Ctrl-C) between take and deliver.
-        with order:
-            order.wait_for(lambda: state.delivered >= seq - 1, timeout=1.0)
-    # Batches are delivered one at a time: the holder of the next one waits for this one.
-    try:
-        _deliver_batch(state, batch)
-    finally:
-        with order:
-            if state.delivered < seq:
-                state.delivered = seq
-            if order._waiters:
-                order.notify_all()
+def _deliver(state):
+    """Delivers the pending batches in the order they were taken (a task's output before its
+    result), whichever thread took them; returns how many completions it delivered. Safe to
+    interrupt anywhere: each step is redone or skipped by the next delivery, never lost
+    (docs/decisions/2026-12-06-taken-batches-survive-ctrl-c.md)."""
+    pending = state.pending
+    if not pending:
+        return 0
+    n = 0
+    with state.delivering:  # re-entrant: a callback that submits delivers from here too
+        pending.pop(state.delivered, None)  # left by an interrupted delivery, already done
+        while True:
+            seq = state.delivered + 1
+            record = pending.get(seq)
+            if record is None:
+                return n  # the thread that took it has not stored it yet: it delivers it next
+            n += _deliver_batch(state, record)
+            state.delivered = seq
+            pending.pop(seq, None)
 
 
-def _deliver_batch(state, batch):
+def _deliver_batch(state, record):
+    """Delivers record = [batch, next index] from its next index on; returns the batch's
+    length. A completion's future is set before its entry leaves `futures`, and setting it
+    twice is harmless, so an interrupted delivery redone from the same index loses nothing."""
+    batch = record[0]
+    count = len(batch)
     futures = state.futures
-    # Each completion is a plain tuple in _core.Completion's order, which names and documents
-    # its items: (kind, flags, task_id, aux, status_kind, status_value, status_text, worker,
-    # payload, buffers). Unpacked here once per task: a tuple unpacks faster than the record.
-    for kind, flags, task_id, _aux, status_kind, status_value, status_text, worker, payload, buffers in batch:
+    while True:
+        i = record[1]
+        if i >= count:
+            return count
+        # Each completion is a plain tuple in _core.Completion's order, which names and
+        # documents its items. Unpacked here once per task: a tuple unpacks faster than the record.
+        kind, flags, task_id, _aux, status_kind, status_value, status_text, worker, payload, buffers = batch[i]
         if kind == _OUTPUT:
+            record[1] = i + 1  # at most once: a line is not written twice
             stream = sys.stdout if flags == OUTPUT_STDOUT else sys.stderr
             try:
                 stream.write(payload.decode("utf-8", "replace"))
@@ -322,59 +335,70 @@ def _deliver_batch(state, batch):
             except Exception:
                 pass
             continue
-        entry = futures.pop(task_id, None)  # atomic: no lock needed
-        if entry is None:
-            continue
-        fut = entry.future
-        state.functions.release(entry.fn_id)
-        if entry.trace is not None:
-            _traced(state, entry.trace, kind, flags, worker, payload, buffers)
-        if kind == _RESULT:
-            try:
-                value = decode_reply(payload, buffers)
-            except BaseException as exc:  # noqa: BLE001 - fails this task only
-                fut._fail(exc)
-                continue
-            finally:
-                if entry.trace is not None:
-                    entry.trace.unpickle = _clock() - entry.trace.done
-            if flags & _ERROR:
-                exc, tb = value
-                exc.__cause__ = RemoteTraceback(tb)
-                fut._fail(exc)
-            elif entry.chunk:
-                # What the chunk's arguments and results hold (map() caps chunks by it).
-                nbytes = entry.nbytes + len(payload) + (sum(map(len, buffers)) if buffers else 0)
-                results, error, seconds = value
-                fut._resolve(ChunkOutcome(results, error, seconds, buffers, nbytes))
-            else:
-                fut._resolve(value)
-        elif kind == _CRASHED:
-            signaled = status_kind == _core.STATUS_SIGNALED
-            fut._fail(WorkerCrashedError(
-                f"the worker running this task {'was ' if status_text.startswith('killed') else ''}{status_text} "
-                f"(tried {1 + state.retries} time{'s' if state.retries else ''})",
-                signal=status_value if signaled else None,
-                exitcode=None if signaled else status_value))
-        elif kind == _TIMED_OUT:
-            seconds, name = entry.limit or (0.0, "the task")
-            fut._fail(TaskTimeoutError(timeout_message(seconds, name), limit=seconds, function=name))
-        elif kind == _KILLED:
-            fut._killed()
-        elif kind == _INIT_FAILED:
-            err = InitializerError("the executor's initializer failed in a worker")
-            try:
-                cause, tb = decode_reply(payload)
-                cause.__cause__ = RemoteTraceback(tb)
-                err.__cause__ = cause
-            except Exception:
-                pass
-            fut._fail(err)
-        elif payload:  # the pool cannot keep workers: the payload says why
-            reason = payload.decode("utf-8", "replace")
-            fut._fail(WorkersUnavailableError(f"shoal: cannot run the task: {reason}"))
+        entry = futures.get(task_id)
+        if entry is not None:
+            if entry.trace is not None and not entry.trace.done:
+                _traced(state, entry.trace, kind, flags, worker, payload, buffers)
+            _finish(state, entry, kind, flags, status_kind, status_value, status_text, payload, buffers)
+            if futures.pop(task_id, None) is not None:  # then its function is released (once)
+                state.functions.release(entry.fn_id)
+        record[1] = i + 1
+
+
+def _finish(state, entry, kind, flags, status_kind, status_value, status_text, payload, buffers):
+    """Sets entry's future from one completion (a second call finds it set and does nothing)."""
+    fut = entry.future
+    if kind == _RESULT:
+        try:
+            value = decode_reply(payload, buffers)
+        except Exception as exc:  # noqa: BLE001 - fails this task only
+            fut._fail(exc)
+            return
+        except BaseException as exc:  # noqa: BLE001
+            if threading.current_thread() is threading.main_thread():
+                raise  # a signal's (Ctrl-C): the next delivery decodes it again
+            fut._fail(exc)
+            return
+        finally:
+            if entry.trace is not None:
+                entry.trace.unpickle = _clock() - entry.trace.done
+        if flags & _ERROR:
+            exc, tb = value
+            exc.__cause__ = RemoteTraceback(tb)
+            fut._fail(exc)
+        elif entry.chunk:
+            # What the chunk's arguments and results hold (map() caps chunks by it).
+            nbytes = entry.nbytes + len(payload) + (sum(map(len, buffers)) if buffers else 0)
+            results, error, seconds = value
+            fut._resolve(ChunkOutcome(results, error, seconds, buffers, nbytes))
         else:
-            fut._fail(ExecutorShutdownError("shoal: cannot run the task: the executor was shut down"))
+            fut._resolve(value)
+    elif kind == _CRASHED:
+        signaled = status_kind == _core.STATUS_SIGNALED
+        fut._fail(WorkerCrashedError(
+            f"the worker running this task {'was ' if status_text.startswith('killed') else ''}{status_text} "
+            f"(tried {1 + state.retries} time{'s' if state.retries else ''})",
+            signal=status_value if signaled else None,
+            exitcode=None if signaled else status_value))
+    elif kind == _TIMED_OUT:
+        seconds, name = entry.limit or (0.0, "the task")
+        fut._fail(TaskTimeoutError(timeout_message(seconds, name), limit=seconds, function=name))
+    elif kind == _KILLED:
+        fut._killed()
+    elif kind == _INIT_FAILED:
+        err = InitializerError("the executor's initializer failed in a worker")
+        try:
+            cause, tb = decode_reply(payload)
+            cause.__cause__ = RemoteTraceback(tb)
+            err.__cause__ = cause
+        except Exception:
+            pass
+        fut._fail(err)
+    elif payload:  # the pool cannot keep workers: the payload says why
+        reason = payload.decode("utf-8", "replace")
+        fut._fail(WorkersUnavailableError(f"shoal: cannot run the task: {reason}"))
+    else:
+        fut._fail(ExecutorShutdownError("shoal: cannot run the task: the executor was shut down"))
 
 
 def _traced(state, rec, kind, flags, worker, payload, buffers):
@@ -408,15 +432,15 @@ def _complete(state):
     """Completion thread: delivers what no waiting caller has taken (callbacks, as_completed)."""
     take = state.pool.take
     interrupt = state.pool.interrupt
+    pending = state.pending
     while True:
-        taken = take(-1.0, True)
-        if taken is None:
+        if take(-1.0, True, 0, pending) is None:
             break
-        if taken[1]:
-            _deliver(state, taken)
-            taken = None  # not held while waiting: results own arena blocks
+        if _deliver(state):
             interrupt()  # a caller blocked in take() may be waiting for one of these
-    # The pool is finished: nothing else will complete.
+    # The pool is finished: nothing else will complete. What an interrupted caller left is
+    # delivered first.
+    _deliver(state)
     with state.lock:
         rest = list(state.futures.values())
         state.futures.clear()
@@ -472,6 +496,11 @@ class _ProcessFuture(Future):
         state = self._state_
         pool = state.pool
         deadline = None if timeout is None else time.monotonic() + timeout
+        if state.pending:
+            # Left by a delivery that a Ctrl-C interrupted (perhaps this caller's last wait,
+            # whose signal came with its take): delivered before anything else.
+            if _deliver(state):
+                pool.interrupt()
         while True:
             epoch = pool.epoch  # before the check: a delivery after it ends take() at once
             if self._state not in ("PENDING", "RUNNING"):
@@ -479,12 +508,12 @@ class _ProcessFuture(Future):
             left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
             if left <= 0:
                 return
-            taken = pool.take(left, False, epoch)  # short slices: Ctrl-C stays responsive
-            if taken is None:
+            # Short slices: Ctrl-C stays responsive. A batch taken waits in state.pending.
+            if pool.take(left, False, epoch, state.pending) is None:
+                _deliver(state)
                 return
-            _deliver(state, taken)
-            batch = taken[1]
-            if len(batch) > 1 or (batch and batch[0][2] != self._task_id):  # [2]: Completion.task_id
+            n = _deliver(state)  # also what an interrupted delivery left
+            if n > 1 or (n and self._state in ("PENDING", "RUNNING")):
                 pool.interrupt()  # other callers may wait for what we delivered
 
     def result(self, timeout=None):
@@ -634,14 +663,23 @@ class ProcessBackend(Backend):
         """Delivers what the pool has drained: a thread submitting many tasks delivers their
         results between submits, instead of handing each to the completion thread (a thread
         wake-up and two GIL hand-overs per task)."""
-        _deliver(self._state, self._pool.take_ready())
+        self._pool.take_ready(self._state.pending)
+        _deliver(self._state)
         self._pool.interrupt()  # callers blocked in result() may wait for these (cheap if none)
 
-    def submit_pinned(self, fn, payload, count, worker, refs=None, keep=None):
+    def submit_pinned(self, fn, payload, count, worker, refs=None, keep=None, limit=None):
         """Sends a ready-made task payload to worker slot ``worker`` only (agents live there).
         If that worker dies, the future fails with WorkerCrashedError: it is not retried.
-        ``refs`` are the payload's arena buffers; ``keep`` keeps them alive until it completes."""
+        ``refs`` are the payload's arena buffers; ``keep`` keeps them alive until it completes.
+        ``limit``: (seconds, name) of a time limit: past it the worker is killed and the future
+        fails with TaskTimeoutError."""
         self._check_owner()
+        limit_ms = 0
+        if limit is not None:
+            reason = self.unkillable()
+            if reason is not None:
+                raise ValueError(f"shoal: task_timeout cannot be used now: {reason}")
+            limit_ms = min(_MAX_LIMIT_MS, max(1, int(limit[0] * 1000 + 0.5)))
         if self._pool is None:
             self._start(fn)
         rec = self.tracer
@@ -651,9 +689,9 @@ class ProcessBackend(Backend):
         fn_id = self._functions.acquire(fn)
         task_id = next(self._ids)
         fut = _ProcessFuture(self._state, task_id)
-        self._state.futures[task_id] = TaskEntry(fut, fn_id, keep, False, 0, rec)
+        self._state.futures[task_id] = TaskEntry(fut, fn_id, keep, False, 0, limit, rec)
         try:
-            ready = self._pool.submit(task_id, fn_id, count, payload, refs, worker=worker)
+            ready = self._pool.submit(task_id, fn_id, count, payload, refs, worker=worker, limit_ms=limit_ms)
         except BaseException:
             self._state.futures.pop(task_id, None)
             self._functions.release(fn_id)

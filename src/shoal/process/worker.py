@@ -213,7 +213,10 @@ def _frame_handler(channel, arena, coroutines):
                         timing[2] = clock()
                     out = dumps(out, bufs)
                 elif mode == TASK_AGENTS:
-                    out = agent_worker.serve(fn, data, payload, views, bufs)
+                    if limit_ms:  # the limit bounds the whole block's operation
+                        out = fn.run(agent_worker.serve, fn.fn, data, payload, views, bufs)
+                    else:
+                        out = agent_worker.serve(fn, data, payload, views, bufs)
                 elif coroutine or _aio.is_coroutine_function(fn):
                     _start_coroutine_chunk(coroutines, fn, data, mode, views, (task_id, count, start, mode, timing))
                     return
@@ -269,15 +272,19 @@ class _Limited:
         self.seconds = seconds
 
     def __call__(self, *args, **kwargs):
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.setitimer(signal.ITIMER_REAL, self.seconds)
-        try:
-            out = self.fn(*args, **kwargs)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        out = self.run(self.fn, *args, **kwargs)
         if type(out) is CoroutineType:
             return _aio.limited(out, self.seconds, function_name(self.fn))
         return out
+
+    def run(self, call, *args, **kwargs):
+        """``call(*args, **kwargs)`` under this limit (an agent block's whole operation)."""
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        try:
+            return call(*args, **kwargs)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 # ---- coroutine tasks (the event loop itself is _aio.WorkerCoroutines)
