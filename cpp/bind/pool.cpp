@@ -222,7 +222,8 @@ void bind_pool(nb::module_& m) {
              },
              nb::arg("timeout"), nb::arg("background"), nb::arg("epoch"), nb::arg("pending"),
              nb::sig("def take(self, timeout: float, background: bool, epoch: int, "
-                     "pending: dict[int, list]) -> bool | None"),
+                     "pending: dict[int, list[list[tuple[int, int, int, int, int, int, str, int, bytes, "
+                     "list[Block] | None]] | int]]) -> bool | None"),
              "Serves the pool (drains the result rings, hears the zygote, refills the workers) until "
              "completions are ready, and stores them in `pending` before returning: pending[seq] = "
              "[[completion, ...], 0], each completion a plain tuple of Completion's items in its order "
@@ -245,8 +246,10 @@ void bind_pool(nb::module_& m) {
                  if (!out.empty()) keep_pending(p, out, seq, pending);
              },
              nb::arg("pending"),
-             "Stores the completions already drained (by submit()) in `pending` as take() does, without "
-             "waiting or serving the pool.")
+             nb::sig("def take_ready(self, pending: dict[int, list[list[tuple[int, int, int, int, int, int, str, "
+                     "int, bytes, list[Block] | None]] | int]]) -> None"),
+             "Stores the completions already drained (by submit()) in `pending` as take() does, each a "
+             "plain tuple of Completion's items in its order, without waiting or serving the pool.")
         .def_prop_ro("epoch", &Pool::epoch,
                      "Bumped by interrupt(). Read it before checking a future and pass it to take().")
         .def("interrupt", &Pool::interrupt, nb::call_guard<nb::gil_scoped_release>(),

@@ -235,7 +235,7 @@ class Pool:
         Stops task `task_id`: 1 if it was queued and is dropped; 2 if a worker has it: that worker is killed and replaced and the task completes as killed (unless its result came first); 0 if the task is not here (done).
         """
 
-    def take(self, timeout: float, background: bool, epoch: int, pending: dict[int, list]) -> bool | None:
+    def take(self, timeout: float, background: bool, epoch: int, pending: dict[int, list[list[tuple[int, int, int, int, int, int, str, int, bytes, list[Block] | None]] | int]]) -> bool | None:
         """
         Serves the pool (drains the result rings, hears the zygote, refills the workers) until completions are ready, and stores them in `pending` before returning: pending[seq] = [[completion, ...], 0], each completion a plain tuple of Completion's items in its order (kind, flags, task_id, aux, status_kind, status_value, status_text, worker, payload, buffers), and 0 the index of the next one to deliver. The caller delivers the pending batches in `seq` order, whichever thread took them; a signal raised after the call cannot lose a batch. Releases the GIL.
 
@@ -246,9 +246,9 @@ class Pool:
         Returns True, or None once the pool is closed and every worker has exited.
         """
 
-    def take_ready(self, pending: dict) -> None:
+    def take_ready(self, pending: dict[int, list[list[tuple[int, int, int, int, int, int, str, int, bytes, list[Block] | None]] | int]]) -> None:
         """
-        Stores the completions already drained (by submit()) in `pending` as take() does, without waiting or serving the pool.
+        Stores the completions already drained (by submit()) in `pending` as take() does, each a plain tuple of Completion's items in its order, without waiting or serving the pool.
         """
 
     @property

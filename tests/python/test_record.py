@@ -58,9 +58,9 @@ def test_completions_arrive_as_plain_tuples_with_what_the_record_names(monkeypat
     seen = []
     deliver = driver._deliver_batch
 
-    def spy(state, batch):
-        seen.extend(batch)
-        deliver(state, batch)
+    def spy(state, record):  # [batch, index of its next completion]
+        seen.extend(record[0][record[1]:])
+        return deliver(state, record)
 
     monkeypatch.setattr(driver, "_deliver_batch", spy)
     with shoal.Executor(1, backend="process") as ex:
