@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+import shoal
+
 from helpers import is_alive, subprocess_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -127,3 +129,31 @@ def test_a_caught_ctrl_c_loses_no_result(tmp_path, gap, rounds):
         assert out["not_done"] == 0 and out["wrong"] == 0, out
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert lines[1]["left_with"] < 0.3, lines
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_taken_as_ctrl_c_lands_is_delivered_before_the_interrupt_leaves(monkeypatch):
+    # A signal is raised at the first bytecode after Pool.take returns: here, the delivery.
+    # The batch the take stored must not then wait for some later delivery (none may come:
+    # a program that next calls concurrent.futures.wait would wait for ever).
+    import concurrent.futures
+
+    from shoal.process import driver
+
+    with shoal.Executor(1, backend="process") as ex:
+        ex.submit(int).result(timeout=30)  # the worker is up
+        deliver, interrupted = driver._deliver, []
+
+        def interrupt_once(state):
+            if state.pending and not interrupted:
+                interrupted.append(True)
+                raise KeyboardInterrupt
+            return deliver(state)
+
+        monkeypatch.setattr(driver, "_deliver", interrupt_once)
+        fut = ex.submit(time.sleep, 0.2)
+        with pytest.raises(KeyboardInterrupt):
+            fut.result(timeout=30)
+        assert interrupted
+        done, _ = concurrent.futures.wait([fut], timeout=5)
+        assert done == {fut} and fut.result() is None

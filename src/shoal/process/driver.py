@@ -493,6 +493,17 @@ class _ProcessFuture(Future):
         return True  # its worker is being killed: the future is cancelled when it is gone
 
     def _help(self, timeout):
+        try:
+            self._take_until_done(timeout)
+        except BaseException:
+            # A Ctrl-C that came as a take returned: what it took is delivered before the
+            # exception leaves, so that nobody depends on a later delivery (a second signal
+            # during this one leaves the rest for the next).
+            if self._state_.pending:
+                _deliver(self._state_)
+            raise
+
+    def _take_until_done(self, timeout):
         state = self._state_
         pool = state.pool
         deadline = None if timeout is None else time.monotonic() + timeout
