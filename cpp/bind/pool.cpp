@@ -38,7 +38,8 @@ PyStructSequence_Field completion_fields[] = {
     {"aux", "A result: the task's run time in the worker, in ns."},
     {"status_kind", "Crashed (or broken by a death): how the worker ended, STATUS_EXITED or STATUS_SIGNALED. "
                     "Otherwise STATUS_EXITED."},
-    {"status_value", "Crashed (or broken by a death): the exit code or the signal number. Otherwise 0."},
+    {"status_value", "Crashed (or broken by a death): the exit code or the signal number. A result: how many "
+                     "times the task was run again after a worker died running it (its retries). Otherwise 0."},
     {"status_text", "Crashed: how the worker ended, in words (\"killed by signal 9 (SIGKILL)\"), and why if the "
                     "driver killed it. Otherwise ''."},
     {"worker", "The worker slot the completion came from (0 when none did: broken)."},

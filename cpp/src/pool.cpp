@@ -310,8 +310,11 @@ bool Pool::drain_slot_locked(std::size_t i) {
                         break;
                     }
                     auto aux = static_cast<std::int64_t>(f.header.aux);
-                    if (!m_scheduler.complete(i, f.header.task_id, aux)) break;  // not ours: drop (frees buffers)
+                    auto done = m_scheduler.complete(i, f.header.task_id, aux);
+                    if (!done) break;  // not ours: drop (frees buffers)
                     Completion c;
+                    // How many times it ran again after a worker died under it (traces show it).
+                    c.status.value = static_cast<std::int32_t>(done->attempts > 0 ? done->attempts - 1 : 0);
                     c.buffers = std::move(buffers);
                     c.kind = Completion::result;
                     c.flags = f.header.flags;

@@ -300,7 +300,15 @@ class _Sweep:
                                         rest, False)
 
     def rows(self, ordered, bar):
-        return self.backend.sweep_rows(self, ordered, bar)
+        rows = self.backend.sweep_rows(self, ordered, bar)  # the tasks start here, in the caller
+        tracer = self.backend.tracer
+        return rows if tracer is None else self._traced(rows, tracer)
+
+    def _traced(self, rows, tracer):
+        """The rows, each run recorded in the trace with its parameters as its row is made."""
+        for index, row in rows:
+            tracer.sweep_run(self.fn, index, self.kwargs(index), row.get("error"))
+            yield index, row
 
 
 def _table(rows, sweep):

@@ -37,6 +37,15 @@ def function_name(fn):
     return name
 
 
+def _plain(value):
+    """A sweep parameter as a trace can save it (JSON): numbers, strings, booleans and None
+    as they are, anything else as its repr (shortened)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class TaskRecord:
     """One task or chunk. Times are perf_counter_ns; 0 where not (yet) known."""
 
@@ -81,6 +90,7 @@ class Recorder:
         self.tasks = []
         self.memory = []    # (ns, pid, rss bytes)
         self.events = []    # (ns, pid, name, text): worker deaths
+        self.runs = []      # (ns, sweep function, run index, parameters, error text or None)
         self.pids = {}      # worker pid -> slot, learned from the tasks they ran
         self.driver_pid = os.getpid()
         self._ids = itertools.count()
@@ -93,6 +103,11 @@ class Recorder:
         rec = TaskRecord(next(self._ids), function_name(fn), kind, items)
         self.tasks.append(rec)
         return rec
+
+    def sweep_run(self, fn, index, params, error):
+        """A sweep's run ``index`` came back (its row is made): its parameters, and the error
+        text if it failed."""
+        self.runs.append((clock(), function_name(fn), index, {k: _plain(v) for k, v in params.items()}, error))
 
     # ---- memory and deaths
 
@@ -220,6 +235,9 @@ class Trace:
             "memory": [(max(0, n - t0) * s, pid, rss) for n, pid, rss in rec.memory
                        if t0 - SAMPLE_S * 1e9 <= n <= end],
             "events": [((n - t0) * s, pid, name, text) for n, pid, name, text in rec.events if t0 <= n <= end],
+            # Each sweep run whose row was made while the trace was on: when, and its parameters.
+            "runs": [{"sweep": name, "index": index, "params": params, "error": error, "done": (n - t0) * s}
+                     for n, name, index, params, error in rec.runs if t0 <= n <= end],
         }
 
     def tasks(self):

@@ -59,6 +59,10 @@ def to_chrome(data):
         events.append({"ph": "i", "s": "p" if w is not None else "g", "name": name, "cat": "worker",
                        "pid": 0 if w is None else w + 1, "tid": 0, "ts": _us(at),
                        "args": {"pid": pid, "detail": text}})
+    for run in data.get("runs", ()):  # the driver's track: each sweep run as its row came back
+        events.append({"ph": "i", "s": "t", "name": f"{run['sweep']} run {run['index']}", "cat": "sweep",
+                       "pid": 0, "tid": 0, "ts": _us(run["done"]),
+                       "args": {**run["params"], "error": run["error"]}})
     for at, pid, rss in data["memory"]:
         w = -1 if pid == data["driver_pid"] else pids.get(pid)
         if w is None:

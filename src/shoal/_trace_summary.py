@@ -87,7 +87,8 @@ def analyse(data):
     failed = sum(1 for t in data["tasks"] if t["status"] in ("error", "crashed", "timed out", "killed", "failed"))
     out = {"span": span, "workers": workers, "driver_pickling": driver_pickling, "imbalance": imbalance,
            "slowest": slowest, "sent": sent, "received": received, "tasks": len(data["tasks"]),
-           "items": sum(t["items"] for t in data["tasks"]), "deaths": deaths, "failed": failed}
+           "items": sum(t["items"] for t in data["tasks"]), "deaths": deaths, "failed": failed,
+           "retried": sum(1 for t in data["tasks"] if t["retries"])}
     out["advice"] = _advice(data, tasks, workers, driver_pickling)
     return out
 
@@ -155,8 +156,9 @@ def summary_text(data):
     if a["slowest"]:
         lines.append("  slowest: " + ", ".join(
             f"{t['function']} #{t['task']} {format_time(t['run_s'])} (worker {t['worker']})" for t in a["slowest"][:3]))
-    if a["deaths"] or a["failed"]:
-        lines.append(f"  worker exits: {a['deaths']}; failed tasks: {a['failed']}")
+    if a["deaths"] or a["failed"] or a["retried"]:
+        lines.append(f"  worker exits: {a['deaths']}; failed tasks: {a['failed']}; "
+                     f"tasks run again after a worker died: {a['retried']}")
     if a["advice"]:
         lines.append(f"  advice: {a['advice']}")
     return "\n".join(lines)

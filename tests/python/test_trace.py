@@ -129,7 +129,9 @@ def test_worker_death_is_an_event_and_the_retry_is_traced(tmp_path):
     data = t.data()
     assert any(name == "worker exited" for _, _, name, _ in data["events"])
     (row,) = [r for r in data["tasks"] if r["function"] == "crash_once"]
-    assert row["status"] == "ok"
+    assert row["status"] == "ok" and row["retries"] == 1  # it ran again after its worker died
+    assert all(r["retries"] == 0 for r in data["tasks"] if r["function"] == "inc")
+    assert "tasks run again after a worker died: 1" in t.summary()
 
 
 @pytest.mark.timeout(60)
@@ -154,6 +156,33 @@ def test_timed_out_and_killed_tasks_are_recorded_as_such(make_process_executor):
         with pytest.raises(Exception):
             fut.result(timeout=20)
     assert sorted(r["status"] for r in rows_of(t)) == ["killed", "timed out"]
+
+
+def model(a, b, rng):
+    if a == 2 and b == "y":
+        raise ValueError("diverged")
+    return {"value": a}
+
+
+@pytest.mark.timeout(60)
+def test_each_sweep_run_is_recorded_with_its_parameters(executor, tmp_path):
+    with executor.trace() as t:
+        table = executor.sweep(model, {"a": [1, 2], "b": ["x", "y"]}, errors="keep")
+    assert len(table) == 4
+    runs = sorted(t.data()["runs"], key=lambda r: r["index"])
+    assert [(r["sweep"], r["params"]) for r in runs] == [
+        ("model", {"a": 1, "b": "x"}), ("model", {"a": 1, "b": "y"}),
+        ("model", {"a": 2, "b": "x"}), ("model", {"a": 2, "b": "y"})]
+    assert [r["error"] is not None for r in runs] == [False, False, False, True]
+    assert "diverged" in runs[3]["error"] and all(r["done"] >= 0 for r in runs)
+    t.save(tmp_path / "run.json")
+    events = json.loads((tmp_path / "run.json").read_text())["traceEvents"]
+    marks = [e for e in events if e.get("cat") == "sweep"]
+    assert len(marks) == 4
+    assert [bool(e["args"]["error"]) for e in marks if e["args"]["a"] == 2 and e["args"]["b"] == "y"] == [True]
+    with executor.trace() as later:
+        pass
+    assert later.data()["runs"] == []  # only the runs made while the trace was on
 
 
 @pytest.mark.timeout(60)

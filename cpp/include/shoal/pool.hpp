@@ -96,7 +96,8 @@ struct PoolOptions {
 /// A finished task, or a piece of a worker's output, as take() and take_ready() hand it over.
 struct Completion {
     enum Kind : std::uint8_t {
-        result = 1,       // payload: the result frame's payload; flags: k_flag_error
+        result = 1,       // payload: the result frame's payload; flags: k_flag_error;
+                          // status.value: times it was run again after its worker died
         output = 2,       // worker stdout/stderr text; flags: 1 stdout, 2 stderr
         crashed = 3,      // the task's worker died and retries are used up; status says how;
                           // payload: why the driver killed it (a malformed or oversized message), or empty

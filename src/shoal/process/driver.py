@@ -338,7 +338,7 @@ def _deliver_batch(state, record):
         entry = futures.get(task_id)
         if entry is not None:
             if entry.trace is not None and not entry.trace.done:
-                _traced(state, entry.trace, kind, flags, worker, payload, buffers)
+                _traced(state, entry.trace, kind, flags, status_value, worker, payload, buffers)
             _finish(state, entry, kind, flags, status_kind, status_value, status_text, payload, buffers)
             if futures.pop(task_id, None) is not None:  # then its function is released (once)
                 state.functions.release(entry.fn_id)
@@ -401,12 +401,13 @@ def _finish(state, entry, kind, flags, status_kind, status_value, status_text, p
         fut._fail(ExecutorShutdownError("shoal: cannot run the task: the executor was shut down"))
 
 
-def _traced(state, rec, kind, flags, worker, payload, buffers):
+def _traced(state, rec, kind, flags, status_value, worker, payload, buffers):
     """Fills in a traced task's record as its completion arrives (before it is unpickled)."""
     rec.done = _clock()
     rec.worker = worker
     if kind == _RESULT:
         rec.status = "error" if flags & _ERROR else "ok"
+        rec.retries = status_value  # a result's: how many times it ran again after a death
         timing = decode_timing(payload)
         if timing is not None:
             rec.start, rec.loaded, rec.ran, rec.pickled, rec.pid = timing
