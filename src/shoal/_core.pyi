@@ -159,7 +159,7 @@ class Completion(tuple[int, int, int, int, int, int, str, int, bytes, list[Block
     @property
     def status_value(self) -> int:
         """
-        Crashed (or broken by a death): the exit code or the signal number. Otherwise 0.
+        Crashed (or broken by a death): the exit code or the signal number. A result: how many times the task was run again after a worker died running it (its retries). Otherwise 0.
         """
 
     @property
