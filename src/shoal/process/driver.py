@@ -337,9 +337,22 @@ def _deliver_batch(state, record):
             continue
         entry = futures.get(task_id)
         if entry is not None:
-            if entry.trace is not None and not entry.trace.done:
-                _traced(state, entry.trace, kind, flags, status_value, worker, payload, buffers)
-            _finish(state, entry, kind, flags, status_kind, status_value, status_text, payload, buffers)
+            if kind == _RESULT and not flags and entry.trace is None and not entry.chunk:
+                # The common case inline (a call's value); anything unusual goes to _finish.
+                try:
+                    value = decode_reply(payload, buffers)
+                except Exception:  # noqa: BLE001 - e.g. a result that cannot be unpickled: _finish says
+                    _finish(state, entry, kind, flags, status_kind, status_value, status_text, payload, buffers)
+                except BaseException:  # noqa: BLE001
+                    if threading.current_thread() is threading.main_thread():
+                        raise  # a signal's (Ctrl-C): the next delivery decodes it again
+                    _finish(state, entry, kind, flags, status_kind, status_value, status_text, payload, buffers)
+                else:
+                    entry.future._resolve(value)
+            else:
+                if entry.trace is not None and not entry.trace.done:
+                    _traced(state, entry.trace, kind, flags, status_value, worker, payload, buffers)
+                _finish(state, entry, kind, flags, status_kind, status_value, status_text, payload, buffers)
             if futures.pop(task_id, None) is not None:  # then its function is released (once)
                 state.functions.release(entry.fn_id)
         record[1] = i + 1
