@@ -474,3 +474,18 @@ def test_mmap_mode_and_max_nbytes_none_are_honoured():
     # max_nbytes=None: no memmapping, each batch unpickles its own writable array
     out = Parallel(n_jobs=2, backend=B, max_nbytes=None)(delayed(array_view)(big, 0) for _ in range(2))
     assert out[0][:3] == ("ndarray", True, None)
+
+
+@pytest.mark.timeout(120)
+def test_an_executors_task_timeout_keeps_the_calls_placements():
+    np = pytest.importorskip("numpy")
+    big = np.arange(2 << 20, dtype=float)
+    before = shoal.arena_stats()
+    before = 0 if before is None else before["blocks"]
+    with parallel_config(backend="shoal", task_timeout=30):
+        out = Parallel(n_jobs=2, batch_size=1)(delayed(array_view)(big, i) for i in range(20))
+    assert [o[:4] for o in out] == [("memmap", False, "r", float(i)) for i in range(20)]
+    assert max(o[4] for o in out) == before + 1
+    with parallel_config(backend="shoal", task_timeout=0.5):
+        with pytest.raises(shoal.TaskTimeoutError):
+            Parallel(n_jobs=2, batch_size=1)(delayed(time.sleep)(s) for s in (0, 30))
