@@ -210,3 +210,29 @@ def test_threads_waiting_on_their_own_results_are_not_held_up(backend):
             assert not t.is_alive()
         # A busy machine may delay a few; a missed hand-over delays a good share of them.
         assert sum(slow) <= 12, f"{sum(slow)} of {len(slow)} results arrived 40+ ms late"
+
+
+def _plus_one(x):
+    return x + 1
+
+
+@pytest.mark.timeout(120)
+def test_callbacks_that_submit_the_next_task_run_their_chains_to_the_end(backend):
+    # Each callback submits the next step from inside a delivery (on the process backend the
+    # submit delivers what is ready from there): 64 chains of 200 steps all finish.
+    chains, steps = 64, 200
+    done, left, lock = threading.Event(), [chains], threading.Lock()
+    with shoal.Executor(max_workers=2, backend=backend) as ex:
+        def step(f, k=0):
+            if k + 1 < steps:
+                ex.submit(_plus_one, f.result()).add_done_callback(lambda g: step(g, k + 1))
+                return
+            assert f.result() >= steps
+            with lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    done.set()
+
+        for i in range(chains):
+            ex.submit(_plus_one, i).add_done_callback(step)
+        assert done.wait(60), f"{left[0]} of {chains} chains did not finish"

@@ -308,14 +308,17 @@ def _deliver(state):
             if record is None:
                 return n  # the thread that took it has not stored it yet: it delivers it next
             n += _deliver_batch(state, record)
-            state.delivered = seq
+            if state.delivered < seq:  # a callback's delivery may have gone further
+                state.delivered = seq
             pending.pop(seq, None)
 
 
 def _deliver_batch(state, record):
     """Delivers record = [batch, next index] from its next index on; returns the batch's
     length. A completion's future is set before its entry leaves `futures`, and setting it
-    twice is harmless, so an interrupted delivery redone from the same index loses nothing."""
+    twice is harmless, so an interrupted delivery redone from the same index loses nothing.
+    A done-callback that submits may deliver (re-entering _deliver in this thread) from the
+    current completion on: this frame then goes on from where that delivery left the index."""
     batch = record[0]
     count = len(batch)
     futures = state.futures
@@ -355,7 +358,8 @@ def _deliver_batch(state, record):
                 _finish(state, entry, kind, flags, status_kind, status_value, status_text, payload, buffers)
             if futures.pop(task_id, None) is not None:  # then its function is released (once)
                 state.functions.release(entry.fn_id)
-        record[1] = i + 1
+        if record[1] == i:  # else a callback (one that submits) delivered further from here
+            record[1] = i + 1
 
 
 def _finish(state, entry, kind, flags, status_kind, status_value, status_text, payload, buffers):
