@@ -232,7 +232,14 @@ def test_ctrl_c_to_mpiexec_ends_everything(tmp_path):
         time.sleep(0.5)
         p.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends mpiexec
         start = time.monotonic()
-        out, err = p.communicate(timeout=30)
+        try:
+            out, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+            alive = [pid for pid in pids if _is(pid)]
+            pytest.fail(f"the job did not end within 30 s of Ctrl-C; still alive: {alive}; "
+                        f"stdout: {out[-2000:]!r}; stderr: {err[-4000:]!r}")
     finally:
         if p.poll() is None:
             p.kill()
