@@ -375,13 +375,14 @@ class Joblib(System):
     imports = ("joblib",)
     name = "joblib"
     library = "joblib"
+    backend = "loky"
 
     def start(self, **options):
         from joblib import Parallel, delayed
 
         self.delayed = delayed
         # Defaults otherwise: batch_size="auto", max_nbytes="1M" (automatic memmapping).
-        self.parallel = Parallel(n_jobs=self.workers, backend="loky")
+        self.parallel = Parallel(n_jobs=self.workers, backend=self.backend)
         self.parallel.__enter__()
 
     def close(self):
@@ -765,22 +766,12 @@ class JoblibShoal(Joblib):
     """joblib.Parallel on shoal's joblib backend (``backend="shoal"``), called as the joblib
     peer is: arrays above max_nbytes are placed in shoal's arena once per call."""
 
-    imports = ("joblib", "shoal.joblib")
+    imports = ("joblib", "shoal.joblib")  # importing shoal.joblib registers "shoal"
     name = "joblib[shoal]"
+    backend = "shoal"
 
     def version(self):
         return Shoal.version(self)
-
-    def start(self, **options):
-        import shoal.joblib  # noqa: F401  (registers "shoal")
-        from joblib import Parallel, delayed
-
-        self.delayed = delayed
-        self.parallel = Parallel(n_jobs=self.workers, backend="shoal")
-        self.parallel.__enter__()
-
-    def close(self):
-        self.parallel.__exit__(None, None, None)
 
     def teardown(self):
         pass  # shoal's idle executor is shut down at interpreter exit
