@@ -80,6 +80,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--base-src", default=None, help="another build's src folder: adds map_direct on it")
+    ap.add_argument("--only", default=None, help="comma-separated case prefixes, e.g. joblib_tiny,joblib_1ms")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
@@ -90,6 +91,9 @@ def main():
              ("map_direct", SRC), ("map_share", SRC)]
     if args.base_src:
         cases.append(("map_direct@base", args.base_src))
+    if args.only:
+        wanted = args.only.split(",")
+        cases = [(c, src) for c, src in cases if c.split(":")[0].split("@")[0] in wanted]
     samples = {c: [] for c, _ in cases}
     for r in range(args.rounds):
         for case, src in (cases if r % 2 == 0 else cases[::-1]):

@@ -36,8 +36,7 @@ InheritedPoolError::InheritedPoolError(pid_t owner, pid_t self)
       m_owner(owner) {}
 
 void Pool::check_owner() const {
-    // getpid() is a system call (~0.1 µs), small beside a submit or a take.
-    pid_t const self = ::getpid();
+    pid_t const self = self_pid();
     if (self != m_owner) throw InheritedPoolError(m_owner, self);
 }
 
@@ -64,7 +63,7 @@ void Pool::kill_slot_locked(std::size_t slot) noexcept {
 }
 
 Pool::Pool(ZygoteClient& zygote, PoolOptions options)
-    : m_options(resolved(std::move(options))), m_scheduler(m_options.workers, m_options.scheduler), m_owner(::getpid()) {
+    : m_options(resolved(std::move(options))), m_scheduler(m_options.workers, m_options.scheduler), m_owner(self_pid()) {
     std::size_t const n = m_options.workers;
     std::size_t const tb = Ring::bytes_for(m_options.task_ring_bytes);
     std::size_t const rb = Ring::bytes_for(m_options.result_ring_bytes);
@@ -121,7 +120,7 @@ bool Pool::import_modules(std::vector<std::string> const& names, std::string& er
 }
 
 Pool::~Pool() {
-    if (::getpid() != m_owner) return;  // a forked copy: nothing here is ours to stop
+    if (self_pid() != m_owner) return;  // a forked copy: nothing here is ours to stop
     if (!m_finished) {
         close(true);
         join(2'000'000'000);
@@ -232,7 +231,7 @@ int Pool::kill(std::uint64_t task_id) {
 }
 
 std::vector<std::uint64_t> Pool::cancel_all() {
-    if (::getpid() != m_owner) return {};  // a copy's queue is the parent's: nothing of it is ours
+    if (self_pid() != m_owner) return {};  // a copy's queue is the parent's: nothing of it is ours
     std::lock_guard lock(m_mutex);
     return m_scheduler.cancel_all();
 }
@@ -607,7 +606,7 @@ void Pool::interrupt() {
 }
 
 void Pool::close(bool kill) {
-    if (::getpid() != m_owner) return;  // a forked copy must not stop the original's workers
+    if (self_pid() != m_owner) return;  // a forked copy must not stop the original's workers
     {
         std::lock_guard lock(m_mutex);
         m_closing = true;
@@ -621,7 +620,7 @@ void Pool::close(bool kill) {
 }
 
 void Pool::join(std::int64_t timeout_ns) {
-    if (::getpid() != m_owner) return;
+    if (self_pid() != m_owner) return;
     std::int64_t const start = now_ns();
     bool killed = false;
     std::unique_lock lock(m_mutex);

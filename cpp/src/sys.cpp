@@ -1,7 +1,9 @@
 // sys.cpp — RAII owners and helpers for Linux primitives.
 #include "shoal/sys.hpp"
 
+#include <pthread.h>
 #include <sched.h>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -52,6 +54,22 @@ std::int64_t now_ns() noexcept {
     timespec ts{};
     ::clock_gettime(CLOCK_MONOTONIC, &ts);
     return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+namespace {
+std::atomic<pid_t> g_pid{0};
+
+void set_pid_after_fork() noexcept { g_pid.store(::getpid(), std::memory_order_relaxed); }
+}  // namespace
+
+pid_t self_pid() noexcept {
+    pid_t pid = g_pid.load(std::memory_order_relaxed);
+    if (pid != 0) return pid;
+    static int const registered = ::pthread_atfork(nullptr, nullptr, set_pid_after_fork);
+    (void)registered;
+    pid = ::getpid();
+    g_pid.store(pid, std::memory_order_relaxed);
+    return pid;
 }
 
 void yield_core() noexcept { ::sched_yield(); }

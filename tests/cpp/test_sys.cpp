@@ -119,6 +119,21 @@ TEST(Sys, NowIsMonotonic) {
 
 // ---------------------------------------------------------------- futex
 
+TEST(Sys, SelfPidIsEachProcessOwnAcrossForks) {
+    // Pools and arena blocks compare it with their owner's: a stale id in a fork()ed child
+    // would let the child touch (and free) the parent's workers and memory.
+    EXPECT_EQ(self_pid(), ::getpid());
+    ChildGuard child(fork_child([] {
+        if (self_pid() != ::getpid()) return 2;
+        ChildGuard grandchild(fork_child([] { return self_pid() == ::getpid() ? 0 : 3; }));
+        auto end = grandchild.wait(std::chrono::seconds(10));
+        return end.finished && WIFEXITED(end.status) ? WEXITSTATUS(end.status) : 4;
+    }));
+    auto end = child.wait(std::chrono::seconds(10));
+    EXPECT_TRUE(end.exited(0)) << end.str();
+    EXPECT_EQ(self_pid(), ::getpid());
+}
+
 TEST(Futex, ReturnsAtOnceWhenTheWordDiffers) {
     std::uint32_t word = 1;
     std::int64_t start = now_ns();

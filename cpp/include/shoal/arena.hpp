@@ -181,7 +181,7 @@ class ArenaBlock {
 public:
     ArenaBlock() noexcept = default;
     ArenaBlock(std::shared_ptr<Arena> arena, ArenaRef ref, std::uint32_t owner) noexcept
-        : m_arena(std::move(arena)), m_ref(ref), m_owner(owner), m_pid(::getpid()) {}
+        : m_arena(std::move(arena)), m_ref(ref), m_owner(owner), m_pid(self_pid()) {}
     ArenaBlock(ArenaBlock&& o) noexcept
         : m_arena(std::move(o.m_arena)), m_ref(o.m_ref), m_owner(std::exchange(o.m_owner, 0)), m_pid(o.m_pid) {}
     ArenaBlock& operator=(ArenaBlock&& o) noexcept {
@@ -204,7 +204,7 @@ public:
     /// Gives up ownership without freeing: the block now belongs to whoever adopts it.
     void release() noexcept { m_owner = 0; }
     void reset() noexcept {
-        if (m_owner != 0 && m_arena && ::getpid() == m_pid) m_arena->free(m_ref.offset, m_owner);
+        if (m_owner != 0 && m_arena && self_pid() == m_pid) m_arena->free(m_ref.offset, m_owner);
         m_owner = 0;
     }
 

@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from types import FunctionType, MethodType
+from types import MethodType
 
 from .. import _core, _threads
 from .._aio import is_coroutine_function
@@ -87,13 +87,17 @@ class FunctionEntry:
     weak references to what identifies it (strong ones only for objects that cannot be
     weakly referenced, such as builtins)."""
 
-    __slots__ = ("key", "fn_id", "outstanding", "refs", "dead", "held")
+    __slots__ = ("key", "fn_id", "coroutine", "outstanding", "refs", "first", "dead", "held")
 
-    def __init__(self, key, fn_id, refs, held):
+    def __init__(self, key, fn_id, coroutine, refs, held, own):
         self.key = key
         self.fn_id = fn_id
+        self.coroutine = coroutine  # an async function: its tasks count against `concurrency`
         self.outstanding = 1
-        self.refs = refs
+        self.refs = refs  # each called returns its object, or None once it is gone
+        # acquire()'s fast path: returns the callable itself when the entry is identified by
+        # it alone (``own``), else None.
+        self.first = refs[0] if own else _nothing
         self.dead = False  # an object it refers to is gone: forgotten once no task uses it
         # What holds the arena memory the function's pickle refers to (views of a shoal.share
         # handle's buffers, the arena copies of arrays it holds; see dumps_function): held
@@ -102,7 +106,7 @@ class FunctionEntry:
 
     def matches(self, identity):
         for ref, obj in zip(self.refs, identity):
-            if (ref() if type(ref) is weakref.ref else ref) is not obj:
+            if ref() is not obj:
                 return False
         return True
 
@@ -133,29 +137,28 @@ class FunctionTable:
         self._pid = os.getpid()  # a fork()ed copy of the driver must never touch the pool
 
     def acquire(self, fn):
-        """The id of ``fn`` in the workers, registered now if new; one more task uses it."""
+        """The FunctionEntry of ``fn`` (its id in the workers: ``fn_id``), registered now if
+        new; one more task uses it."""
         # Keyed by the id of what identifies it: one object (a plain function: the common case,
         # kept cheap) or a tuple of ids (a bound method: its object and function).
-        if type(fn) is FunctionType:
-            key = id(fn)
-            with self._lock:
-                entry = self._by_key.get(key)
-                if entry is not None and not entry.dead:
-                    ref = entry.refs[0]
-                    if (ref() if type(ref) is weakref.ref else ref) is fn:
-                        self._by_key.move_to_end(key)
-                        entry.outstanding += 1
-                        return entry.fn_id
-            identity = (fn,)
-        else:
-            identity = function_identity(fn)
+        key = id(fn)
+        with self._lock:
+            entry = self._by_key.get(key)
+            # An entry identified by fn alone (a plain function: the common case). A dead
+            # entry's object is gone: its reference returns None.
+            if entry is not None and entry.first() is fn:
+                self._by_key.move_to_end(key)
+                entry.outstanding += 1
+                return entry
+        identity = function_identity(fn)
+        if identity[0] is not fn or len(identity) > 1:  # identified by other objects
             key = id(identity[0]) if len(identity) == 1 else tuple(map(id, identity))
             with self._lock:
                 entry = self._by_key.get(key)
                 if entry is not None and not entry.dead and entry.matches(identity):
                     self._by_key.move_to_end(key)
                     entry.outstanding += 1
-                    return entry.fn_id
+                    return entry
         held = []
         blob = dumps_function(fn, self._arena, self._threshold, held)  # raises here if it cannot
         table = weakref.ref(self)  # the callbacks must not keep the table (and its pool) alive
@@ -169,7 +172,8 @@ class FunctionTable:
         with self._lock:
             fn_id = next(self._ids)
             self._pool.define_function(fn_id, blob)
-            entry = FunctionEntry(key, fn_id, refs, held or None)
+            entry = FunctionEntry(key, fn_id, is_coroutine_function(fn), refs, held or None,
+                                  own=identity[0] is fn and len(identity) == 1)
             old = self._by_key.pop(key, None)
             if old is not None:  # an object that was collected, its id now reused
                 old.dead = True
@@ -179,7 +183,7 @@ class FunctionTable:
             self._by_fn_id[fn_id] = entry
             self._evict()
             self._reap()
-        return fn_id
+        return entry
 
     def release(self, fn_id):
         """A task of function ``fn_id`` is done."""
@@ -246,11 +250,16 @@ def _forked():
 os.register_at_fork(after_in_child=_forked)
 
 
+def _nothing():
+    return None
+
+
 def _weak(obj, callback):
+    """A reference to ``obj``: called, it returns obj (or None once obj is gone)."""
     try:
         return weakref.ref(obj, callback)
     except TypeError:  # builtins, and objects without __weakref__: held while in the table
-        return obj
+        return lambda: obj
 
 
 class TaskEntry:
@@ -587,6 +596,9 @@ class ProcessBackend(Backend):
             threads=_threads.worker_plan(config.threads_per_worker, config.max_workers)))
         self._arena = None if threshold is None else arena()
         self._threshold = threshold
+        # Buffers collectors that collected nothing (most tasks pass no large buffer), used
+        # again by the next submit: making one costs ~0.2 µs. A list: pop and append are atomic.
+        self._spare_buffers = []
         # Close frames of agent groups dropped unclosed (process/agents.py), sent with the next
         # agent operation.
         self.dropped_agent_frames = deque()
@@ -644,7 +656,8 @@ class ProcessBackend(Backend):
                 "parent's): make a new executor in the child")
 
     def _submit(self, fn, mode, data, count, limit=None, placements=None):
-        self._check_owner()
+        if self._owner != _this_pid:
+            self._check_owner()
         limit_ms = 0
         if limit is not None:
             reason = self.unkillable()
@@ -657,8 +670,17 @@ class ProcessBackend(Backend):
         rec = self.tracer
         if rec is not None:
             rec = rec.task(fn, "call" if mode == TASK_CALL else "chunk", count)
-        fn_id = self._functions.acquire(fn)
-        bufs = None if self._arena is None else Buffers(self._arena, self._threshold, placements=placements)
+        function = self._functions.acquire(fn)
+        fn_id = function.fn_id
+        if self._arena is None:
+            bufs = None
+        elif placements is None and self._spare_buffers:
+            try:
+                bufs = self._spare_buffers.pop()
+            except IndexError:  # another thread took the last one
+                bufs = Buffers(self._arena, self._threshold)
+        else:
+            bufs = Buffers(self._arena, self._threshold, placements=placements)
         try:
             payload = encode_task(mode, data, bufs, rec is not None)
         except BaseException:
@@ -666,7 +688,14 @@ class ProcessBackend(Backend):
             if rec is not None:
                 rec.status = "failed"
             raise
-        refs = bufs.refs if bufs is not None and bufs.refs else None
+        if bufs is None:
+            refs = None
+        elif bufs.refs:
+            refs = bufs.refs
+        else:
+            refs = None
+            if placements is None and not bufs.copied and len(self._spare_buffers) < 4:
+                self._spare_buffers.append(bufs)  # it holds nothing: the next submit's
         if refs is not None and len(refs) > _core.MAX_FRAME_BUFFERS:
             self._functions.release(fn_id)
             raise ValueError(f"shoal: a task of {count} item(s) passes {len(refs)} large buffers; one frame "
@@ -684,7 +713,7 @@ class ProcessBackend(Backend):
             rec.arena = sum(n & LENGTH for _, n in refs) if refs else 0
         self._state.futures[task_id] = TaskEntry(fut, fn_id, bufs.keep if refs else None, chunk, nbytes, limit, rec)
         # A coroutine task counts against the per-worker `concurrency`, not the adaptive limit.
-        if self._pool.submit(task_id, fn_id, count, payload, refs, is_coroutine_function(fn), -1, limit_ms):
+        if self._pool.submit(task_id, fn_id, count, payload, refs, function.coroutine, -1, limit_ms):
             self._deliver_ready()
         return fut
 
@@ -715,7 +744,7 @@ class ProcessBackend(Backend):
         if rec is not None:  # the driver's side only: agent frames carry no timing
             rec = rec.task(fn, "agents", count)
             rec.nbytes = len(payload)
-        fn_id = self._functions.acquire(fn)
+        fn_id = self._functions.acquire(fn).fn_id
         task_id = next(self._ids)
         fut = _ProcessFuture(self._state, task_id)
         self._state.futures[task_id] = TaskEntry(fut, fn_id, keep, False, 0, limit, rec)

@@ -82,9 +82,9 @@ def encode_task(mode, data, bufs=None, traced=False):
                  bufs)
 
 
-def decode_task(payload, views):
-    """Worker: (mode, data) of a TASK payload, on the frame's arena ``views``."""
-    return loads(payload, views)
+# Worker: (mode, data) of a TASK payload, on the frame's arena ``views``: decode_task(payload,
+# views). The unpickler itself, not a wrapper: one Python call less per task.
+decode_task = loads
 
 
 def encode_chunk_reply(results, exc, seconds, bufs=None):
@@ -106,9 +106,9 @@ def encode_chunk_reply(results, exc, seconds, bufs=None):
         return dumps(((True, good), err, seconds), bufs)
 
 
-def decode_reply(payload, buffers=None):
-    """Driver: a RESULT payload (of any mode) or an INIT_FAILED one, on its arena ``buffers``."""
-    return loads(payload, buffers)
+# Driver: a RESULT payload (of any mode) or an INIT_FAILED one, on its arena ``buffers``:
+# decode_reply(payload, buffers=None). The unpickler itself: one Python call less per task.
+decode_reply = loads
 
 
 TIMING = struct.Struct("<5q8s")

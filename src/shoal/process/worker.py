@@ -15,6 +15,7 @@ import time
 from types import CoroutineType
 
 from .. import _aio, _core, _threads
+from .. import _import_guard
 from .._import_guard import importing
 from .._arena import COPY_ON_WRITE, DEFAULT_THRESHOLD, LENGTH, READ_ONLY, Buffers, set_worker_arena
 from .._chunk import call_items
@@ -184,7 +185,8 @@ def _frame_handler(channel, arena, coroutines):
     ERROR = _core.FLAG_ERROR
     clock = time.perf_counter_ns
     # Loading a function or arguments may import their modules: executors they create raise.
-    loading = importing("a worker loading a task's function and arguments")
+    guard = _import_guard
+    loading = "a worker loading a task's function and arguments"
 
     def handle(frame):
         kind, limit_ms, task_id, aux, count, payload, refs = frame  # a plain tuple in _core.Frame's order
@@ -195,9 +197,12 @@ def _frame_handler(channel, arena, coroutines):
             bufs = None if arena is None else Buffers(arena, _threshold, by_ref=False)
             try:
                 views = None if refs is None else _views(view, refs)
-                with loading:
+                guard.loading = loading
+                try:
                     fn = functions.get_function(aux)
                     mode, data = decode_task(payload, views)
+                finally:
+                    guard.loading = None
                 if mode >= TRACED:
                     mode -= TRACED
                     timing = [start, clock(), 0]
