@@ -491,6 +491,21 @@ def plain_items(items: list) -> bool:
     True if every item of the list is an int, float, str, bytes, bool, None or complex (exact types), or a tuple of such values.
     """
 
+class TurnLock:
+    """
+    A turn that one thread takes at a time, without ever waiting for it: `with turn as mine:` gives mine=True when this thread took it (or already held it: re-entrant), False when another thread holds it; leaving the block gives it back only if this thread took it. Taking and giving back happen in C with the GIL held, so a KeyboardInterrupt cannot fall between taking it and the block that gives it back.
+    """
+
+    def __init__(self) -> None: ...
+
+    def __enter__(self) -> bool: ...
+
+    def __exit__(self, *args) -> bool: ...
+
+    @property
+    def taken(self) -> bool:
+        """True while a thread holds the turn."""
+
 def trim_heap() -> bool:
     """
     Returns the C heap's free pages to the system (glibc's malloc_trim); True if any were.

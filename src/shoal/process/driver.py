@@ -294,7 +294,9 @@ class _State:
         # whoever delivers next (a caller, the completion thread, shutdown) resumes it.
         self.pending = {}
         self.delivered = 0  # the last batch delivered whole
-        self.delivering = threading.RLock()  # C, so `with` cannot leak it to an interrupt
+        # Whose turn it is to deliver (see _deliver): taken without waiting, in C, so that
+        # `with` cannot leak it to an interrupt.
+        self.delivering = _core.TurnLock()
         # A weak reference to the backend, for its unkillable(): why no worker may be killed
         # now (weak: this state must not keep the executor alive).
         self.backend = lambda: None
@@ -304,22 +306,34 @@ def _deliver(state):
     """Delivers the pending batches in the order they were taken (a task's output before its
     result), whichever thread took them; returns how many completions it delivered. Safe to
     interrupt anywhere: each step is redone or skipped by the next delivery, never lost
-    (docs/decisions/2026-12-06-taken-batches-survive-ctrl-c.md)."""
+    (docs/decisions/2026-12-06-taken-batches-survive-ctrl-c.md).
+
+    One thread delivers at a time, and no thread waits for its turn: while another delivers,
+    this returns at once and that thread delivers what this one stored, since it looks again
+    once it has let go of the turn. Waiting would hang a thread that holds a lock which a
+    done-callback being run by the delivering thread waits for (joblib's dispatch lock: its
+    callback dispatches the next batch)
+    (docs/decisions/2026-12-06-delivery-never-waits-for-its-turn.md)."""
     pending = state.pending
-    if not pending:
-        return 0
     n = 0
-    with state.delivering:  # re-entrant: a callback that submits delivers from here too
-        pending.pop(state.delivered, None)  # left by an interrupted delivery, already done
-        while True:
-            seq = state.delivered + 1
-            record = pending.get(seq)
-            if record is None:
-                return n  # the thread that took it has not stored it yet: it delivers it next
-            n += _deliver_batch(state, record)
-            if state.delivered < seq:  # a callback's delivery may have gone further
-                state.delivered = seq
-            pending.pop(seq, None)
+    while pending:
+        with state.delivering as mine:  # re-entrant: a callback that submits delivers here too
+            if not mine:
+                return n
+            pending.pop(state.delivered, None)  # left by an interrupted delivery, already done
+            while True:
+                seq = state.delivered + 1
+                record = pending.get(seq)
+                if record is None:
+                    break  # the thread that took it has not stored it yet: it delivers it next
+                n += _deliver_batch(state, record)
+                if state.delivered < seq:  # a callback's delivery may have gone further
+                    state.delivered = seq
+                pending.pop(seq, None)
+        # Stored by a thread that found the turn taken while this one held it.
+        if pending.get(state.delivered + 1) is None:
+            return n
+    return n
 
 
 def _deliver_batch(state, record):
@@ -466,8 +480,11 @@ def _complete(state):
         if _deliver(state):
             interrupt()  # a caller blocked in take() may be waiting for one of these
     # The pool is finished: nothing else will complete. What an interrupted caller left is
-    # delivered first.
+    # delivered first, after a delivery another thread is making (a callback may take long).
     _deliver(state)
+    while state.delivering.taken and pending.get(state.delivered + 1) is not None:
+        time.sleep(0.001)
+        _deliver(state)
     with state.lock:
         rest = list(state.futures.values())
         state.futures.clear()
