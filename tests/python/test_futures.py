@@ -236,3 +236,29 @@ def test_callbacks_that_submit_the_next_task_run_their_chains_to_the_end(backend
         for i in range(chains):
             ex.submit(_plus_one, i).add_done_callback(step)
         assert done.wait(60), f"{left[0]} of {chains} chains did not finish"
+
+
+def test_turn_lock_is_taken_without_waiting_and_given_back_by_its_taker():
+    from shoal import _core
+
+    turn = _core.TurnLock()
+    seen = []
+
+    def other():
+        with turn as mine:
+            seen.append(mine)
+
+    with turn as mine:
+        assert mine and turn.taken
+        with turn as again:  # re-entrant
+            assert again
+        assert turn.taken
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(10)
+        assert seen == [False] and turn.taken  # the other thread neither waited nor gave it back
+    assert not turn.taken
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(10)
+    assert seen == [False, True] and not turn.taken
