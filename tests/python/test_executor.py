@@ -828,31 +828,21 @@ def test_worker_pids_right_after_the_first_submit_lists_the_starting_workers():
         assert len(pids) == 2 and os.getpid() not in pids
 
 
-def test_callback_that_waits_for_a_lock_the_submitting_thread_holds(backend):
+@pytest.mark.timeout(90)  # the hang this guards against ends here, as a failure
+def test_callback_that_waits_for_a_lock_the_submitting_thread_holds(executor):
     # joblib's pattern: a future's done-callback takes the lock that the dispatching thread
     # holds while it submits more. The thread delivering results (here, running that
     # callback) must not stop the submitting thread: each would wait for the other for ever.
-    proc = run_python(f"""
-        import threading, shoal
+    lock = threading.RLock()  # the serial backend runs the callback in this thread
+    entered = threading.Event()
 
-        def ident(x):
-            return x
+    def callback(f):
+        entered.set()
+        with lock:
+            pass
 
-        if __name__ == "__main__":
-            lock = threading.RLock()  # the serial backend runs the callback in this thread
-            entered = threading.Event()
-
-            def callback(f):
-                entered.set()
-                with lock:
-                    pass
-
-            with shoal.Executor(2, backend={backend!r}) as ex:
-                with lock:
-                    ex.submit(ident, -1).add_done_callback(callback)
-                    assert entered.wait(20)  # the callback runs (and waits for the lock)
-                    futures = [ex.submit(ident, i) for i in range(3000)]
-                assert [f.result(timeout=20) for f in futures] == list(range(3000))
-            print("ok")
-        """, timeout=60)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+    with lock:
+        executor.submit(add, -1, 0).add_done_callback(callback)
+        assert entered.wait(20)  # the callback runs (and waits for the lock)
+        futures = [executor.submit(add, i, 0) for i in range(3000)]
+    assert [f.result(timeout=20) for f in futures] == list(range(3000))
