@@ -199,16 +199,16 @@ def _release(n_jobs, options, ex):
 
 class _Dispatch:
     """Hands joblib's batches to one executor, at most ``limit`` at a time; the rest wait here,
-    in order. ``limit`` is IN_FLIGHT_PER_JOB per job: the executor's scheduler keeps a batch
-    in its shared queue unless the worker's measured work in flight is short (a few ms), so a
-    batch is not queued in the ring of a worker busy with a long one, and with
-    ``return_as="generator_unordered"`` the quick batches still come back while a slow one
-    runs."""
+    in order. ``limit`` is IN_FLIGHT_PER_JOB per job: a batch is started only when a worker
+    is free, never queued in the ring of a worker still busy with a long batch (loky's queue
+    is as short), so with ``return_as="generator_unordered"`` the quick batches come back
+    while a slow one runs."""
 
-    # Batches in flight per job. One more than the workers can run keeps each worker's next
-    # batch ready when it finishes one (short batches: 100,000 tiny calls took 1.5x loky's
-    # time with one per job, 1.05x with two); more only hold more of the call in the queue.
-    IN_FLIGHT_PER_JOB = 2
+    # Batches in flight per job. Two kept each worker's next batch ready (100,000 tiny calls:
+    # 1.01x loky's speed instead of 0.73x) but let a quick batch wait in the ring of a worker
+    # busy with a slow one before the scheduler had measured it: joblib's
+    # test_parallel_unordered_generator_returns_fastest_first failed, now and then.
+    IN_FLIGHT_PER_JOB = 1
 
     def __init__(self, executor, limit, placements=None):
         self.executor = executor
