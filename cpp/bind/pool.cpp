@@ -174,18 +174,18 @@ void bind_pool(nb::module_& m) {
              "Drops function `fn_id`: the workers that have it are told to forget it. Never blocks.")
         .def("submit",
              [](Pool& p, std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count, nb::bytes payload,
-                nb::handle refs, bool concurrent, std::int64_t worker, std::uint32_t limit_ms) {
+                nb::handle refs, bool concurrent, std::int64_t worker, std::uint32_t limit_ms, bool alone) {
                  if (refs.is_none())
-                     return p.submit(task_id, fn_id, count, view(payload), {}, concurrent, worker, limit_ms);
+                     return p.submit(task_id, fn_id, count, view(payload), {}, concurrent, worker, limit_ms, alone);
                  auto r = buffer_refs(refs);
-                 return p.submit(task_id, fn_id, count, view(payload), r, concurrent, worker, limit_ms);
+                 return p.submit(task_id, fn_id, count, view(payload), r, concurrent, worker, limit_ms, alone);
              },
              nb::arg("task_id"), nb::arg("fn_id"), nb::arg("count"), nb::arg("payload"),
              nb::arg("refs") = nb::none(), nb::arg("concurrent") = false, nb::arg("worker") = -1,
-             nb::arg("limit_ms") = 0,
+             nb::arg("limit_ms") = 0, nb::arg("alone") = false,
              nb::sig("def submit(self, task_id: int, fn_id: int, count: int, payload: bytes, "
                      "refs: collections.abc.Sequence[tuple[int, int]] | None = None, concurrent: bool = False, "
-                     "worker: int = -1, limit_ms: int = 0) -> bool"),
+                     "worker: int = -1, limit_ms: int = 0, alone: bool = False) -> bool"),
              "Queues task `task_id`: function `fn_id` on `payload` (its pickled arguments), a chunk of "
              "`count` items, and hands it to a worker at once if one has room. Never blocks on workers.\n\n"
              "refs: (offset, length) of the arguments' buffers in the arena; keep them alive until the task "
@@ -194,7 +194,9 @@ void bind_pool(nb::module_& m) {
              "worker: a slot index to run the task there or nowhere (-1: any worker); if that worker dies, "
              "the task completes as crashed instead of being retried.\n"
              "limit_ms: a time limit for the task (each item of a chunk), in ms (0: none); past it the "
-             "worker is killed and the task completes as timed out, not retried.\n\n"
+             "worker is killed and the task completes as timed out, not retried.\n"
+             "alone: hand the task only to a worker with no plain task in flight (it never waits behind "
+             "another task in a worker's ring); tasks queued after it wait while it is the oldest.\n\n"
              "After close(), or once the pool is broken, the task completes as broken. Returns True when "
              "completions wait that the caller should deliver now (take_ready()).")
         .def("cancel", &Pool::cancel, nb::arg("task_id"),

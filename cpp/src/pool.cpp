@@ -175,7 +175,7 @@ void Pool::forget_function(std::uint64_t fn_id) {
 
 bool Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
                   std::span<std::byte const> payload, std::span<BufferRef const> refs, bool concurrent,
-                  std::int64_t worker, std::uint32_t limit_ms) {
+                  std::int64_t worker, std::uint32_t limit_ms, bool alone) {
     check_owner();
     if (worker < -1 || worker >= static_cast<std::int64_t>(m_slots.size()))
         throw std::out_of_range("Pool::submit: no worker slot " + std::to_string(worker) + " (the pool has " +
@@ -188,7 +188,7 @@ bool Pool::submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t coun
         m_ready_cv.notify_all();
         return true;
     }
-    m_scheduler.submit(Task{task_id, fn_id, count, 0, std::move(frame), concurrent, worker, limit_ms});
+    m_scheduler.submit(Task{task_id, fn_id, count, 0, std::move(frame), concurrent, worker, limit_ms, alone});
     std::int64_t const now = now_ns();
     m_caller_ns = now;
     // Results drained here free in-flight room. A thread sleeping on the doorbell hears of

@@ -78,12 +78,12 @@ bool Scheduler::exhausted(std::size_t worker) const {
     return m_options.max_items_per_worker && w.items_started >= m_options.max_items_per_worker;
 }
 
-bool Scheduler::has_room(std::size_t worker, std::uint32_t limit, bool concurrent) const {
+bool Scheduler::has_room(std::size_t worker, std::uint32_t limit, bool concurrent, bool alone) const {
     // Concurrent tasks run side by side in a worker and have their own limit; the others
-    // run one after another under the adaptive one.
+    // run one after another under the adaptive one, an `alone` task only on an idle worker.
     auto const& w = m_workers[worker];
     std::size_t const load = concurrent ? w.concurrent : w.inflight.size() - w.concurrent;
-    std::size_t const cap = concurrent ? std::max<std::uint32_t>(1, m_options.concurrency) : limit;
+    std::size_t const cap = concurrent ? std::max<std::uint32_t>(1, m_options.concurrency) : alone ? 1 : limit;
     return w.alive && w.accepting && load < cap && !exhausted(worker);
 }
 
@@ -114,7 +114,8 @@ void Scheduler::assign(std::vector<std::pair<std::size_t, SharedBytes>>& out) {
     if (m_pinned_queued) {
         for (std::size_t i = 0; i < m_workers.size(); ++i) {
             auto& w = m_workers[i];
-            while (!w.pinned.empty() && has_room(i, limit, w.pinned.front().concurrent)) {
+            while (!w.pinned.empty() &&
+                   has_room(i, limit, w.pinned.front().concurrent, w.pinned.front().alone)) {
                 Task t = std::move(w.pinned.front());
                 w.pinned.pop_front();
                 --m_pinned_queued;
@@ -127,10 +128,11 @@ void Scheduler::assign(std::vector<std::pair<std::size_t, SharedBytes>>& out) {
         // that kind in flight (then the fewest in all). Concurrent tasks run side by side
         // in a worker and have their own limit; the others run one after another.
         bool const concurrent = m_queue.front().concurrent;
+        bool const alone = m_queue.front().alone && !concurrent;
         std::size_t best = m_workers.size();
         std::size_t best_load = 0;
         for (std::size_t i = 0; i < m_workers.size(); ++i) {
-            if (!has_room(i, limit, concurrent)) continue;
+            if (!has_room(i, limit, concurrent, alone)) continue;
             auto const& w = m_workers[i];
             std::size_t const load = concurrent ? w.concurrent : w.inflight.size() - w.concurrent;
             if (best == m_workers.size() || load < best_load ||

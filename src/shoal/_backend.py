@@ -110,10 +110,13 @@ class Backend(abc.ABC):
         return value
 
     @abc.abstractmethod
-    def submit(self, fn, args, kwargs, limit=None):
+    def submit(self, fn, args, kwargs, limit=None, alone=False):
         """Schedules ``fn(*args, **kwargs)``; returns a :class:`shoal.Future`. Arguments that
         cannot be pickled raise here, in the caller. ``limit``: seconds the task may run
-        (only where ``stops_tasks``); past it the future fails with TaskTimeoutError."""
+        (only where ``stops_tasks``); past it the future fails with TaskTimeoutError.
+        ``alone``: the task starts only on a worker that has nothing else to run, never queued
+        behind a task that may run long (a joblib batch: ``generator_unordered`` returns the
+        quick ones first); it waits in the order it came while no worker is free."""
 
     @abc.abstractmethod
     def submit_chunk(self, fn, items, star=True, limit=None):

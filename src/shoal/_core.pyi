@@ -212,7 +212,7 @@ class Pool:
         Drops function `fn_id`: the workers that have it are told to forget it. Never blocks.
         """
 
-    def submit(self, task_id: int, fn_id: int, count: int, payload: bytes, refs: Sequence[tuple[int, int]] | None = None, concurrent: bool = False, worker: int = -1, limit_ms: int = 0) -> bool:
+    def submit(self, task_id: int, fn_id: int, count: int, payload: bytes, refs: Sequence[tuple[int, int]] | None = None, concurrent: bool = False, worker: int = -1, limit_ms: int = 0, alone: bool = False) -> bool:
         """
         Queues task `task_id`: function `fn_id` on `payload` (its pickled arguments), a chunk of `count` items, and hands it to a worker at once if one has room. Never blocks on workers.
 
@@ -220,6 +220,7 @@ class Pool:
         concurrent: a coroutine task; it counts against `concurrency`, not the adaptive in-flight limit.
         worker: a slot index to run the task there or nowhere (-1: any worker); if that worker dies, the task completes as crashed instead of being retried.
         limit_ms: a time limit for the task (each item of a chunk), in ms (0: none); past it the worker is killed and the task completes as timed out, not retried.
+        alone: hand the task only to a worker with no plain task in flight (it never waits behind another task in a worker's ring); tasks queued after it wait while it is the oldest.
 
         After close(), or once the pool is broken, the task completes as broken. Returns True when completions wait that the caller should deliver now (take_ready()).
         """

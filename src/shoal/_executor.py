@@ -181,12 +181,13 @@ class Executor(concurrent.futures.Executor):
             return self._backend.submit(fn, args, kwargs)
         return self._backend.submit(fn, args, kwargs, self.task_timeout)
 
-    def _submit_placed(self, placements, fn, *args):
-        """submit() within a call's Placements (the joblib backend's Parallel call), made by
-        ``self._backend.placements``; None: a plain submit."""
+    def _submit_alone(self, fn, args, kwargs, placements=None):
+        """submit() of a task started only on a worker with nothing else to run (``alone``, see
+        Backend.submit): a batch of the joblib backend's Parallel call, within the call's
+        Placements (made by ``self._backend.placements``; None: none), or an MPI leader's."""
         self._check_open()
-        fn, args, kwargs = self._backend.prepare(fn, args, {})
-        options = {} if placements is None else {"placements": placements}
+        fn, args, kwargs = self._backend.prepare(fn, args, kwargs)
+        options = {"alone": True} if placements is None else {"alone": True, "placements": placements}
         if self.task_timeout is not None:
             options["limit"] = self.task_timeout
         return self._backend.submit(fn, args, kwargs, **options)

@@ -170,7 +170,8 @@ class ThreadBackend(_InProcess):
                 except RuntimeError:  # that loop has just closed
                     pass
 
-    def submit(self, fn, args, kwargs, limit=None):
+    def submit(self, fn, args, kwargs, limit=None, alone=False):
+        # ``alone`` holds for every task here: a thread takes the next task when it is free.
         self.check_limit(limit)
         fut = _ThreadFuture(self)
         if self.tracer is not None:
@@ -289,7 +290,8 @@ class SerialBackend(_InProcess):
             result = self._coroutines.run(result)
         return result
 
-    def submit(self, fn, args, kwargs, kind="call", items=1, name=None, limit=None):
+    def submit(self, fn, args, kwargs, kind="call", items=1, name=None, limit=None, alone=False):
+        # ``alone`` holds for every task here: each runs at once, in the caller.
         self.check_limit(limit)
         fut = Future()
         fut.set_running_or_notify_cancel()

@@ -15,7 +15,6 @@ thread backend pass an instance: ``parallel_config(backend=ShoalBackend(backend=
 Like loky's, the executor is kept between ``Parallel`` calls with the same ``n_jobs`` and
 options (its workers are reused), and shut down at interpreter exit.
 """
-import collections
 import os
 import sys
 import threading
@@ -198,57 +197,40 @@ def _release(n_jobs, options, ex):
 
 
 class _Dispatch:
-    """Hands joblib's batches to one executor, at most ``limit`` at a time; the rest wait here,
-    in order. ``limit`` is IN_FLIGHT_PER_JOB per job: a batch is started only when a worker
-    is free, never queued in the ring of a worker still busy with a long batch (loky's queue
-    is as short), so with ``return_as="generator_unordered"`` the quick batches come back
-    while a slow one runs."""
+    """Hands joblib's batches to one executor as joblib dispatches them (``pre_dispatch``
+    bounds how many). Each is submitted ``alone``: it waits in the executor's queue until a
+    worker is free, never in the ring of a worker busy with a long batch (loky's queue is as
+    short), so with ``return_as="generator_unordered"`` the quick batches come back while a slow
+    one runs. The queue is the engine's: a worker that frees up gets the next batch at once,
+    already pickled, without waiting for this thread."""
 
-    # Batches in flight per job. Two kept each worker's next batch ready (100,000 tiny calls:
-    # 1.01x loky's speed instead of 0.73x) but let a quick batch wait in the ring of a worker
-    # busy with a slow one before the scheduler had measured it: joblib's
-    # test_parallel_unordered_generator_returns_fastest_first failed, now and then.
-    IN_FLIGHT_PER_JOB = 1
-
-    def __init__(self, executor, limit, placements=None):
+    def __init__(self, executor, placements=None):
         self.executor = executor
-        self.limit = limit
         self.placements = placements  # the call's arrays, placed once (None: pickled per batch)
-        self.running = 0
-        self.waiting = collections.deque()
+        self.inflight = set()  # the executor's futures of batches not finished
         self.lock = threading.Lock()
         self.closed = False
 
     def submit(self, batch, outer):
-        with self.lock:
-            if self.running >= self.limit:
-                self.waiting.append((batch, outer))
-                return
-            self.running += 1
-        self._start(batch, outer)
-
-    def _start(self, batch, outer):
-        try:
-            inner = self.executor._submit_placed(self.placements, _run_batch, batch)
-        except BaseException as exc:  # noqa: BLE001 - e.g. a batch that cannot be pickled
-            self._finished(None, outer, exc)
+        if self.closed:
+            outer.cancel()
             return
+        try:
+            inner = self.executor._submit_alone(_run_batch, (batch,), {}, self.placements)
+        except BaseException as exc:  # noqa: BLE001 - e.g. a batch that cannot be pickled
+            outer._fail(exc)
+            return
+        with self.lock:
+            self.inflight.add(inner)
         inner.add_done_callback(lambda f: self._finished(f, outer))
 
-    def _finished(self, inner, outer, error=None):
+    def _finished(self, inner, outer):
         with self.lock:
-            if self.waiting and not self.closed:
-                following = self.waiting.popleft()
-            else:
-                following = None
-                self.running -= 1
-        if following is not None:
-            self._start(*following)  # first: the free worker gets its next batch at once
-        if inner is not None:
-            if inner.cancelled():
-                outer.cancel()
-                return
-            error = inner.exception()
+            self.inflight.discard(inner)
+        if inner.cancelled():
+            outer.cancel()
+            return
+        error = inner.exception()
         if error is not None:
             outer._fail(error)
         else:
@@ -260,9 +242,9 @@ class _Dispatch:
             self.placements.close()  # each lives on while a batch in flight uses it
         with self.lock:
             self.closed = True
-            waiting, self.waiting = list(self.waiting), collections.deque()
-        for _, outer in waiting:
-            outer.cancel()
+            inflight = list(self.inflight)
+        for inner in inflight:
+            inner.cancel()  # a batch a worker has started runs on
 
 
 class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
@@ -312,7 +294,7 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
         joblib_options = {**self.backend_kwargs, **backend_kwargs}
         placements = _memmap_placements(self._workers, joblib_options.get("max_nbytes", 1 << 20),
                                         joblib_options.get("mmap_mode", "r"))
-        self._dispatch = _Dispatch(self._workers, _Dispatch.IN_FLIGHT_PER_JOB * n_jobs, placements)
+        self._dispatch = _Dispatch(self._workers, placements)
         self.parallel = parallel
         return n_jobs
 

@@ -425,6 +425,53 @@ Task async_task(std::uint64_t id) {
 }
 }  // namespace
 
+namespace {
+Task alone_task(std::uint64_t id) {
+    Task t = task(id);
+    t.alone = true;
+    return t;
+}
+}  // namespace
+
+TEST(Scheduler, AloneTasksGoOnlyToIdleWorkers) {
+    auto s = started(2);
+    ASSERT_EQ(s.inflight_limit(), 2u);  // plain tasks would go two per worker
+    for (int i = 1; i <= 4; ++i) s.submit(alone_task(static_cast<std::uint64_t>(i)));
+    EXPECT_EQ(assign(s), (V{"0:t1", "1:t2"}));
+    EXPECT_EQ(s.queued(), 2u);  // not parked behind t1 or t2
+    // Worker 1 frees up first (worker 0's task runs long): the next one goes there, at once.
+    ASSERT_TRUE(s.complete(1, 2, 1'000));
+    EXPECT_EQ(assign(s), V{"1:t3"});
+    ASSERT_TRUE(s.complete(1, 3, 1'000));
+    EXPECT_EQ(assign(s), V{"1:t4"});
+    EXPECT_EQ(s.queued(), 0u);
+}
+
+TEST(Scheduler, AnAloneTaskKeepsTheQueueInOrder) {
+    auto s = started(1);
+    s.submit(task(1));
+    s.submit(alone_task(2));
+    s.submit(task(3));
+    // t1 is in flight: t2 waits for an idle worker, and t3 waits behind t2 (the queue's order).
+    EXPECT_EQ(assign(s), V{"0:t1"});
+    EXPECT_EQ(s.queued(), 2u);
+    ASSERT_TRUE(s.complete(0, 1, 1'000));
+    EXPECT_EQ(assign(s), (V{"0:t2", "0:t3"}));  // a plain task may follow it into the ring
+}
+
+TEST(Scheduler, AnAloneTaskIgnoresCoroutinesInFlight) {
+    SchedulerOptions o;
+    o.concurrency = 2;
+    auto s = started(1, o);
+    s.submit(async_task(1));
+    s.submit(alone_task(2));
+    s.submit(alone_task(3));
+    // A coroutine runs beside plain tasks, not before them: t2 goes; t3 waits for t2.
+    EXPECT_EQ(assign(s), (V{"0:t1", "0:t2"}));
+    ASSERT_TRUE(s.complete(0, 2, 1'000));
+    EXPECT_EQ(assign(s), V{"0:t3"});
+}
+
 // ---------------------------------------------------------------- pinned tasks (agents)
 
 namespace {

@@ -170,9 +170,12 @@ public:
     /// and dies of SIGALRM past it; the task then completes as `timed_out`, is not retried,
     /// and the tasks queued behind it on that worker go back to the queue uncharged. The
     /// limit travels in the task frame's flags; without one the task costs nothing more.
+    /// `alone`: the task is handed only to a worker with no plain task in flight (Task::alone),
+    /// so it never waits behind a long one in a worker's ring.
     bool submit(std::uint64_t task_id, std::uint64_t fn_id, std::uint32_t count,
                 std::span<std::byte const> payload, std::span<BufferRef const> refs = {},
-                bool concurrent = false, std::int64_t worker = -1, std::uint32_t limit_ms = 0);
+                bool concurrent = false, std::int64_t worker = -1, std::uint32_t limit_ms = 0,
+                bool alone = false);
     /// Moves the completions already drained into `out`, without waiting or serving the
     /// pool; numbers the batch like take(). Any thread.
     void take_ready(std::vector<Completion>& out, std::uint64_t* batch_seq = nullptr);

@@ -29,6 +29,10 @@ struct Task {
     bool concurrent = false;   // a coroutine task: runs beside others in the worker's event loop
     std::int64_t worker = -1;  // >= 0: pinned to this slot; -1: any worker
     std::uint32_t limit_ms = 0;  // the worker kills itself (SIGALRM) past this run time; 0: none
+    // Handed only to a worker with no plain task in flight: it never waits in a worker's ring
+    // behind a task that may run long, and goes to whichever worker frees up first. While it
+    // is the oldest queued task, the tasks queued after it wait too (the queue stays in order).
+    bool alone = false;
 };
 
 /// Limits the scheduler keeps. The defaults are what shoal.Executor passes.
@@ -124,7 +128,7 @@ private:
         std::uint64_t items_started = 0;
     };
 
-    bool has_room(std::size_t worker, std::uint32_t limit, bool concurrent) const;
+    bool has_room(std::size_t worker, std::uint32_t limit, bool concurrent, bool alone = false) const;
     void send(std::size_t worker, Task task, std::vector<std::pair<std::size_t, SharedBytes>>& out);
 
     SchedulerOptions m_options;

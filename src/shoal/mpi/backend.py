@@ -8,7 +8,7 @@ import time
 from .._backend import Backend
 from .._errors import ExecutorShutdownError, WorkerCrashedError
 from .._future import Future
-from .hub import CALL, CHUNK, current
+from .hub import AGENT, ALONE, CALL, CHUNK, current
 from ._wire import DEFAULT_THRESHOLD, dumps
 
 __all__ = ["MPIBackend"]
@@ -102,9 +102,9 @@ class MPIBackend(Backend):
         fn_id = self._function(fn)
         blob, bufs, shares = encoded
         fut = _MPIFuture()
-        if self.tracer is not None and (kind == CALL or kind == CHUNK):  # agents record their own calls
+        if self.tracer is not None and kind != AGENT:  # agents record their own calls
             # Recorded in the driver: when it went out and came back (no worker's clock).
-            rec = self.tracer.task(fn, "call" if kind == CALL else "chunk", items)
+            rec = self.tracer.task(fn, "chunk" if kind == CHUNK else "call", items)
             rec.nbytes = len(blob)
             fut.add_done_callback(lambda f, rec=rec: _traced_done(rec, f))
         return self._hub.submit(self._sid, kind, fn_id, blob, bufs, fut, shares, rank)
@@ -112,9 +112,9 @@ class MPIBackend(Backend):
     def _submit(self, kind, fn, payload, items=1):
         return self._submit_encoded(kind, fn, self._encode(payload), items=items)
 
-    def submit(self, fn, args, kwargs, limit=None):
+    def submit(self, fn, args, kwargs, limit=None, alone=False):
         self.check_limit(limit)
-        return self._submit(CALL, fn, (args, kwargs))
+        return self._submit(ALONE if alone else CALL, fn, (args, kwargs))
 
     def submit_chunk(self, fn, items, star=True, limit=None):
         self.check_limit(limit)

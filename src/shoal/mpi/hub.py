@@ -6,7 +6,8 @@
 Only the progress thread calls MPI. It probes without blocking and naps between probes, a
 little longer each time nothing happened (a blocking MPI receive spins a core). A leader gets at
 most ``2 × its workers`` tasks in flight (× the executors' ``concurrency``: credits), so every node's workers stay fed without one
-node hoarding the queue. A leader not heard from (results or a heartbeat, sent every second)
+node hoarding the queue; a task submitted ``alone`` (a joblib batch) goes only to a leader with
+fewer tasks in flight than workers, and the queue behind it waits. A leader not heard from (results or a heartbeat, sent every second)
 within the heartbeat timeout is lost: its tasks fail with LeaderLostError naming its rank and
 host, and the other leaders go on.
 """
@@ -24,6 +25,7 @@ from ._wire import IDLE_NAP, Outbox, backoff, loads, receive
 PING_S = 1.0
 DEFAULT_TIMEOUT_S = 5.0
 CALL, CHUNK, AGENT = "call", "chunk", "agent"
+ALONE = "alone"  # a call started only on an idle worker (Backend.submit's ``alone``)
 
 _hub = None
 
@@ -453,15 +455,22 @@ class Hub:
         if queue:
             live = [lead for lead in self.leaders.values() if lead.alive]
             credits = {lead.rank: 2 * self._depth * max(1, lead.workers) - len(lead.inflight) for lead in live}
+            # An ALONE task goes only where a worker is free: fewer in flight than workers.
+            idle = {lead.rank: max(1, lead.workers) - len(lead.inflight) for lead in live}
             while queue:
-                rank = max(credits, key=credits.get, default=None)
-                if rank is None or credits[rank] <= 0:
-                    break
-                task = queue.popleft()
-                if self._queued.pop(task.tid, None) is None:
-                    continue  # cancelled
+                task = queue[0]
+                if task.tid not in self._queued:
+                    queue.popleft()  # cancelled
+                    continue
+                room = idle if task.kind == ALONE else credits
+                rank = max(room, key=room.get, default=None)
+                if rank is None or room[rank] <= 0:
+                    break  # the queue stays in order: what follows waits too
+                queue.popleft()
+                del self._queued[task.tid]
                 self._place(task, self.leaders[rank], batches)
                 credits[rank] -= 1
+                idle[rank] -= 1
         now = time.monotonic()
         for rank, (ops, obufs) in batches.items():
             self._send_to(self.leaders[rank], ops, obufs, now)

@@ -126,7 +126,7 @@ class Leader:
 
     def _handle(self, op, bufs):
         kind = op[0]
-        if kind == "call" or kind == "chunk" or kind == "agent":
+        if kind == "call" or kind == "chunk" or kind == "agent" or kind == "alone":
             _, sid, tid, fn_id, blob, b0, nb = op
             sess = self.sessions.get(sid)
             try:
@@ -139,6 +139,9 @@ class Leader:
                 if kind == "call":
                     args, kwargs = payload
                     fut = sess.executor.submit(fn, *args, **kwargs)
+                elif kind == "alone":  # started only on an idle worker here too
+                    args, kwargs = payload
+                    fut = sess.executor._submit_alone(fn, args, kwargs)
                 elif kind == "agent":
                     # The node's group blocks while its workers run the operation: a thread of
                     # its own, so this loop goes on relaying (operations on one group arrive

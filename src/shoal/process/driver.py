@@ -672,7 +672,7 @@ class ProcessBackend(Backend):
                 "fork()ed child of it and cannot use it (its workers, rings and locks are the "
                 "parent's): make a new executor in the child")
 
-    def _submit(self, fn, mode, data, count, limit=None, placements=None):
+    def _submit(self, fn, mode, data, count, limit=None, placements=None, alone=False):
         if self._owner != _this_pid:
             self._check_owner()
         limit_ms = 0
@@ -730,7 +730,7 @@ class ProcessBackend(Backend):
             rec.arena = sum(n & LENGTH for _, n in refs) if refs else 0
         self._state.futures[task_id] = TaskEntry(fut, fn_id, bufs.keep if refs else None, chunk, nbytes, limit, rec)
         # A coroutine task counts against the per-worker `concurrency`, not the adaptive limit.
-        if self._pool.submit(task_id, fn_id, count, payload, refs, function.coroutine, -1, limit_ms):
+        if self._pool.submit(task_id, fn_id, count, payload, refs, function.coroutine, -1, limit_ms, alone):
             self._deliver_ready()
         return fut
 
@@ -781,8 +781,8 @@ class ProcessBackend(Backend):
         self._check_owner()
         return None if self._arena is None else Buffers(self._arena, self._threshold)
 
-    def submit(self, fn, args, kwargs, limit=None, placements=None):
-        return self._submit(fn, TASK_CALL, (args, kwargs), 1, limit, placements)
+    def submit(self, fn, args, kwargs, limit=None, alone=False, placements=None):
+        return self._submit(fn, TASK_CALL, (args, kwargs), 1, limit, placements, alone)
 
     def submit_chunk(self, fn, items, star=True, limit=None, placements=None):
         return self._submit(fn, TASK_CHUNK if star else TASK_CHUNK1, items, len(items), limit, placements)
