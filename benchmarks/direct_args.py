@@ -10,7 +10,8 @@ all of them see the same machine; prints each case's median and (min, max) over 
   read_one reads one element: seconds per call (the loky/shoal ratio is the target: >= 2x).
 - joblib_tiny: 100,000 calls of x + 1; joblib_1ms: 240 calls of ~1 ms of pure Python; seconds.
 - map_direct: list(ex.map(read_one, [big] * 20, range(20))): ms per task (first call after the
-  pool is warm, so the one placement counts); map_share: the same over shoal.share(big).
+  pool is warm, so the one placement counts); map_share: the same over shoal.share(big);
+  map_placement: the same as map_direct, the time its placements took (ms per call).
 """
 import argparse
 import json
@@ -66,12 +67,29 @@ def run_case(case, workers):
         return time.perf_counter() - t
     import shoal
 
+    placing = []
+    if case == "map_placement":  # map_direct, timing the one placement (copy into the arena)
+        from shoal import _arena
+
+        place = _arena.Placements.place
+
+        def timed(self, raw):
+            t = time.perf_counter()
+            try:
+                return place(self, raw)
+            finally:
+                placing.append(time.perf_counter() - t)
+
+        _arena.Placements.place = timed
     with shoal.Executor(max_workers=workers) as ex:
         list(ex.map(read_one, [np.ones(10)] * 4, range(4)))  # workers up
         arg = shoal.share(big) if case == "map_share" else big
         list(ex.map(read_one, [arg] * 20, range(20)))  # warm-up
+        placing.clear()
         t = time.perf_counter()
         list(ex.map(read_one, [arg] * 20, range(20)))
+        if case == "map_placement":
+            return sum(placing) * 1e3  # ms per call: the first item's placement, then lookups
         return (time.perf_counter() - t) / 20 * 1e3
 
 
@@ -88,7 +106,7 @@ def main():
         return
     cases = [("joblib_big:loky", SRC), ("joblib_big:shoal", SRC), ("joblib_tiny:loky", SRC),
              ("joblib_tiny:shoal", SRC), ("joblib_1ms:loky", SRC), ("joblib_1ms:shoal", SRC),
-             ("map_direct", SRC), ("map_share", SRC)]
+             ("map_direct", SRC), ("map_share", SRC), ("map_placement", SRC)]
     if args.base_src:
         cases.append(("map_direct@base", args.base_src))
     if args.only:
@@ -108,7 +126,7 @@ def main():
     med = {c: statistics.median(v) for c, v in samples.items() if v}
     for c, v in samples.items():
         if v:
-            unit = "ms/task" if c.startswith("map") else "s"
+            unit = "ms/call" if c == "map_placement" else "ms/task" if c.startswith("map") else "s"
             print(f"{c:22s} median {med[c]:.4g} {unit}  (min {min(v):.4g}, max {max(v):.4g}, n={len(v)})")
     for what in ("joblib_big", "joblib_tiny", "joblib_1ms"):
         a, b = med.get(what + ":loky"), med.get(what + ":shoal")
@@ -116,6 +134,10 @@ def main():
             print(f"{what}: shoal backend {a / b:.2f}x loky's speed")
     if med.get("map_direct") and med.get("map_share"):
         print(f"map_direct / map_share per task: {med['map_direct'] / med['map_share']:.2f}")
+    if med.get("map_direct") and med.get("map_share") and med.get("map_placement"):
+        bound = 2 * (med["map_share"] + med["map_placement"] / 20)
+        print(f"map_direct target: <= 2 x (map_share + map_placement / 20) = {bound:.4g} ms/task: "
+              f"{'met' if med['map_direct'] <= bound else 'missed'}")
     if med.get("map_direct") and med.get("map_direct@base"):
         print(f"map_direct: {med['map_direct@base'] / med['map_direct']:.1f}x faster per task than the base build")
 
