@@ -78,6 +78,28 @@ def test_a_closure_is_freed_once_its_task_is_done(backend):
         assert wait_until(lambda: (gc.collect(), alive() is None)[1], 10)
 
 
+def node_arena_used():
+    """In a task: the bytes in use in its node's arena (every process's blocks), 0 without one."""
+    stats = shoal.arena_stats()
+    return 0 if stats is None else stats["used_bytes"]
+
+
+def test_functions_let_go_free_their_data_where_the_tasks_ran(backend):
+    # Each lambda holds its own 4 MB array. Where tasks run in other processes, the function's
+    # pickle and its arrays are held there (the arena of the node: the MPI leader's, or the
+    # driver's) only while the function lives: 60 of them would hold 240 MB.
+    with shoal.Executor(2, backend=backend) as ex:
+        before = ex.submit(node_arena_used).result(timeout=30)
+        for i in range(60):
+            a = np.full(1 << 19, float(i))
+            assert ex.submit(lambda a=a: float(a[0])).result(timeout=30) == float(i)
+            del a
+        gc.collect()
+        used = ex.submit(node_arena_used).result(timeout=30)
+        assert used - before < 64 << 20, (before, used)
+
+
+
 def square(x):
     return x * x
 

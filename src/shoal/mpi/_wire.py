@@ -52,9 +52,13 @@ def dumps(obj, threshold=DEFAULT_THRESHOLD, shares=None):
             p = _by_value_pickler()(out, 5, buffer_callback=keep)
             p.shoal_shares = shares
         else:
+            import copyreg
+
             p = pickle.Pickler(out, 5, buffer_callback=keep)
+            table = {**copyreg.dispatch_table, memoryview: _reduce_memoryview}
             if shares is not None:
-                p.dispatch_table = {Shared: lambda h: _reduce_shared(h, shares)}  # non-builtin types only
+                table[Shared] = lambda h: _reduce_shared(h, shares)
+            p.dispatch_table = table
         p.dump(obj)
         return out.getvalue()
 
@@ -99,10 +103,23 @@ def _by_value_pickler():
             def reducer_override(self, o):  # cloudpickle's comes before any dispatch table
                 if type(o) is Shared and self.shoal_shares is not None:
                     return _reduce_shared(o, self.shoal_shares)
+                if type(o) is memoryview:
+                    return _reduce_memoryview(o)
                 return super().reducer_override(o)
 
         _Pickler = Pickler
     return _Pickler
+
+
+def _reduce_memoryview(view):
+    """A memoryview arrives as a memoryview of the same format and shape: its bytes travel out of
+    band when large (protocol 5), as bytes in the pickle otherwise."""
+    data = pickle.PickleBuffer(view) if view.c_contiguous else view.tobytes()
+    return _memoryview, (data, view.format, view.shape)
+
+
+def _memoryview(data, fmt, shape):
+    return memoryview(data).cast("B").cast(fmt, list(shape))
 
 
 def _reduce_shared(handle, shares):

@@ -1,5 +1,4 @@
 """MPIBackend: an executor's tasks run on the node leaders of an MPI job (see hub.py)."""
-import itertools
 import os
 import sys
 import threading
@@ -7,6 +6,7 @@ import time
 
 from .._backend import Backend
 from .._errors import ExecutorShutdownError, WorkerCrashedError
+from .._functions import FunctionTable
 from .._future import Future
 from .hub import AGENT, ALONE, CALL, CHUNK, current
 from ._wire import DEFAULT_THRESHOLD, dumps
@@ -64,28 +64,24 @@ class MPIBackend(Backend):
                    buffer_threshold=config.buffer_threshold, concurrency=config.concurrency,
                    event_loop=config.event_loop, threads_per_worker=config.threads_per_worker, sys_path=[os.getcwd()] + list(sys.path))
         blob, bufs = dumps(cfg, self._threshold)  # an initializer that cannot be pickled raises here
-        self._fns = {}  # id(fn) -> (fn, fn_id): each function is pickled once per executor
-        self._fn_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._closed = False
         self._sid = self._hub.open_session(blob, bufs, self)
+        sid, hub, threshold = self._sid, self._hub, self._threshold
+
+        def encode(fn, held):
+            shares = []
+            blob, bufs = dumps(fn, threshold, shares)  # raises in the caller if it cannot be pickled
+            return blob, bufs, shares
+
+        # Each function is pickled once per executor and sent once to each leader that runs it;
+        # forgotten (here and on the leaders) once it is gone and no task uses it.
+        self._functions = FunctionTable(encode, lambda fn_id, encoded: hub.define(sid, fn_id, *encoded),
+                                        lambda fn_id: hub.forget(sid, fn_id))
 
     @property
     def slots(self):
         return sum(lead.workers for lead in self._hub.live_leaders()) or 1
-
-    def _function(self, fn):
-        with self._lock:
-            entry = self._fns.get(id(fn))
-            if entry is not None and entry[0] is fn:
-                return entry[1]
-        shares = []
-        blob, bufs = dumps(fn, self._threshold, shares)  # raises in the caller if it cannot be pickled
-        with self._lock:
-            fn_id = next(self._fn_ids)
-            self._hub.define(self._sid, fn_id, blob, bufs, shares)
-            self._fns[id(fn)] = (fn, fn_id)  # holds fn: its id stays its own
-            return fn_id
 
     def _encode(self, payload):
         """(blob, buffers, share handles) of a task's payload; raises if it cannot be pickled."""
@@ -99,15 +95,21 @@ class MPIBackend(Backend):
             fut.set_running_or_notify_cancel()
             fut._fail(ExecutorShutdownError("shoal: cannot run the task: the executor was shut down"))
             return fut
-        fn_id = self._function(fn)
+        functions = self._functions
+        fn_id = functions.acquire(fn).fn_id
         blob, bufs, shares = encoded
         fut = _MPIFuture()
+        fut.add_done_callback(lambda _, fn_id=fn_id: functions.release(fn_id))
         if self.tracer is not None and kind != AGENT:  # agents record their own calls
             # Recorded in the driver: when it went out and came back (no worker's clock).
             rec = self.tracer.task(fn, "chunk" if kind == CHUNK else "call", items)
             rec.nbytes = len(blob)
             fut.add_done_callback(lambda f, rec=rec: _traced_done(rec, f))
-        return self._hub.submit(self._sid, kind, fn_id, blob, bufs, fut, shares, rank)
+        try:
+            return self._hub.submit(self._sid, kind, fn_id, blob, bufs, fut, shares, rank)
+        except BaseException:
+            functions.release(fn_id)
+            raise
 
     def _submit(self, kind, fn, payload, items=1):
         return self._submit_encoded(kind, fn, self._encode(payload), items=items)

@@ -90,6 +90,7 @@ class Hub:
         self._queued = {}                   # task id -> task; cancel() takes it out
         self._control = collections.deque() # (rank, op, bufs) to send as they are
         self._functions = {}                # (session, fn_id) -> (blob, bufs, share keys)
+        self._forgotten = collections.deque()  # (session, fn_id) the leaders are to forget
         self._shares = {}                   # share key -> (blob, bufs), while the handle lives
         self._sessions = {}                 # session -> {"outstanding": n, "backend": ...}
         self._replies = {}                  # (kind, session, rank) -> reply
@@ -164,8 +165,8 @@ class Hub:
         finally:
             with self._cond:
                 self._sessions.pop(sid, None)
-            for key in [k for k in self._functions if k[0] == sid]:
-                del self._functions[key]
+            for key in [k for k in list(self._functions) if k[0] == sid]:
+                self._functions.pop(key, None)
 
     def _wait_replies(self, kind, sid, ranks, timeout):
         deadline = time.monotonic() + timeout
@@ -185,6 +186,12 @@ class Hub:
 
     def define(self, sid, fn_id, blob, bufs, shares=()):
         self._functions[(sid, fn_id)] = (blob, bufs, self._register(shares))
+
+    def forget(self, sid, fn_id):
+        """Session ``sid``'s function ``fn_id`` is gone and no task uses it: its pickle goes (and
+        what its buffers held), and the leaders that have it drop it. Any thread."""
+        if self._functions.pop((sid, fn_id), None) is not None:
+            self._forgotten.append((sid, fn_id))  # the progress thread tells the leaders
 
     def _register(self, handles):
         """Share keys of ``handles``, each pickled once (its buffers out of band) while it lives."""
@@ -417,6 +424,16 @@ class Hub:
             except BaseException as e:  # noqa: BLE001
                 exc = e
             self._ready.append((task.future, False, exc, task))
+        elif kind == "out":
+            # What a leader's workers printed, ahead of the results of the tasks that printed
+            # it: written now, and the results resolve after this batch is handled.
+            _, fd, text = op
+            stream = sys.stdout if fd == 1 else sys.stderr
+            try:
+                stream.write(text)
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a closed or broken stream: output is lost, tasks are not
+                pass
         elif kind in ("opened", "open_failed", "closed"):
             key = ("opened" if kind == "open_failed" else kind, op[1], lead.rank)
             with self._cond:
@@ -440,6 +457,14 @@ class Hub:
                 op = op[:3] + (len(obufs), op[4])
             ops.append(op)
             obufs.extend(bufs)
+        forgotten = self._forgotten
+        while forgotten:
+            key = forgotten.popleft()
+            for lead in self.leaders.values():
+                if key in lead.functions:
+                    lead.functions.discard(key)
+                    if lead.alive:
+                        batches.setdefault(lead.rank, ([], []))[0].append(("forget",) + key)
         pinned = self._pinned
         while pinned:
             task = pinned.popleft()

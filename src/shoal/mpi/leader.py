@@ -35,6 +35,34 @@ class _Session:
         self.threshold = threshold
 
 
+class _ToDriver:
+    """sys.stdout / sys.stderr of a leader while it serves. Its local executors write what their
+    workers print here before they resolve the task's future, so it reaches the driver (its
+    sys.stdout or sys.stderr) ahead of that task's result. The leader's own messages go to
+    ``sys.__stderr__``."""
+
+    encoding = "utf-8"
+    errors = "replace"
+
+    def __init__(self, replies, fd):
+        self._replies = replies
+        self._fd = fd  # 1: stdout, 2: stderr
+
+    def write(self, text):
+        if text:
+            self._replies.append((("out", self._fd, str(text)), ()))
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+    def writable(self):
+        return True
+
+
 def _stop(executor, kill):
     """Shuts a local executor down; ``kill``: its running tasks too (the driver gave up on them)."""
     executor.shutdown(wait=True, kill_workers=kill)
@@ -63,6 +91,14 @@ class Leader:
         """Serves until the driver says quit or goes silent. Returns True when the driver will
         call MPI_Finalize (so must this rank), False when it will not (a lost peer, a failed
         script) or is gone."""
+        streams = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _ToDriver(self.replies, 1), _ToDriver(self.replies, 2)
+        try:
+            return self._serve()
+        finally:
+            sys.stdout, sys.stderr = streams
+
+    def _serve(self):
         comm, MPI = self.comm, self.MPI
         status = MPI.Status()
         self.outbox.send(0, [("hello", socket.gethostname(), os.getpid(), self.workers)])
@@ -101,7 +137,7 @@ class Leader:
                 self.outbox.send(0, [("beat",)])
                 last_sent = now
             if now - last_heard > self.timeout:
-                sys.stderr.write(f"shoal.mpi: leader rank {comm.Get_rank()} heard nothing from the driver "
+                sys.__stderr__.write(f"shoal.mpi: leader rank {comm.Get_rank()} heard nothing from the driver "
                                  f"for {self.timeout:g} s; stopping\n")
                 self._close_all(kill=True)
                 return None
@@ -166,6 +202,11 @@ class Leader:
                     sess.functions[fn_id] = loads(blob, bufs[b0:b0 + nb])
                 except BaseException as exc:  # noqa: BLE001 - its tasks fail with this
                     sess.functions[fn_id] = exc
+        elif kind == "forget":  # the driver's function is gone: so is this node's copy
+            _, sid, fn_id = op
+            sess = self.sessions.get(sid)
+            if sess is not None:
+                sess.functions.pop(fn_id, None)
         elif kind == "share":
             _, key, blob, b0, nb = op
             import shoal
@@ -175,7 +216,7 @@ class Leader:
                 # here get the node's handle and read it without a copy.
                 place_shared(key, shoal.share(loads(blob, bufs[b0:b0 + nb])))
             except BaseException as exc:  # noqa: BLE001 - the tasks that use it fail with this
-                sys.stderr.write(f"shoal.mpi: shared object {key} could not be placed: {exc!r}\n")
+                sys.__stderr__.write(f"shoal.mpi: shared object {key} could not be placed: {exc!r}\n")
         elif kind == "drop_agents":
             _, sid, gid = op
             sess = self.sessions.get(sid)
@@ -239,10 +280,24 @@ class Leader:
         """The ops and buffers of everything finished since the last call."""
         ops, bufs = [], []
         replies = self.replies
+        text = []  # a run of one stream's output, sent as one op
         while replies:
             op, b = replies.popleft()
+            if op[0] == "out":
+                if text and ops[-1][1] != op[1]:
+                    ops[-1] = ("out", ops[-1][1], "".join(text))
+                    text = []
+                if not text:
+                    ops.append(op)
+                text.append(op[2])
+                continue
+            if text:
+                ops[-1] = ("out", ops[-1][1], "".join(text))
+                text = []
             ops.append(op)
             bufs.extend(b)
+        if text:
+            ops[-1] = ("out", ops[-1][1], "".join(text))
         done = self.done
         while done:
             tid, chunk, fut, sess = done.popleft()
