@@ -146,7 +146,8 @@ class Buffers:
         if self.by_ref:
             offset = self.arena.locate(raw)
             if offset >= 0:
-                self.refs.append((offset, raw.nbytes | READ_ONLY))
+                flags = READ_ONLY if self.placements is None else self.placements.located
+                self.refs.append((offset, raw.nbytes | flags))
                 self.keep.append(holder)
                 return len(self.refs) - 1
         p = self.placements
@@ -226,12 +227,16 @@ class Placements:
     the call's tasks, joblib's ``mmap_mode="r+"``). ``arrays_above``: numpy arrays larger than
     this many bytes are placed even below the executor's threshold (joblib's ``max_nbytes``).
     ``reducers``: a pickler dispatch table used while this call pickles (joblib's memmaps).
+    ``located``: the view flags of a buffer that already lies in the arena, referred to in place
+    (READ_ONLY by default, as outside a call; an MPI leader passes the call's ``view`` for the
+    node's copy of the driver's array).
 
     Thread-safe: joblib submits batches from several threads."""
 
-    def __init__(self, arena, view=COPY_ON_WRITE, arrays_above=None, reducers=None):
+    def __init__(self, arena, view=COPY_ON_WRITE, arrays_above=None, reducers=None, located=READ_ONLY):
         self.arena = arena
         self.view = view
+        self.located = located
         self.arrays_above = arrays_above
         self.reducers = reducers
         self.picklers = {}  # pickler class -> its subclass with `reducers` (_pickle._by_value)

@@ -181,13 +181,15 @@ class Executor(concurrent.futures.Executor):
             return self._backend.submit(fn, args, kwargs)
         return self._backend.submit(fn, args, kwargs, self.task_timeout)
 
-    def _submit_alone(self, fn, args, kwargs, placements=None):
-        """submit() of a task started only on a worker with nothing else to run (``alone``, see
-        Backend.submit): a batch of the joblib backend's Parallel call, within the call's
-        Placements (made by ``self._backend.placements``; None: none), or an MPI leader's."""
+    def _submit_call(self, fn, args, kwargs, placements=None, alone=False):
+        """submit() with what callers inside shoal pass: a call's Placements (made by
+        ``self._backend.placements``; None: none) and ``alone`` (see Backend.submit). The joblib
+        backend's batches (alone, within the Parallel call's placements) and an MPI leader's."""
         self._check_open()
         fn, args, kwargs = self._backend.prepare(fn, args, kwargs)
-        options = {"alone": True} if placements is None else {"alone": True, "placements": placements}
+        options = {"alone": True} if alone else {}
+        if placements is not None:
+            options["placements"] = placements
         if self.task_timeout is not None:
             options["limit"] = self.task_timeout
         return self._backend.submit(fn, args, kwargs, **options)

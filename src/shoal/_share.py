@@ -59,6 +59,12 @@ class Shared:
             self._value = (loads(self._data, [memoryview(b).toreadonly() for b in self._blocks]),)
         return self._value[0]
 
+    def _writable_value(self):
+        """The object on writable views of the same arena memory, built anew: an MPI leader
+        passes a call's array (its node's copy) to its workers through it, copy-on-write, and
+        never writes to it itself (the views keep the memory alive, as ``value``'s do)."""
+        return loads(self._data, [memoryview(b) for b in self._blocks])
+
     def __reduce__(self):
         return (_load_shared, (self._data, *[PickleBuffer(b) for b in self._blocks]))
 

@@ -216,7 +216,7 @@ class _Dispatch:
             outer.cancel()
             return
         try:
-            inner = self.executor._submit_alone(_run_batch, (batch,), {}, self.placements)
+            inner = self.executor._submit_call(_run_batch, (batch,), {}, self.placements, alone=True)
         except BaseException as exc:  # noqa: BLE001 - e.g. a batch that cannot be pickled
             outer._fail(exc)
             return

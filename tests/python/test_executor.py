@@ -211,9 +211,9 @@ def test_a_task_submitted_alone_never_waits_behind_a_long_one(executor):
     # The joblib backend's batches are submitted ``alone`` (Backend.submit): each starts only on
     # a worker with nothing else to run, so a quick one is never parked in the queue of a worker
     # busy with a slow one (joblib's generator_unordered returns the quick batches first).
-    slow = executor._submit_alone(sleep_return, (3.0, "slow"), {})
+    slow = executor._submit_call(sleep_return, (3.0, "slow"), {}, alone=True)
     sent = time.monotonic()
-    quick = [executor._submit_alone(sleep_return, (0.02, i), {}) for i in range(8)]
+    quick = [executor._submit_call(sleep_return, (0.02, i), {}, alone=True) for i in range(8)]
     assert [f.result(timeout=30) for f in quick] == list(range(8))
     waited = time.monotonic() - sent
     assert waited < 1.5, waited  # none waited for the slow task

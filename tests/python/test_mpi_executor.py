@@ -130,3 +130,45 @@ def test_agents_across_nodes(tmp_path):
     assert out["get"] == [float(i) for i in range(10)]
     assert out["gather"] == list(range(10))
     assert out["error"] == [[3], "ValueError", True, -10.0]
+
+
+def test_an_array_passed_to_many_items_crosses_to_each_node_once_per_call(tmp_path):
+    proc = run_job(tmp_path, r'''
+        import json
+        import numpy as np
+        import joblib
+        import shoal
+        from shoal.joblib import ShoalBackend
+        from shoal.mpi import hub
+
+        def read(a, i):
+            return float(a[i])
+
+        def scribble(a, i):
+            a[:] = i  # copy-on-write: nothing another task or the driver sees
+            return float(a[0])
+
+        big = np.arange(1 << 20, dtype=np.float64)  # 8 MB
+        out = {}
+        with shoal.Executor(backend="mpi") as ex:
+            ex.submit(read, np.ones(4), 0).result(timeout=60)  # the leaders' pools are up
+            sent = hub.current().outbox.bytes_sent
+            out["map"] = list(ex.map(read, [big] * 40, range(40), chunksize=1)) == [float(i) for i in range(40)]
+            out["map_sent"] = hub.current().outbox.bytes_sent - sent
+            out["scribble"] = list(ex.map(scribble, [big] * 8, range(1, 9), chunksize=1))
+            out["driver_unchanged"] = bool((big == np.arange(1 << 20)).all())
+        with joblib.parallel_config(backend=ShoalBackend(backend="mpi"), n_jobs=2):
+            sent = hub.current().outbox.bytes_sent
+            got = joblib.Parallel(batch_size=1)(joblib.delayed(read)(big, i) for i in range(40))
+            out["joblib"] = got == [float(i) for i in range(40)]
+            out["joblib_sent"] = hub.current().outbox.bytes_sent - sent
+        print("RESULT " + json.dumps(out))
+    ''', leaders=2, workers=1)
+    assert proc.returncode == 0, proc.stderr
+    (out,) = results(proc)
+    nbytes = 8 << 20
+    assert out["map"] and out["joblib"]
+    assert out["scribble"] == [float(i) for i in range(1, 9)] and out["driver_unchanged"]
+    # Once to each of the 2 nodes (and a little for the tasks), not once per item (40 x 8 MB).
+    assert out["map_sent"] <= 2 * nbytes * 1.1, out["map_sent"]
+    assert out["joblib_sent"] <= 2 * nbytes * 1.1, out["joblib_sent"]

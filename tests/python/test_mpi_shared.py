@@ -26,9 +26,6 @@ LEFT_OUT = {
     # Not built yet under MPI (docs/mpi.md, "Not built yet").
     "test_cancelling_the_awaiting_task_cancels_a_queued_task": "a task already sent to a leader is not cancelled",
     "test_shared_table_bound_into_a_function_is_mapped_not_copied": "handle.value bound in a function crosses as a copy",
-    "test_the_same_array_in_1000_items_is_placed_once": "one placement per call is not built for MPI: "
-                                                        "each item's array crosses to its node",
-    "test_many_items_of_one_placement_in_a_chunk_map_one_view_at_a_time": "each item's array crosses to its node",
     # Under MPI a trace records each task in the driver (sent, back, status): no worker clocks,
     # worker memory or per-worker split yet.
     "test_trace_region_records_each_task_with_worker_and_times": "a trace has no worker clocks under MPI",

@@ -16,6 +16,19 @@ def drop_shared(key):
     _shared.pop(key, None)
 
 
+def placed_array(array):
+    """Unpickled on a leader: a call's placement (``_wire.CallPlacements``) arrives as its array,
+    which the leader shares in the node's arena like any ``shoal.share``d object."""
+    return array
+
+
+def placed_value(key):
+    """On a leader: the node's copy of a call's array, in its arena; the leader passes it to its
+    workers in place, with the call's view (``_arena.Placements.located``: copy-on-write for
+    map). Writable views of it here, so the workers' pickles do not mark it read-only."""
+    return shared_ref(key)._writable_value()
+
+
 def shared_ref(key):
     """On a leader: the node's own handle for the driver's ``shoal.share``d object ``key``
     (placed in this node's arena once, when it first arrived)."""

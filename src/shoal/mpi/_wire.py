@@ -20,7 +20,7 @@ _PART = 1 << 30  # at most this many bytes per MPI message (MPI counts are ints)
 DEFAULT_THRESHOLD = 64 * 1024
 
 
-def dumps(obj, threshold=DEFAULT_THRESHOLD, shares=None):
+def dumps(obj, threshold=DEFAULT_THRESHOLD, shares=None, placements=None):
     """(pickle bytes, [contiguous memoryview]): ``obj`` pickled with protocol 5, its buffers of
     at least ``threshold`` bytes out of band. Functions and classes of ``__main__`` (the
     driver's script) and closures go by value through shoal's cloudpickle pickler, as on one
@@ -29,12 +29,20 @@ def dumps(obj, threshold=DEFAULT_THRESHOLD, shares=None):
 
     With ``shares`` (a list), each ``shoal.share`` handle in ``obj`` is pickled as a reference
     by key and appended to ``shares``: it crosses to each node once (see Hub), not per task.
-    Without it, a handle travels whole (its buffers out of band)."""
+    Without it, a handle travels whole (its buffers out of band).
+
+    With ``placements`` (a call's :class:`CallPlacements`, and ``shares``), each large numpy
+    array in ``obj`` crosses the same way: as a share made of it when the call first read it,
+    so one that many items pass crosses to each node once per call."""
     import io
 
     from .._share import Shared
 
     bufs = []
+    place = None
+    if placements is not None and shares is not None and "numpy" in sys.modules:
+        def place(array):
+            return placements.reduce(array, shares)
 
     def keep(pb):
         try:
@@ -51,6 +59,7 @@ def dumps(obj, threshold=DEFAULT_THRESHOLD, shares=None):
         if cloud:
             p = _by_value_pickler()(out, 5, buffer_callback=keep)
             p.shoal_shares = shares
+            p.shoal_place = place
         else:
             import copyreg
 
@@ -58,6 +67,9 @@ def dumps(obj, threshold=DEFAULT_THRESHOLD, shares=None):
             table = {**copyreg.dispatch_table, memoryview: _reduce_memoryview}
             if shares is not None:
                 table[Shared] = lambda h: _reduce_shared(h, shares)
+            if place is not None:
+                numpy = sys.modules["numpy"]
+                table[numpy.ndarray] = table[numpy.memmap] = place
             p.dispatch_table = table
         p.dump(obj)
         return out.getvalue()
@@ -99,12 +111,16 @@ def _by_value_pickler():
 
         class Pickler(by_value_pickler()):
             shoal_shares = None
+            shoal_place = None  # a call's placements: numpy arrays -> CallPlacements.reduce
 
             def reducer_override(self, o):  # cloudpickle's comes before any dispatch table
-                if type(o) is Shared and self.shoal_shares is not None:
+                t = type(o)
+                if t is Shared and self.shoal_shares is not None:
                     return _reduce_shared(o, self.shoal_shares)
-                if type(o) is memoryview:
+                if t is memoryview:
                     return _reduce_memoryview(o)
+                if self.shoal_place is not None and t.__module__ == "numpy" and t.__name__ in ("ndarray", "memmap"):
+                    return self.shoal_place(o)
                 return super().reducer_override(o)
 
         _Pickler = Pickler
@@ -120,6 +136,68 @@ def _reduce_memoryview(view):
 
 def _memoryview(data, fmt, shape):
     return memoryview(data).cast("B").cast(fmt, list(shape))
+
+
+class _Placed:
+    """One large array of a call, copied when the call first read it. It crosses to each node
+    once, as a share (Hub._register), while it lives: the call's placements and the tasks not
+    yet sent hold it."""
+
+    __slots__ = ("array", "__weakref__")
+
+    def __init__(self, array):
+        self.array = array
+
+    def __reduce__(self):
+        from ._shares import placed_array
+
+        return placed_array, (self.array,)
+
+
+class CallPlacements:
+    """The placements of one call (map, starmap, sweep, a joblib Parallel) on the MPI backend: a
+    numpy array of at least ``above`` bytes that its items pass crosses to each node once per
+    call, however many items pass it, and is placed in the node's arena there; tasks see it with
+    ``view`` (copy-on-write for map, as on one machine). "The same array" is the same object with
+    the same address, size, shape and strides (as _arena.Placements)."""
+
+    def __init__(self, view, above):
+        import threading
+
+        self.view = view
+        self.above = above
+        self.made = 0
+        self._entries = {}  # key -> (the source, or a weak reference to it; its _Placed)
+        self._lock = threading.Lock()
+
+    def reduce(self, array, shares):
+        """The reduction of ``array`` in a task's pickle: a reference to its placement (appended
+        to ``shares``), or its own reduction when it is small or holds objects."""
+        if array.nbytes < self.above or array.dtype.hasobject:
+            return array.__reduce_ex__(5)
+        import weakref
+
+        key = (id(array), array.__array_interface__["data"][0], array.nbytes, array.shape, array.strides)
+        with self._lock:
+            entry = self._entries.get(key)
+            placed = entry[1] if entry is not None and entry[0]() is array else None
+            if placed is None:
+                placed = _Placed(array.copy(order="C"))  # captured now, as on one machine
+                try:
+                    source = weakref.ref(array)
+                except TypeError:
+                    source = lambda array=array: array  # noqa: E731 - held: its id stays its own
+                self._entries[key] = (source, placed)
+                self.made += 1
+        shares.append(placed)
+        from ._shares import placed_value
+
+        return placed_value, (share_key(placed),)
+
+    def close(self):
+        """The call is over: each placement lives on only while a task not yet sent holds it."""
+        with self._lock:
+            self._entries.clear()
 
 
 def _reduce_shared(handle, shares):

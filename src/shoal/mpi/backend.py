@@ -4,12 +4,13 @@ import sys
 import threading
 import time
 
+from .._arena import COPY_ON_WRITE
 from .._backend import Backend
 from .._errors import ExecutorShutdownError, WorkerCrashedError
 from .._functions import FunctionTable
 from .._future import Future
 from .hub import AGENT, ALONE, CALL, CHUNK, current
-from ._wire import DEFAULT_THRESHOLD, dumps
+from ._wire import DEFAULT_THRESHOLD, CallPlacements, dumps
 
 __all__ = ["MPIBackend"]
 
@@ -83,10 +84,11 @@ class MPIBackend(Backend):
     def slots(self):
         return sum(lead.workers for lead in self._hub.live_leaders()) or 1
 
-    def _encode(self, payload):
-        """(blob, buffers, share handles) of a task's payload; raises if it cannot be pickled."""
+    def _encode(self, payload, placements=None):
+        """(blob, buffers, share handles) of a task's payload; raises if it cannot be pickled.
+        With a call's ``placements``, its large arrays go as shares (see CallPlacements)."""
         shares = []
-        blob, bufs = dumps(payload, self._threshold, shares)
+        blob, bufs = dumps(payload, self._threshold, shares, placements)
         return blob, bufs, shares
 
     def _submit_encoded(self, kind, fn, encoded, rank=None, items=1):
@@ -111,17 +113,25 @@ class MPIBackend(Backend):
             functions.release(fn_id)
             raise
 
-    def _submit(self, kind, fn, payload, items=1):
-        return self._submit_encoded(kind, fn, self._encode(payload), items=items)
+    def _submit(self, kind, fn, payload, items=1, placements=None):
+        if placements is not None:  # the leader passes the node's copies in place, with this view
+            payload += (placements.view,)
+        return self._submit_encoded(kind, fn, self._encode(payload, placements), items=items)
 
-    def submit(self, fn, args, kwargs, limit=None, alone=False):
+    def submit(self, fn, args, kwargs, limit=None, alone=False, placements=None):
         self.check_limit(limit)
-        return self._submit(ALONE if alone else CALL, fn, (args, kwargs))
+        return self._submit(ALONE if alone else CALL, fn, (args, kwargs), placements=placements)
 
-    def submit_chunk(self, fn, items, star=True, limit=None):
+    def submit_chunk(self, fn, items, star=True, limit=None, placements=None):
         self.check_limit(limit)
         items = list(items)
-        return self._submit(CHUNK, fn, (items, star), len(items))
+        return self._submit(CHUNK, fn, (items, star), len(items), placements)
+
+    def placements(self, view=COPY_ON_WRITE, arrays_above=None, reducers=None):
+        """A call's placements: each large numpy array its items pass crosses to each node once
+        (``_wire.CallPlacements``). ``reducers`` (joblib's memmaps) do not apply: tasks get
+        arrays."""
+        return CallPlacements(view, self._threshold if arrays_above is None else arrays_above + 1)
 
     def map(self, fn, args, *, star, timeout, chunksize, ordered, bar, length, max_workers, concurrency,
             limit=None):

@@ -172,12 +172,17 @@ class Leader:
                 if isinstance(fn, BaseException):
                     raise fn
                 payload = loads(blob, bufs[b0:b0 + nb])
-                if kind == "call":
-                    args, kwargs = payload
+                placements = None
+                if kind != "agent" and len(payload) == 3:
+                    # A call's (map, sweep, joblib): its arrays are the node's copies, in the
+                    # arena; the workers get them in place, with the call's view.
+                    placements = sess.executor._backend.placements(view=payload[2], located=payload[2])
+                if kind == "call" and placements is None:
+                    args, kwargs = payload[:2]
                     fut = sess.executor.submit(fn, *args, **kwargs)
-                elif kind == "alone":  # started only on an idle worker here too
-                    args, kwargs = payload
-                    fut = sess.executor._submit_alone(fn, args, kwargs)
+                elif kind == "call" or kind == "alone":  # alone: started only on an idle worker here too
+                    args, kwargs = payload[:2]
+                    fut = sess.executor._submit_call(fn, args, kwargs, placements, alone=kind == "alone")
                 elif kind == "agent":
                     # The node's group blocks while its workers run the operation: a thread of
                     # its own, so this loop goes on relaying (operations on one group arrive
@@ -186,8 +191,13 @@ class Leader:
                 else:
                     # The local backend's own chunk: bare items, coroutine functions awaited,
                     # the run time measured in the worker, as on one machine.
-                    items, star = payload
-                    fut = sess.executor._backend.submit_chunk(fn, items, star)
+                    items, star = payload[:2]
+                    if placements is None:
+                        fut = sess.executor._backend.submit_chunk(fn, items, star)
+                    else:
+                        fut = sess.executor._backend.submit_chunk(fn, items, star, placements=placements)
+                if placements is not None:
+                    placements.close()  # each lives on while this task uses it
             except BaseException as exc:  # noqa: BLE001 - this task fails, the leader goes on
                 self.replies.append((("err", tid, dumps_error(exc)), ()))
                 return

@@ -29,7 +29,7 @@ import weakref
 from collections import deque
 
 from .. import _core, _threads
-from .._arena import COPY_ON_WRITE, LENGTH, Buffers, Placements, arena
+from .._arena import COPY_ON_WRITE, LENGTH, READ_ONLY, Buffers, Placements, arena
 from .._backend import Backend, BackendConfig, ChunkOutcome
 from .._errors import (ExecutorClosedError, ExecutorShutdownError, InheritedExecutorError, InitializerError,
                        PreloadError, RemoteTraceback, TaskTimeoutError, WorkerCrashedError, WorkersUnavailableError,
@@ -611,11 +611,11 @@ class ProcessBackend(Backend):
     def submit_chunk(self, fn, items, star=True, limit=None, placements=None):
         return self._submit(fn, TASK_CHUNK if star else TASK_CHUNK1, items, len(items), limit, placements)
 
-    def placements(self, view=COPY_ON_WRITE, arrays_above=None, reducers=None):
+    def placements(self, view=COPY_ON_WRITE, arrays_above=None, reducers=None, located=READ_ONLY):
         """A call's Placements (None without an arena): see _arena.Placements."""
         if self._arena is None:
             return None
-        return Placements(self._arena, view, arrays_above, reducers)
+        return Placements(self._arena, view, arrays_above, reducers, located)
 
     def agent_transport(self, group):
         return ProcessAgentTransport(group, self)
