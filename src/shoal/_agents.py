@@ -193,7 +193,7 @@ class AgentGroup:
         limit = check_task_timeout(limit)
         if limit is not None:
             self._host.backend.check_limit(limit)
-            if not self._checkpoint:
+            if not self.checkpoint:  # kept here, or by each MPI node's group
                 raise ValueError("shoal: task_timeout on an agent call needs the group's checkpoint=True: "
                                  "the worker of a block past the limit is killed, and only a checkpoint "
                                  "can bring its agents back")

@@ -181,17 +181,20 @@ class Executor(concurrent.futures.Executor):
             return self._backend.submit(fn, args, kwargs)
         return self._backend.submit(fn, args, kwargs, self.task_timeout)
 
-    def _submit_call(self, fn, args, kwargs, placements=None, alone=False):
+    def _submit_call(self, fn, args, kwargs, placements=None, alone=False, limit=None):
         """submit() with what callers inside shoal pass: a call's Placements (made by
-        ``self._backend.placements``; None: none) and ``alone`` (see Backend.submit). The joblib
-        backend's batches (alone, within the Parallel call's placements) and an MPI leader's."""
+        ``self._backend.placements``; None: none), ``alone`` (see Backend.submit) and a time
+        limit (None: the executor's task_timeout). The joblib backend's batches (alone, within
+        the Parallel call's placements) and an MPI leader's tasks."""
         self._check_open()
         fn, args, kwargs = self._backend.prepare(fn, args, kwargs)
         options = {"alone": True} if alone else {}
         if placements is not None:
             options["placements"] = placements
-        if self.task_timeout is not None:
-            options["limit"] = self.task_timeout
+        if limit is None:
+            limit = self.task_timeout
+        if limit is not None:
+            options["limit"] = limit
         return self._backend.submit(fn, args, kwargs, **options)
 
     def map(self, fn, *iterables, timeout=None, chunksize=None, ordered=True, progress=False,

@@ -39,7 +39,7 @@ class MPIAgentTransport(AgentTransport):
         group = self.group
         return [self.backend._encode((group._id, operation.op, operation.name,
                                       None if extra is None else extra[start:stop], args, kwargs,
-                                      group._checkpoint_asked))
+                                      group._checkpoint_asked, operation.limit))
                 for _, start, stop in self.blocks]
 
     def launch(self, operation, b):
@@ -74,7 +74,7 @@ def run_operation(sess, cls, payload):
     from .._errors import AgentError
     from ._wire import dumps_error
 
-    gid, op, name, extra, args, kwargs, checkpoint = payload
+    gid, op, name, extra, args, kwargs, checkpoint, limit = payload
     groups = sess.groups
     results, errors = None, None
     try:
@@ -90,9 +90,9 @@ def run_operation(sess, cls, payload):
             if g is None:
                 raise RuntimeError(f"shoal.mpi: agent group {gid} is not on this node")
             if op == ops.OP_CALL:
-                results = g.call(name, *args, **kwargs)
+                results = g.call(name, *args, task_timeout=limit, **kwargs)
             elif op == ops.OP_EACH:
-                results = g.call_each(name, extra)
+                results = g.call_each(name, extra, task_timeout=limit)
             elif op == ops.OP_GET:
                 results = g.get(name)
             elif op == ops.OP_SET:

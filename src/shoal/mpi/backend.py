@@ -21,8 +21,9 @@ class _MPIFuture(Future):
     _shoal_hub = None
 
     def kill(self):
-        raise RuntimeError(f"shoal: Future.kill() is not supported on the mpi backend: "
-                           f"{MPIBackend.unstoppable}; use backend='process'")
+        raise RuntimeError("shoal: Future.kill() is not supported on the mpi backend yet: a leader "
+                           "cannot be asked to stop one task; give the tasks a task_timeout (their "
+                           "nodes stop them past it), or use backend='process'")
 
     def result(self, timeout=None):
         if self._state != "FINISHED" and self._shoal_hub is not None:
@@ -54,7 +55,7 @@ class MPIBackend(Backend):
     leader's local executor."""
 
     name = "mpi"
-    unstoppable = "a task sent to a node's leader cannot be stopped there yet"
+    stops_tasks = True  # task_timeout: each node's executor stops its tasks past the limit
 
     def __init__(self, config):
         super().__init__(config)
@@ -113,19 +114,28 @@ class MPIBackend(Backend):
             functions.release(fn_id)
             raise
 
-    def _submit(self, kind, fn, payload, items=1, placements=None):
-        if placements is not None:  # the leader passes the node's copies in place, with this view
-            payload += (placements.view,)
+    def _submit(self, kind, fn, payload, items=1, placements=None, limit=None):
+        # What the leader's own submit needs beyond the arguments: the view of the node's copies
+        # of the call's arrays (passed in place), and the task's time limit (its node's executor
+        # stops the task past it: TaskTimeoutError).
+        extra = {}
+        if placements is not None:
+            extra["view"] = placements.view
+        if limit is not None:
+            reason = self.unkillable()
+            if reason is not None:
+                raise ValueError(f"shoal: task_timeout cannot be used now: {reason}")
+            extra["limit"] = limit
+        if extra:
+            payload += (extra,)
         return self._submit_encoded(kind, fn, self._encode(payload, placements), items=items)
 
     def submit(self, fn, args, kwargs, limit=None, alone=False, placements=None):
-        self.check_limit(limit)
-        return self._submit(ALONE if alone else CALL, fn, (args, kwargs), placements=placements)
+        return self._submit(ALONE if alone else CALL, fn, (args, kwargs), placements=placements, limit=limit)
 
     def submit_chunk(self, fn, items, star=True, limit=None, placements=None):
-        self.check_limit(limit)
         items = list(items)
-        return self._submit(CHUNK, fn, (items, star), len(items), placements)
+        return self._submit(CHUNK, fn, (items, star), len(items), placements, limit)
 
     def placements(self, view=COPY_ON_WRITE, arrays_above=None, reducers=None):
         """A call's placements: each large numpy array its items pass crosses to each node once
@@ -136,9 +146,9 @@ class MPIBackend(Backend):
     def map(self, fn, args, *, star, timeout, chunksize, ordered, bar, length, max_workers, concurrency,
             limit=None):
         # Chunks are sized for the workers the leaders have, not the executor's max_workers.
-        self.check_limit(limit)
         return super().map(fn, args, star=star, timeout=timeout, chunksize=chunksize, ordered=ordered,
-                           bar=bar, length=length, max_workers=self.slots, concurrency=concurrency)
+                           bar=bar, length=length, max_workers=self.slots, concurrency=concurrency,
+                           limit=limit)
 
     def sweep_rows(self, job, ordered, bar):
         job.max_workers = self.slots  # the same rule as map's

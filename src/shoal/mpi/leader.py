@@ -172,17 +172,18 @@ class Leader:
                 if isinstance(fn, BaseException):
                     raise fn
                 payload = loads(blob, bufs[b0:b0 + nb])
-                placements = None
-                if kind != "agent" and len(payload) == 3:
+                extra = payload[2] if kind != "agent" and len(payload) == 3 else {}
+                placements, limit = None, extra.get("limit")
+                if "view" in extra:
                     # A call's (map, sweep, joblib): its arrays are the node's copies, in the
                     # arena; the workers get them in place, with the call's view.
-                    placements = sess.executor._backend.placements(view=payload[2], located=payload[2])
-                if kind == "call" and placements is None:
-                    args, kwargs = payload[:2]
+                    placements = sess.executor._backend.placements(view=extra["view"], located=extra["view"])
+                if kind == "call" and not extra:
+                    args, kwargs = payload
                     fut = sess.executor.submit(fn, *args, **kwargs)
                 elif kind == "call" or kind == "alone":  # alone: started only on an idle worker here too
                     args, kwargs = payload[:2]
-                    fut = sess.executor._submit_call(fn, args, kwargs, placements, alone=kind == "alone")
+                    fut = sess.executor._submit_call(fn, args, kwargs, placements, kind == "alone", limit)
                 elif kind == "agent":
                     # The node's group blocks while its workers run the operation: a thread of
                     # its own, so this loop goes on relaying (operations on one group arrive
@@ -193,9 +194,9 @@ class Leader:
                     # the run time measured in the worker, as on one machine.
                     items, star = payload[:2]
                     if placements is None:
-                        fut = sess.executor._backend.submit_chunk(fn, items, star)
+                        fut = sess.executor._backend.submit_chunk(fn, items, star, limit)
                     else:
-                        fut = sess.executor._backend.submit_chunk(fn, items, star, placements=placements)
+                        fut = sess.executor._backend.submit_chunk(fn, items, star, limit, placements=placements)
                 if placements is not None:
                     placements.close()  # each lives on while this task uses it
             except BaseException as exc:  # noqa: BLE001 - this task fails, the leader goes on
