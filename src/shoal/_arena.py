@@ -146,7 +146,9 @@ class Buffers:
         if self.by_ref:
             offset = self.arena.locate(raw)
             if offset >= 0:
-                flags = READ_ONLY if self.placements is None else self.placements.located
+                # Read-only (a shoal.share handle's value) stays so; a writable one takes the
+                # call's ``located`` view (an MPI node's copy of the call's array).
+                flags = READ_ONLY if self.placements is None or raw.readonly else self.placements.located
                 self.refs.append((offset, raw.nbytes | flags))
                 self.keep.append(holder)
                 return len(self.refs) - 1
@@ -227,9 +229,10 @@ class Placements:
     the call's tasks, joblib's ``mmap_mode="r+"``). ``arrays_above``: numpy arrays larger than
     this many bytes are placed even below the executor's threshold (joblib's ``max_nbytes``).
     ``reducers``: a pickler dispatch table used while this call pickles (joblib's memmaps).
-    ``located``: the view flags of a buffer that already lies in the arena, referred to in place
-    (READ_ONLY by default, as outside a call; an MPI leader passes the call's ``view`` for the
-    node's copy of the driver's array).
+    ``located``: the view flags of a writable buffer that already lies in the arena, referred to
+    in place (READ_ONLY by default, as outside a call; an MPI leader passes the call's ``view``
+    for its node's copy of the driver's array). A read-only one (a ``shoal.share`` handle's
+    value) is always referred to read-only.
 
     Thread-safe: joblib submits batches from several threads."""
 

@@ -66,7 +66,9 @@ class Shared:
         return loads(self._data, [memoryview(b) for b in self._blocks])
 
     def __reduce__(self):
-        return (_load_shared, (self._data, *[PickleBuffer(b) for b in self._blocks]))
+        # Read-only buffers: a task's views of them are read-only whatever view a call gives
+        # the arena buffers it passes (see _arena.Placements.located).
+        return (_load_shared, (self._data, *[PickleBuffer(memoryview(b).toreadonly()) for b in self._blocks]))
 
     def __repr__(self):
         return f"<shoal.Shared {len(self._blocks)} buffer(s), {self.nbytes} bytes in the arena>"

@@ -22,11 +22,13 @@ def placed_array(array):
     return array
 
 
-def placed_value(key):
+def placed_value(key, writable=True):
     """On a leader: the node's copy of a call's array, in its arena; the leader passes it to its
-    workers in place, with the call's view (``_arena.Placements.located``: copy-on-write for
-    map). Writable views of it here, so the workers' pickles do not mark it read-only."""
-    return shared_ref(key)._writable_value()
+    workers in place. A writable one (on writable views here, so the workers' pickles do not
+    mark it read-only) with the call's view (``_arena.Placements.located``: copy-on-write for
+    map); a read-only one (the caller passed a read-only array) read-only."""
+    handle = shared_ref(key)
+    return handle._writable_value() if writable else handle.value
 
 
 def shared_ref(key):

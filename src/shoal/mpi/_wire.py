@@ -192,7 +192,9 @@ class CallPlacements:
         shares.append(placed)
         from ._shares import placed_value
 
-        return placed_value, (share_key(placed),)
+        # A read-only array (a shoal.share handle's value) reaches the tasks read-only, as it
+        # would pickled; a writable one with the call's view.
+        return placed_value, (share_key(placed), bool(array.flags.writeable))
 
     def close(self):
         """The call is over: each placement lives on only while a task not yet sent holds it."""
