@@ -166,6 +166,11 @@ class Backend(abc.ABC):
         """Stops the workers once the queued tasks ran (``kill``: now, failing what is queued).
         ``wait``: returns once they are gone. Safe to call twice."""
 
+    def worker_places(self):
+        """{worker index: where it runs} for a trace's labels, where that says more than the
+        index (the MPI backend: each worker's node); {} otherwise."""
+        return {}
+
     def traced_processes(self):
         """Process ids whose memory a trace samples (besides the driver's), and whose exit it
         notes: the live workers' if they are processes. Never starts workers."""

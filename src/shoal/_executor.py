@@ -298,7 +298,7 @@ class Executor(concurrent.futures.Executor):
         ``t.summary()``, ``t.tasks()``, ``t.save("run.json")``. Tracing is off otherwise."""
         with self._trace_lock:
             if self._recorder is None:
-                self._recorder = Recorder(self._backend, self.max_workers)
+                self._recorder = Recorder(self._backend, self._backend.slots)
                 self._recorder.start_sampling()
                 self._backend.tracer = self._recorder
             self._tracing += 1

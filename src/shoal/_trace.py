@@ -95,6 +95,7 @@ class Recorder:
         self.driver_pid = os.getpid()
         self._ids = itertools.count()
         self._processes = backend.traced_processes
+        self.places = backend.worker_places()  # worker -> where it runs (MPI: its node)
         self._stop = threading.Event()
         self._sampler = None
 
@@ -225,11 +226,12 @@ class Trace:
             })
         pids = dict(rec.pids)
         workers = sorted({r["worker"] for r in rows if r["worker"] >= 0} | set(pids.values())
-                         | set(range(rec.max_workers if rec.backend_name != "serial" else 1)))
+                         | set(range(rec.max_workers)))
         return {
             "version": 1, "backend": rec.backend_name, "max_workers": rec.max_workers,
             "duration": (end - t0) * s, "workers": workers, "driver_pid": rec.driver_pid,
             "pids": {str(p): w for p, w in pids.items()},
+            "places": {str(w): place for w, place in rec.places.items()},
             "tasks": rows,
             # The sample just before the trace began too (the sampler starts before it), at 0.
             "memory": [(max(0, n - t0) * s, pid, rss) for n, pid, rss in rec.memory

@@ -21,8 +21,10 @@ def to_chrome(data):
     names = {}
     for p, w in pids.items():
         names.setdefault(w, []).append(p)
+    places = data.get("places", {})
     for w in data["workers"]:
-        label = f"worker {w}" + (f" (pid {', '.join(map(str, names[w]))})" if w in names else "")
+        label = f"worker {w}" + (f" on {places[str(w)]}" if str(w) in places else "") + (
+            f" (pid {', '.join(map(str, names[w]))})" if w in names else "")
         events.append({"ph": "M", "name": "process_name", "pid": w + 1, "tid": 0, "args": {"name": label}})
         events.append({"ph": "M", "name": "process_sort_index", "pid": w + 1, "tid": 0,
                        "args": {"sort_index": w + 1}})

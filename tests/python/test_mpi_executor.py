@@ -172,3 +172,37 @@ def test_an_array_passed_to_many_items_crosses_to_each_node_once_per_call(tmp_pa
     # Once to each of the 2 nodes (and a little for the tasks), not once per item (40 x 8 MB).
     assert out["map_sent"] <= 2 * nbytes * 1.1, out["map_sent"]
     assert out["joblib_sent"] <= 2 * nbytes * 1.1, out["joblib_sent"]
+
+
+def test_a_trace_has_one_track_per_node_and_worker_with_the_workers_times(tmp_path):
+    proc = run_job(tmp_path, r'''
+        import json, time
+        import shoal
+
+        def nap(s):
+            time.sleep(s)
+            return s
+
+        with shoal.Executor(backend="mpi") as ex:
+            list(ex.map(nap, [0.0] * 8, chunksize=1))  # every worker up
+            with ex.trace() as t:
+                list(ex.map(nap, [0.05] * 16, chunksize=1))
+        doc = t.chrome()
+        labels = [e["args"]["name"] for e in doc["traceEvents"] if e["ph"] == "M" and e["name"] == "process_name"]
+        rows = t.data()["tasks"]
+        print("RESULT " + json.dumps({
+            "labels": labels,
+            "workers": sorted({r["worker"] for r in rows}),
+            "run_s": [r["run_s"] for r in rows],
+            "ordered": all(r["submitted"] <= r["started"] <= r["ran"] <= r["ended"] <= r["delivered"] for r in rows),
+            "summary": t.summary().splitlines()[0],
+        }))
+    ''', leaders=2, workers=2)
+    assert proc.returncode == 0, proc.stderr
+    (out,) = results(proc)
+    assert out["workers"] == [0, 1, 2, 3]  # 2 nodes x 2 workers, numbered node by node
+    assert sum("rank 1 on" in label for label in out["labels"]) == 2
+    assert sum("rank 2 on" in label for label in out["labels"]) == 2
+    assert all(0.045 < s < 1.0 for s in out["run_s"]), out["run_s"]  # the worker's own clock
+    assert out["ordered"]
+    assert out["summary"].startswith("shoal trace: 16 tasks (16 items)")

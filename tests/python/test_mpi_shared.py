@@ -26,14 +26,8 @@ LEFT_OUT = {
     # Not built yet under MPI (docs/mpi.md, "Not built yet").
     "test_cancelling_the_awaiting_task_cancels_a_queued_task": "a task already sent to a leader is not cancelled",
     "test_shared_table_bound_into_a_function_is_mapped_not_copied": "handle.value bound in a function crosses as a copy",
-    # Under MPI a trace records each task in the driver (sent, back, status): no worker clocks,
-    # worker memory or per-worker split yet.
-    "test_trace_region_records_each_task_with_worker_and_times": "a trace has no worker clocks under MPI",
+    # Under MPI a trace has each task's worker and times, but samples no leader's workers' memory.
     "test_worker_memory_is_sampled": "a trace samples no leader's workers under MPI",
-    "test_save_writes_chrome_trace_events": "a trace has no worker tracks under MPI",
-    "test_summary_lists_each_worker_and_the_split": "a trace has no per-worker split under MPI",
-    "test_advice_for_tiny_tasks": "a trace has no worker clocks under MPI",
-    "test_advice_for_one_slow_worker": "a trace has no worker clocks under MPI",
 }
 
 FILES = ["test_executor.py", "test_aio.py", "test_data_plane.py", "test_environment.py",

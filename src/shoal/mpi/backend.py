@@ -103,13 +103,16 @@ class MPIBackend(Backend):
         blob, bufs, shares = encoded
         fut = _MPIFuture()
         fut.add_done_callback(lambda _, fn_id=fn_id: functions.release(fn_id))
+        rec = None
         if self.tracer is not None and kind != AGENT:  # agents record their own calls
-            # Recorded in the driver: when it went out and came back (no worker's clock).
+            # When it went out and came back here; where and when it ran arrives with its
+            # result (Hub._timed), in the worker's clock translated to this one.
             rec = self.tracer.task(fn, "chunk" if kind == CHUNK else "call", items)
             rec.nbytes = len(blob)
+            rec.arena = sum(b.nbytes for b in bufs)
             fut.add_done_callback(lambda f, rec=rec: _traced_done(rec, f))
         try:
-            return self._hub.submit(self._sid, kind, fn_id, blob, bufs, fut, shares, rank)
+            return self._hub.submit(self._sid, kind, fn_id, blob, bufs, fut, shares, rank, rec)
         except BaseException:
             functions.release(fn_id)
             raise
@@ -121,6 +124,8 @@ class MPIBackend(Backend):
         extra = {}
         if placements is not None:
             extra["view"] = placements.view
+        if self.tracer is not None:
+            extra["trace"] = True  # the leader sends back the worker's times
         if limit is not None:
             reason = self.unkillable()
             if reason is not None:
@@ -158,6 +163,10 @@ class MPIBackend(Backend):
         from .agents import MPIAgentTransport
 
         return MPIAgentTransport(group, self)
+
+    def worker_places(self):
+        return {lead.first_worker + s: f"rank {lead.rank} on {lead.host}"
+                for lead in self._hub.live_leaders() for s in range(max(1, lead.workers))}
 
     def worker_pids(self):
         """The live leaders' workers (process ids on their own hosts)."""

@@ -48,7 +48,7 @@ def current():
 
 class _Leader:
     __slots__ = ("rank", "host", "pid", "workers", "inflight", "last_heard", "last_sent", "alive",
-                 "functions", "pids", "shares")
+                 "functions", "pids", "shares", "first_worker", "clock_offset")
 
     def __init__(self, rank):
         self.rank = rank
@@ -61,19 +61,35 @@ class _Leader:
         self.functions = set()    # (session, fn_id) this leader holds
         self.pids = {}            # session -> its workers' pids
         self.shares = set()       # keys of the shoal.share'd objects this leader holds
+        self.first_worker = 0     # its workers are the job's first_worker, first_worker + 1, ...
+        self.clock_offset = None  # this clock minus the leader's (plus the least delay seen)
 
     def name(self):
         return f"rank {self.rank} on host {self.host!r} (pid {self.pid})"
 
 
 class _Task:
-    __slots__ = ("tid", "sid", "fn_id", "kind", "blob", "bufs", "future", "shares", "handles", "rank")
+    __slots__ = ("tid", "sid", "fn_id", "kind", "blob", "bufs", "future", "shares", "handles", "rank", "rec")
 
-    def __init__(self, tid, sid, fn_id, kind, blob, bufs, future, shares=(), rank=None):
+    def __init__(self, tid, sid, fn_id, kind, blob, bufs, future, shares=(), rank=None, rec=None):
         self.tid, self.sid, self.fn_id, self.kind = tid, sid, fn_id, kind
         self.blob, self.bufs, self.future, self.shares = blob, bufs, future, shares
         self.handles = None  # the shoal.share handles it uses, alive until it is sent
         self.rank = rank     # None: any leader; else only this one (an agent block lives there)
+        self.rec = rec       # its _trace.TaskRecord while a trace is on
+
+
+def _timed(lead, rec, timing):
+    """Fills in a traced task's record from the times its leader sent (``leader._timing``), in
+    this process's clock: the leader's plus the least (this clock's receive time minus the
+    leader's send time) seen from it, so a time never comes after its message arrived here."""
+    worker, pid, start, loaded, ran, pickled, retries, sent = timing
+    gap = time.perf_counter_ns() - sent
+    offset = lead.clock_offset = gap if lead.clock_offset is None else min(lead.clock_offset, gap)
+    rec.worker = lead.first_worker + worker
+    rec.pid = pid
+    rec.start, rec.loaded, rec.ran, rec.pickled = start + offset, loaded + offset, ran + offset, pickled + offset
+    rec.retries = retries
 
 
 class Hub:
@@ -85,6 +101,10 @@ class Hub:
         self.leaders = {r: _Leader(r) for r in range(1, comm.Get_size())}
         self._status = MPI.Status()
         self._hello(startup_timeout)
+        first = 0
+        for r in sorted(self.leaders):  # one numbering of the job's workers, node by node
+            self.leaders[r].first_worker = first
+            first += max(1, self.leaders[r].workers)
         self._queue = collections.deque()   # tasks not yet placed on a leader
         self._pinned = collections.deque()  # tasks for one leader (agent operations): no credits
         self._queued = {}                   # task id -> task; cancel() takes it out
@@ -216,7 +236,7 @@ class Hub:
                 lead.shares.discard(key)
                 self._control.append((lead.rank, ("unshare", (key,)), ()))
 
-    def submit(self, sid, kind, fn_id, blob, bufs, future, shares=(), rank=None):
+    def submit(self, sid, kind, fn_id, blob, bufs, future, shares=(), rank=None, rec=None):
         """Queues a task (for leader ``rank`` only, when given); returns ``future``."""
         if self._stop:
             raise RuntimeError("shoal: the MPI job is ending; cannot schedule new tasks")
@@ -224,7 +244,7 @@ class Hub:
             raise LeaderLostError("shoal: every MPI leader rank was lost: "
                                   + "; ".join(lead.name() for lead in self.lost))
         tid = next(self._ids)
-        task = _Task(tid, sid, fn_id, kind, blob, bufs, future, self._register(shares) if shares else (), rank)
+        task = _Task(tid, sid, fn_id, kind, blob, bufs, future, self._register(shares) if shares else (), rank, rec)
         if shares:
             task.handles = shares
         with self._cond:
@@ -393,10 +413,15 @@ class Hub:
     def _handle(self, lead, op, bufs):
         kind = op[0]
         if kind == "ok":
-            _, tid, blob, b0, nb = op
+            _, tid, blob, b0, nb, timing = op
             task = lead.inflight.pop(tid, None)
             if task is None:
                 return
+            if task.rec is not None:
+                task.rec.result_bytes = len(blob)
+                task.rec.result_arena = sum(len(b) for b in bufs[b0:b0 + nb])
+                if timing is not None:
+                    _timed(lead, task.rec, timing)
             try:
                 value = loads(blob, bufs[b0:b0 + nb])
                 if task.kind == CHUNK:
@@ -413,10 +438,12 @@ class Hub:
             else:
                 self._ready.append((task.future, True, value, task))
         elif kind == "err":
-            _, tid, blob = op
+            _, tid, blob, timing = op
             task = lead.inflight.pop(tid, None)
             if task is None:
                 return
+            if task.rec is not None and timing is not None:
+                _timed(lead, task.rec, timing)
             try:
                 exc, tb = loads(blob)
                 if tb:

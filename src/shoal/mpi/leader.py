@@ -63,6 +63,34 @@ class _ToDriver:
         return True
 
 
+class _Capture:
+    """The tracer of a leader's local executor while it submits a task the driver traces: the
+    executor records the task here (its worker, and the worker's clock around the run), and the
+    reply carries those times back (``_timing``)."""
+
+    def __init__(self):
+        self._last = threading.local()
+
+    def task(self, fn, kind, items):
+        from .._trace import TaskRecord
+
+        rec = self._last.rec = TaskRecord(0, "", kind, items)
+        return rec
+
+    def take(self):
+        rec, self._last.rec = getattr(self._last, "rec", None), None
+        return rec
+
+
+def _timing(rec):
+    """What the driver needs of a traced task's record: (worker slot, pid, start, loaded, ran,
+    pickled, retries, this leader's clock now); None when the worker sent no times."""
+    if rec is None or not rec.start:
+        return None
+    return (rec.worker, rec.pid, rec.start, rec.loaded, rec.ran, rec.pickled, rec.retries,
+            time.perf_counter_ns())
+
+
 def _stop(executor, kill):
     """Shuts a local executor down; ``kill``: its running tasks too (the driver gave up on them)."""
     executor.shutdown(wait=True, kill_workers=kill)
@@ -82,6 +110,8 @@ class Leader:
         self.running = {}  # task id -> local future, oldest first
         self.done = collections.deque()   # (task id, is chunk, local future, session)
         self.replies = collections.deque()  # ops ready to send from other threads
+        self.traced = {}  # task id -> its local TaskRecord (the driver traces it)
+        self._capture = _Capture()
         self.wake = threading.Event()
         self._agents = None  # threads that run agent operations, made at the first one
 
@@ -165,6 +195,7 @@ class Leader:
         if kind == "call" or kind == "chunk" or kind == "agent" or kind == "alone":
             _, sid, tid, fn_id, blob, b0, nb = op
             sess = self.sessions.get(sid)
+            extra = {}
             try:
                 if sess is None:
                     raise RuntimeError(f"shoal.mpi: no session {sid} on this leader")
@@ -178,6 +209,9 @@ class Leader:
                     # A call's (map, sweep, joblib): its arrays are the node's copies, in the
                     # arena; the workers get them in place, with the call's view.
                     placements = sess.executor._backend.placements(view=extra["view"], located=extra["view"])
+                backend = sess.executor._backend
+                if extra.get("trace"):
+                    backend.tracer = self._capture  # only around this submit, in this thread
                 if kind == "call" and not extra:
                     args, kwargs = payload
                     fut = sess.executor.submit(fn, *args, **kwargs)
@@ -199,7 +233,15 @@ class Leader:
                         fut = sess.executor._backend.submit_chunk(fn, items, star, limit, placements=placements)
                 if placements is not None:
                     placements.close()  # each lives on while this task uses it
+                if extra.get("trace"):
+                    backend.tracer = None
+                    rec = self._capture.take()
+                    if rec is not None:
+                        self.traced[tid] = rec
             except BaseException as exc:  # noqa: BLE001 - this task fails, the leader goes on
+                if sess is not None and extra.get("trace"):
+                    sess.executor._backend.tracer = None
+                    self._capture.take()
                 self.replies.append((("err", tid, dumps_error(exc)), ()))
                 return
             done, wake, chunk, running = self.done, self.wake, kind == "chunk", self.running
@@ -320,12 +362,12 @@ class Leader:
                         value = _chunk_reply(value)
                     blob, b = dumps(value, sess.threshold)
                 except BaseException as e:  # noqa: BLE001 - a result that cannot travel fails alone
-                    ops.append(("err", tid, dumps_error(e)))
+                    ops.append(("err", tid, dumps_error(e), _timing(self.traced.pop(tid, None))))
                     continue
-                ops.append(("ok", tid, blob, len(bufs), len(b)))
+                ops.append(("ok", tid, blob, len(bufs), len(b), _timing(self.traced.pop(tid, None))))
                 bufs.extend(b)
             else:
-                ops.append(("err", tid, dumps_error(exc, _traceback_text(exc))))
+                ops.append(("err", tid, dumps_error(exc, _traceback_text(exc)), _timing(self.traced.pop(tid, None))))
         return ops, bufs
 
 
