@@ -11,7 +11,8 @@ All times are ``time.perf_counter_ns()``: CLOCK_MONOTONIC on Linux, one clock fo
 and every worker process, so a worker's times need no translation. The process backend's
 workers send theirs in a trailer after the reply's pickle (process/protocol.py, TRACED); the
 thread and serial backends read the clock around the call. A sampler thread reads each
-process's resident memory every ``SAMPLE_S`` and notes worker processes that disappear.
+process's resident memory every ``SAMPLE_S`` (its unique memory, USS, every ``USS_EVERY``-th
+time: it costs ~0.1 ms a process) and notes worker processes that disappear.
 
 :class:`Trace` is what the user holds (``with ex.trace() as t``, ``ex.trace_data()``): the
 tasks of its time window, as rows, a Chrome trace (``save``), and :func:`summary`'s text.
@@ -27,6 +28,16 @@ __all__ = ["Trace"]
 
 clock = time.perf_counter_ns
 SAMPLE_S = 0.05
+USS_EVERY = 10  # rounds of SAMPLE_S between USS samples
+
+
+def unique_memory(proc):
+    """The memory only this process holds (USS: pages no other process maps, such as the arena
+    pages every worker maps), or None where it cannot be read."""
+    try:
+        return proc.memory_full_info().uss
+    except Exception:  # noqa: BLE001 - no permission, or the process is gone
+        return None
 
 
 def function_name(fn):
@@ -89,6 +100,7 @@ class Recorder:
         self.max_workers = max_workers
         self.tasks = []
         self.memory = []    # (ns, pid, rss bytes)
+        self.uss = []       # (ns, pid, uss bytes), every USS_EVERY-th sample
         self.events = []    # (ns, pid, name, text): worker deaths
         self.runs = []      # (ns, sweep function, run index, parameters, error text or None)
         self.pids = {}      # worker pid -> slot, learned from the tasks they ran
@@ -129,7 +141,9 @@ class Recorder:
             psutil = None
         handles = {}
         alive = set()
+        rounds = itertools.count()
         while True:
+            uss = next(rounds) % USS_EVERY == 0
             try:
                 pids = self._processes()
             except Exception:  # noqa: BLE001 - the executor is going away
@@ -148,6 +162,10 @@ class Recorder:
                     if proc is None:
                         proc = handles[pid] = psutil.Process(pid)
                     self.memory.append((now, pid, proc.memory_info().rss))
+                    if uss:
+                        private = unique_memory(proc)
+                        if private is not None:
+                            self.uss.append((now, pid, private))
                 except Exception:  # noqa: BLE001 - it exited between the list and the read
                     handles.pop(pid, None)
             if self._stop.wait(SAMPLE_S):
@@ -236,6 +254,8 @@ class Trace:
             # The sample just before the trace began too (the sampler starts before it), at 0.
             "memory": [(max(0, n - t0) * s, pid, rss) for n, pid, rss in rec.memory
                        if t0 - SAMPLE_S * 1e9 <= n <= end],
+            "uss": [(max(0, n - t0) * s, pid, uss) for n, pid, uss in rec.uss
+                    if t0 - SAMPLE_S * USS_EVERY * 1e9 <= n <= end],
             "events": [((n - t0) * s, pid, name, text) for n, pid, name, text in rec.events if t0 <= n <= end],
             # Each sweep run whose row was made while the trace was on: when, and its parameters.
             "runs": [{"sweep": name, "index": index, "params": params, "error": error, "done": (n - t0) * s}

@@ -71,4 +71,10 @@ def to_chrome(data):
             continue
         events.append({"ph": "C", "name": "memory", "pid": w + 1, "tid": 0, "ts": _us(at),
                        "args": {"rss_mb": round(rss / 2**20, 2)}})
+    for at, pid, uss in data.get("uss", ()):  # older traces have none
+        w = -1 if pid == data["driver_pid"] else pids.get(pid)
+        if w is None:
+            continue
+        events.append({"ph": "C", "name": "unique memory", "pid": w + 1, "tid": 0, "ts": _us(at),
+                       "args": {"uss_mb": round(uss / 2**20, 2)}})
     return {"traceEvents": events, "displayTimeUnit": "ms", "shoalTrace": data}

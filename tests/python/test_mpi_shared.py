@@ -26,8 +26,6 @@ LEFT_OUT = {
     # Not built yet under MPI (docs/mpi.md, "Not built yet").
     "test_cancelling_the_awaiting_task_cancels_a_queued_task": "a task already sent to a leader is not cancelled",
     "test_shared_table_bound_into_a_function_is_mapped_not_copied": "handle.value bound in a function crosses as a copy",
-    # Under MPI a trace has each task's worker and times, but samples no leader's workers' memory.
-    "test_worker_memory_is_sampled": "a trace samples no leader's workers under MPI",
 }
 
 FILES = ["test_executor.py", "test_aio.py", "test_data_plane.py", "test_environment.py",

@@ -118,6 +118,25 @@ def test_worker_memory_is_sampled(backend):
 
 
 @pytest.mark.timeout(60)
+def test_unique_memory_is_sampled_beside_the_resident(backend):
+    with shoal.Executor(2, backend=backend) as ex:
+        ex.submit(inc, 1).result()  # the workers are up before the trace's first sample
+        pids = set(ex.worker_pids())
+        with ex.trace() as t:
+            time.sleep(0.2)
+    data = t.data()
+    unique = {pid: uss for _, pid, uss in data["uss"]}
+    resident = {}
+    for _, pid, rss in data["memory"]:
+        resident[pid] = max(rss, resident.get(pid, 0))
+    assert data["driver_pid"] in unique
+    assert pids <= set(unique)
+    assert all(0 < unique[p] <= resident[p] for p in unique), (unique, resident)
+    events = t.chrome()["traceEvents"]
+    assert any(e["ph"] == "C" and e["name"] == "unique memory" for e in events)
+
+
+@pytest.mark.timeout(60)
 def test_worker_death_is_an_event_and_the_retry_is_traced(tmp_path):
     marker = str(tmp_path / "crashed")
     with shoal.Executor(2, retries=1) as ex:

@@ -56,6 +56,20 @@ class MPIBackend(Backend):
 
     name = "mpi"
     stops_tasks = True  # task_timeout: each node's executor stops its tasks past the limit
+    _tracer = None
+
+    @property
+    def tracer(self):
+        return self._tracer
+
+    @tracer.setter
+    def tracer(self, recorder):
+        """The executor's trace began or ended: the leaders sample their workers' memory
+        while it is on (they send it; this process cannot see their processes)."""
+        on = recorder is not None
+        if on != (self._tracer is not None):
+            self._hub.sample(self._sid, on)
+        self._tracer = recorder
 
     def __init__(self, config):
         super().__init__(config)

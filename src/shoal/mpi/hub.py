@@ -79,13 +79,20 @@ class _Task:
         self.rec = rec       # its _trace.TaskRecord while a trace is on
 
 
+def _offset(lead, sent):
+    """What turns ``lead``'s clock into this process's: the least (this clock's receive time
+    minus the leader's send time) seen from it, so a time never comes after its message arrived
+    here. ``sent``: the leader's clock as it sent the message being handled."""
+    gap = time.perf_counter_ns() - sent
+    lead.clock_offset = gap if lead.clock_offset is None else min(lead.clock_offset, gap)
+    return lead.clock_offset
+
+
 def _timed(lead, rec, timing):
     """Fills in a traced task's record from the times its leader sent (``leader._timing``), in
-    this process's clock: the leader's plus the least (this clock's receive time minus the
-    leader's send time) seen from it, so a time never comes after its message arrived here."""
+    this process's clock (``_offset``)."""
     worker, pid, start, loaded, ran, pickled, retries, sent = timing
-    gap = time.perf_counter_ns() - sent
-    offset = lead.clock_offset = gap if lead.clock_offset is None else min(lead.clock_offset, gap)
+    offset = _offset(lead, sent)
     rec.worker = lead.first_worker + worker
     rec.pid = pid
     rec.start, rec.loaded, rec.ran, rec.pickled = start + offset, loaded + offset, ran + offset, pickled + offset
@@ -206,6 +213,13 @@ class Hub:
 
     def define(self, sid, fn_id, blob, bufs, shares=()):
         self._functions[(sid, fn_id)] = (blob, bufs, self._register(shares))
+
+    def sample(self, sid, on):
+        """Session ``sid``'s trace began (``on``) or ended: its leaders sample their workers'
+        memory meanwhile. Any thread."""
+        for lead in self.live_leaders():
+            self._control.append((lead.rank, ("sample", sid, on), ()))
+        self._wake.set()
 
     def forget(self, sid, fn_id):
         """Session ``sid``'s function ``fn_id`` is gone and no task uses it: its pickle goes (and
@@ -461,6 +475,14 @@ class Hub:
                 stream.flush()
             except Exception:  # noqa: BLE001 - a closed or broken stream: output is lost, tasks are not
                 pass
+        elif kind == "mem":  # a traced session's workers' memory on that node
+            _, sid, samples, private, sent = op
+            offset = _offset(lead, sent)
+            session = self._sessions.get(sid)
+            tracer = None if session is None else session["backend"].tracer
+            if tracer is not None:
+                tracer.memory.extend((at + offset, pid, rss) for at, pid, rss in samples)
+                tracer.uss.extend((at + offset, pid, uss) for at, pid, uss in private)
         elif kind in ("opened", "open_failed", "closed"):
             key = ("opened" if kind == "open_failed" else kind, op[1], lead.rank)
             with self._cond:

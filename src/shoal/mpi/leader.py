@@ -26,10 +26,11 @@ HEARTBEAT_S = 1.0      # a leader that sent nothing for this long sends a heartb
 
 
 class _Session:
-    __slots__ = ("executor", "functions", "threshold", "groups")
+    __slots__ = ("executor", "functions", "threshold", "groups", "sampler")
 
     def __init__(self, executor, threshold):
         self.executor = executor
+        self.sampler = None  # a _Sampler while the driver traces this session
         self.groups = {}     # driver's group id -> this node's AgentGroup of its block
         self.functions = {}  # fn_id -> function, or the exception its pickle raised
         self.threshold = threshold
@@ -80,6 +81,55 @@ class _Capture:
     def take(self):
         rec, self._last.rec = getattr(self._last, "rec", None), None
         return rec
+
+
+class _Sampler:
+    """While the driver traces a session: its workers' resident memory every ``_trace.SAMPLE_S``,
+    sent to the driver with the leader's next batch (``("mem", ...)``: the driver has no view
+    of this node's processes)."""
+
+    def __init__(self, sid, executor, replies):
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, args=(sid, executor, replies), name="shoal-mpi-sampler",
+                         daemon=True).start()
+
+    def _run(self, sid, executor, replies):
+        try:
+            import psutil
+        except ImportError:  # no memory samples, as on one machine
+            return
+        from .._trace import SAMPLE_S
+
+        from .._trace import USS_EVERY, unique_memory
+
+        handles = {}
+        rounds = 0
+        while not self._stop.is_set():
+            now = time.perf_counter_ns()
+            samples, private = [], []
+            uss = rounds % USS_EVERY == 0
+            rounds += 1
+            try:
+                pids = executor.worker_pids()
+            except Exception:  # noqa: BLE001 - the executor is closing
+                pids = []
+            for pid in pids:
+                try:
+                    proc = handles.get(pid)
+                    if proc is None:
+                        proc = handles[pid] = psutil.Process(pid)
+                    samples.append((now, pid, proc.memory_info().rss))
+                    unique = unique_memory(proc) if uss else None
+                    if unique is not None:
+                        private.append((now, pid, unique))
+                except Exception:  # noqa: BLE001 - it exited between the list and the read
+                    handles.pop(pid, None)
+            if samples:
+                replies.append((("mem", sid, samples, private, time.perf_counter_ns()), ()))
+            self._stop.wait(SAMPLE_S)
+
+    def stop(self):
+        self._stop.set()
 
 
 def _timing(rec):
@@ -255,6 +305,14 @@ class Leader:
                     sess.functions[fn_id] = loads(blob, bufs[b0:b0 + nb])
                 except BaseException as exc:  # noqa: BLE001 - its tasks fail with this
                     sess.functions[fn_id] = exc
+        elif kind == "sample":  # the driver's trace began or ended
+            _, sid, on = op
+            sess = self.sessions.get(sid)
+            if sess is not None and on and sess.sampler is None:
+                sess.sampler = _Sampler(sid, sess.executor, self.replies)
+            elif sess is not None and not on and sess.sampler is not None:
+                sess.sampler.stop()
+                sess.sampler = None
         elif kind == "forget":  # the driver's function is gone: so is this node's copy
             _, sid, fn_id = op
             sess = self.sessions.get(sid)
@@ -311,6 +369,8 @@ class Leader:
 
     def _close(self, sid, kill):
         sess = self.sessions.pop(sid, None)
+        if sess is not None and sess.sampler is not None:
+            sess.sampler.stop()
 
         def close():
             if sess is not None:
@@ -323,7 +383,10 @@ class Leader:
     def _close_all(self, kill):
         for sid in list(self.sessions):
             try:
-                _stop(self.sessions.pop(sid).executor, kill)
+                sess = self.sessions.pop(sid)
+                if sess.sampler is not None:
+                    sess.sampler.stop()
+                _stop(sess.executor, kill)
             except BaseException:  # noqa: BLE001 - leaving anyway
                 pass
 
