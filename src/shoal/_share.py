@@ -6,6 +6,7 @@ them read-only, no copy); backends that run tasks in the driver's process pass t
 itself (:func:`unshare`).
 """
 import functools
+import weakref
 from _pickle import PickleBuffer  # the C module: pickle.py would cost a worker ~3 ms to import
 
 from . import _core
@@ -56,7 +57,9 @@ class Shared:
     def value(self):
         """The object, on read-only views of the arena (built once, then cached)."""
         if self._value is None:
-            self._value = (loads(self._data, [memoryview(b).toreadonly() for b in self._blocks]),)
+            value = loads(self._data, [memoryview(b).toreadonly() for b in self._blocks])
+            self._value = (value,)
+            _by_value[id(value)] = self
         return self._value[0]
 
     def _writable_value(self):
@@ -76,6 +79,19 @@ class Shared:
 
 def _load_shared(data, *views):
     return loads(data, list(views))
+
+
+# id(handle.value) -> handle, while the handle lives: a value passed instead of its handle (an
+# MPI task's argument, a function's bound table) still travels as the handle (handle_of).
+_by_value = weakref.WeakValueDictionary()
+
+
+def handle_of(obj):
+    """The live handle whose ``value`` is ``obj``, or None."""
+    handle = _by_value.get(id(obj))
+    if handle is not None and handle._value is not None and handle._value[0] is obj:
+        return handle
+    return None
 
 
 def share(obj):

@@ -16,6 +16,12 @@ def drop_shared(key):
     _shared.pop(key, None)
 
 
+def shared_value(key):
+    """On a leader: the value of the node's copy of the driver's ``shoal.share``d object ``key``
+    (the caller passed ``handle.value``): read-only views of this node's arena."""
+    return shared_ref(key).value
+
+
 def placed_array(array):
     """Unpickled on a leader: a call's placement (``_wire.CallPlacements``) arrives as its array,
     which the leader shares in the node's arena like any ``shoal.share``d object."""

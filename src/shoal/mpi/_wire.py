@@ -28,7 +28,8 @@ def dumps(obj, threshold=DEFAULT_THRESHOLD, shares=None, placements=None):
     the C pickler's error for an object neither can pickle.
 
     With ``shares`` (a list), each ``shoal.share`` handle in ``obj`` is pickled as a reference
-    by key and appended to ``shares``: it crosses to each node once (see Hub), not per task.
+    by key and appended to ``shares``: it crosses to each node once (see Hub), not per task;
+    so does a handle's ``value`` (a numpy array: the tasks get the node's read-only value).
     Without it, a handle travels whole (its buffers out of band).
 
     With ``placements`` (a call's :class:`CallPlacements`, and ``shares``), each large numpy
@@ -40,9 +41,21 @@ def dumps(obj, threshold=DEFAULT_THRESHOLD, shares=None, placements=None):
 
     bufs = []
     place = None
-    if placements is not None and shares is not None and "numpy" in sys.modules:
+    if shares is not None and "numpy" in sys.modules:
+        from .._share import handle_of
+
         def place(array):
-            return placements.reduce(array, shares)
+            # A shoal.share handle's value (an argument, a table bound in a function) travels
+            # as its handle; a call's other large arrays as its placements.
+            handle = handle_of(array)
+            if handle is not None:
+                shares.append(handle)
+                from ._shares import shared_value
+
+                return shared_value, (share_key(handle),)
+            if placements is not None:
+                return placements.reduce(array, shares)
+            return array.__reduce_ex__(5)
 
     def keep(pb):
         try:
