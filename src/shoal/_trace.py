@@ -31,6 +31,12 @@ SAMPLE_S = 0.05
 USS_EVERY = 10  # rounds of SAMPLE_S between USS samples
 
 
+def started_ns(proc, now):
+    """When ``proc`` (a psutil.Process) started, in ``clock()``'s time (``now``: clock() at about
+    the same moment); its system's start time has a resolution of about 10 ms."""
+    return now - int((time.time() - proc.create_time()) * 1e9)
+
+
 def unique_memory(proc):
     """The memory only this process holds (USS: pages no other process maps, such as the arena
     pages every worker maps), or None where it cannot be read."""
@@ -101,6 +107,7 @@ class Recorder:
         self.tasks = []
         self.memory = []    # (ns, pid, rss bytes)
         self.uss = []       # (ns, pid, uss bytes), every USS_EVERY-th sample
+        self.started = {}   # worker pid -> when it started (ns; before the trace for most)
         self.events = []    # (ns, pid, name, text): worker deaths
         self.runs = []      # (ns, sweep function, run index, parameters, error text or None)
         self.pids = {}      # worker pid -> slot, learned from the tasks they ran
@@ -161,6 +168,8 @@ class Recorder:
                 try:
                     if proc is None:
                         proc = handles[pid] = psutil.Process(pid)
+                        if pid != self.driver_pid:
+                            self.started[pid] = started_ns(proc, now)
                     self.memory.append((now, pid, proc.memory_info().rss))
                     if uss:
                         private = unique_memory(proc)
@@ -257,6 +266,8 @@ class Trace:
             "uss": [(max(0, n - t0) * s, pid, uss) for n, pid, uss in rec.uss
                     if t0 - SAMPLE_S * USS_EVERY * 1e9 <= n <= end],
             "events": [((n - t0) * s, pid, name, text) for n, pid, name, text in rec.events if t0 <= n <= end],
+            # Each sampled worker's start (seconds since the trace began: < 0 before it).
+            "started": {str(pid): (n - t0) * s for pid, n in list(rec.started.items()) if n <= end},
             # Each sweep run whose row was made while the trace was on: when, and its parameters.
             "runs": [{"sweep": name, "index": index, "params": params, "error": error, "done": (n - t0) * s}
                      for n, name, index, params, error in rec.runs if t0 <= n <= end],

@@ -61,6 +61,11 @@ def to_chrome(data):
         events.append({"ph": "i", "s": "p" if w is not None else "g", "name": name, "cat": "worker",
                        "pid": 0 if w is None else w + 1, "tid": 0, "ts": _us(at),
                        "args": {"pid": pid, "detail": text}})
+    for pid, at in data.get("started", {}).items():  # older traces have none
+        w = pids.get(int(pid))
+        if w is not None and at >= 0:
+            events.append({"ph": "i", "s": "p", "name": "worker started", "cat": "worker", "pid": w + 1,
+                           "tid": 0, "ts": _us(at), "args": {"pid": int(pid)}})
     for run in data.get("runs", ()):  # the driver's track: each sweep run as its row came back
         events.append({"ph": "i", "s": "t", "name": f"{run['sweep']} run {run['index']}", "cat": "sweep",
                        "pid": 0, "tid": 0, "ts": _us(run["done"]),

@@ -115,6 +115,11 @@ def test_worker_memory_is_sampled(backend):
     sampled = {pid for _, pid, rss in data["memory"] if rss > 0}
     assert data["driver_pid"] in sampled
     assert pids <= sampled
+    # Each worker's start: after the trace began for those its first task started, and never
+    # after the trace's end.
+    started = {int(p): at for p, at in data["started"].items()}
+    assert pids <= set(started)
+    assert all(at <= data["duration"] for at in started.values())
 
 
 @pytest.mark.timeout(60)

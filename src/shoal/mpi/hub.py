@@ -476,13 +476,14 @@ class Hub:
             except Exception:  # noqa: BLE001 - a closed or broken stream: output is lost, tasks are not
                 pass
         elif kind == "mem":  # a traced session's workers' memory on that node
-            _, sid, samples, private, sent = op
+            _, sid, samples, private, started, sent = op
             offset = _offset(lead, sent)
             session = self._sessions.get(sid)
             tracer = None if session is None else session["backend"].tracer
             if tracer is not None:
                 tracer.memory.extend((at + offset, pid, rss) for at, pid, rss in samples)
                 tracer.uss.extend((at + offset, pid, uss) for at, pid, uss in private)
+                tracer.started.update((pid, at + offset) for pid, at in started)
         elif kind in ("opened", "open_failed", "closed"):
             key = ("opened" if kind == "open_failed" else kind, op[1], lead.rank)
             with self._cond:

@@ -100,13 +100,13 @@ class _Sampler:
             return
         from .._trace import SAMPLE_S
 
-        from .._trace import USS_EVERY, unique_memory
+        from .._trace import USS_EVERY, started_ns, unique_memory
 
         handles = {}
         rounds = 0
         while not self._stop.is_set():
             now = time.perf_counter_ns()
-            samples, private = [], []
+            samples, private, started = [], [], []
             uss = rounds % USS_EVERY == 0
             rounds += 1
             try:
@@ -118,6 +118,7 @@ class _Sampler:
                     proc = handles.get(pid)
                     if proc is None:
                         proc = handles[pid] = psutil.Process(pid)
+                        started.append((pid, started_ns(proc, now)))
                     samples.append((now, pid, proc.memory_info().rss))
                     unique = unique_memory(proc) if uss else None
                     if unique is not None:
@@ -125,7 +126,7 @@ class _Sampler:
                 except Exception:  # noqa: BLE001 - it exited between the list and the read
                     handles.pop(pid, None)
             if samples:
-                replies.append((("mem", sid, samples, private, time.perf_counter_ns()), ()))
+                replies.append((("mem", sid, samples, private, started, time.perf_counter_ns()), ()))
             self._stop.wait(SAMPLE_S)
 
     def stop(self):
