@@ -206,11 +206,13 @@ def test_await_raises_the_task_exception(make):
 @pytest.mark.timeout(60)
 def test_cancelling_the_awaiting_task_cancels_a_queued_task(make, backend):
     ex = make(workers=1)
+    # Every worker slot (one here; under MPI the launcher's: two nodes of one) takes two tasks
+    # ahead before any is measured (its ring, or its leader's credits): hold them all, so that
+    # the next task waits in the executor's queue.
+    ahead = 2 * ex._backend.slots
 
     async def main():
-        # Hold the only worker, and fill what it may take ahead (two tasks before any is measured).
-        blocker = ex.submit(sync_sleep, 0.5, "blocker")
-        filler = ex.submit(sync_sleep, 0.01, "filler")
+        blockers = [ex.submit(sync_sleep, 0.5, "blocker") for _ in range(ahead)]
         fut = ex.submit(square, 3)
         waiter = asyncio.ensure_future(_await(fut))
         await asyncio.sleep(0.05)
@@ -220,13 +222,12 @@ def test_cancelling_the_awaiting_task_cancels_a_queued_task(make, backend):
         else:
             with pytest.raises(asyncio.CancelledError):
                 await waiter
-        return blocker, filler, fut
+        return blockers, fut
 
-    blocker, filler, fut = asyncio.run(main())
+    blockers, fut = asyncio.run(main())
     if backend != "serial":
         assert fut.cancelled()  # it was still queued: it never runs
-    assert blocker.result(timeout=10) == "blocker"
-    assert filler.result(timeout=10) == "filler"
+    assert [b.result(timeout=10) for b in blockers] == ["blocker"] * ahead
     assert ex.submit(square, 4).result(timeout=10) == 16
 
 
