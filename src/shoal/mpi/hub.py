@@ -192,6 +192,8 @@ class Hub:
         finally:
             with self._cond:
                 self._sessions.pop(sid, None)
+                # The open executors' concurrency, not a closed one's, sets the prefetch.
+                self._depth = max([s["backend"].config.concurrency for s in self._sessions.values()] + [1])
             for key in [k for k in list(self._functions) if k[0] == sid]:
                 self._functions.pop(key, None)
 
