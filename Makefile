@@ -14,7 +14,7 @@ NODEPS  := radcad==0.14.0
 BUILD   := build/py
 JOBS    ?= 2
 
-.PHONY: all venv ompi apt chromium build stubs cpp-tests test test-cpp test-python sanitize fuzz demo bench clean
+.PHONY: all venv ompi apt chromium slurm build stubs cpp-tests test test-cpp test-python sanitize fuzz demo bench clean
 
 all: build
 
@@ -53,6 +53,14 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "chromium is missing: run 'sudo apt-get install chromium' (the report test skips without it)"; fi; fi
 
+# Slurm from Debian (slurm-wlm): tests/python/test_mpi_slurm.py starts a one-node Slurm of its own
+# and launches shoal.mpi with srun. Installed only when missing, and only as root (without it that
+# test skips, saying why). Its packaged daemons are not used: the test runs its own.
+slurm:
+	@if ! command -v srun >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm; \
+	  else echo "slurm is missing: run 'sudo apt-get install slurm-wlm' (the srun test skips without it)"; fi; fi
+
 # The extension is built with CMake into build/py and copied next to the sources, so the
 # tests and the demo run from src/ (`pip install .` builds the same thing into a wheel).
 build: $(STAMP)
@@ -77,7 +85,7 @@ test-cpp: cpp-tests
 	$(VENV)/bin/ctest --test-dir build/cpp --output-on-failure
 
 # pytest exits 5 when it collected no test: that is a failure here.
-test-python: build chromium ompi
+test-python: build chromium ompi slurm
 	PYTHONPATH=src $(VPY) -m pytest tests/python -q -ra; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
