@@ -22,12 +22,6 @@ def shared_value(key):
     return shared_ref(key).value
 
 
-def placed_array(array):
-    """Unpickled on a leader: a call's placement (``_wire.CallPlacements``) arrives as its array,
-    which the leader shares in the node's arena like any ``shoal.share``d object."""
-    return array
-
-
 def placed_value(key, writable=True):
     """On a leader: the node's copy of a call's array, in its arena; the leader passes it to its
     workers in place. A writable one (on writable views here, so the workers' pickles do not

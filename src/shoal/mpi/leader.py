@@ -98,9 +98,7 @@ class _Sampler:
             import psutil
         except ImportError:  # no memory samples, as on one machine
             return
-        from .._trace import SAMPLE_S
-
-        from .._trace import USS_EVERY, started_ns, unique_memory
+        from .._trace import SAMPLE_S, USS_EVERY, started_ns, unique_memory
 
         handles = {}
         rounds = 0
@@ -246,7 +244,6 @@ class Leader:
         if kind == "call" or kind == "chunk" or kind == "agent" or kind == "alone":
             _, sid, tid, fn_id, blob, b0, nb = op
             sess = self.sessions.get(sid)
-            extra = {}
             try:
                 if sess is None:
                     raise RuntimeError(f"shoal.mpi: no session {sid} on this leader")
@@ -255,44 +252,40 @@ class Leader:
                     raise fn
                 payload = loads(blob, bufs[b0:b0 + nb])
                 extra = payload[2] if kind != "agent" and len(payload) == 3 else {}
-                placements, limit = None, extra.get("limit")
+                backend = sess.executor._backend
+                placements, limit, traced = None, extra.get("limit"), extra.get("trace")
                 if "view" in extra:
                     # A call's (map, sweep, joblib): its arrays are the node's copies, in the
                     # arena; the workers get them in place, with the call's view.
-                    placements = sess.executor._backend.placements(view=extra["view"], located=extra["view"])
-                backend = sess.executor._backend
-                if extra.get("trace"):
+                    placements = backend.placements(view=extra["view"], located=extra["view"])
+                if traced:
                     backend.tracer = self._capture  # only around this submit, in this thread
-                if kind == "call" and not extra:
-                    args, kwargs = payload
-                    fut = sess.executor.submit(fn, *args, **kwargs)
-                elif kind == "call" or kind == "alone":  # alone: started only on an idle worker here too
-                    args, kwargs = payload[:2]
-                    fut = sess.executor._submit_call(fn, args, kwargs, placements, kind == "alone", limit)
-                elif kind == "agent":
-                    # The node's group blocks while its workers run the operation: a thread of
-                    # its own, so this loop goes on relaying (operations on one group arrive
-                    # one at a time).
-                    fut = self._agent_threads().submit(run_operation, sess, fn, payload)
-                else:
-                    # The local backend's own chunk: bare items, coroutine functions awaited,
-                    # the run time measured in the worker, as on one machine.
-                    items, star = payload[:2]
-                    if placements is None:
-                        fut = sess.executor._backend.submit_chunk(fn, items, star, limit)
+                try:
+                    if kind == "call" and not extra:
+                        args, kwargs = payload
+                        fut = sess.executor.submit(fn, *args, **kwargs)
+                    elif kind == "call" or kind == "alone":  # alone: only on an idle worker here too
+                        args, kwargs = payload[:2]
+                        fut = sess.executor._submit_call(fn, args, kwargs, placements, kind == "alone", limit)
+                    elif kind == "agent":
+                        # The node's group blocks while its workers run the operation: a thread
+                        # of its own, so this loop goes on relaying (operations on one group
+                        # arrive one at a time).
+                        fut = self._agent_threads().submit(run_operation, sess, fn, payload)
                     else:
-                        fut = sess.executor._backend.submit_chunk(fn, items, star, limit, placements=placements)
-                if placements is not None:
-                    placements.close()  # each lives on while this task uses it
-                if extra.get("trace"):
-                    backend.tracer = None
-                    rec = self._capture.take()
-                    if rec is not None:
-                        self.traced[tid] = rec
+                        # The local backend's own chunk: bare items, coroutine functions awaited,
+                        # the run time measured in the worker, as on one machine.
+                        items, star = payload[:2]
+                        fut = backend.submit_chunk(fn, items, star, limit, placements=placements)
+                finally:
+                    if placements is not None:
+                        placements.close()  # each lives on while this task uses it
+                    if traced:
+                        backend.tracer = None
+                        rec = self._capture.take()
+                if traced and rec is not None:
+                    self.traced[tid] = rec
             except BaseException as exc:  # noqa: BLE001 - this task fails, the leader goes on
-                if sess is not None and extra.get("trace"):
-                    sess.executor._backend.tracer = None
-                    self._capture.take()
                 self.replies.append((("err", tid, dumps_error(exc)), ()))
                 return
             done, wake, chunk, running = self.done, self.wake, kind == "chunk", self.running
